@@ -1,0 +1,9 @@
+"""The root of eddy's exceptions.
+
+Every error eddy raises on purpose derives from :class:`EddyError`, so callers can
+tell eddy's own failures (with a message that says what to do) from bugs.
+"""
+
+
+class EddyError(Exception):
+    """Base class of every error eddy raises deliberately."""

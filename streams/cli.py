@@ -1,0 +1,361 @@
+"""The ``eddy`` command line.
+
+Every command reads :class:`~streams.settings.Settings` from ``EDDY_*`` variables
+and its flags; every command that talks to Kafka takes ``--bootstrap`` (or uses
+the embedded broker that ``eddy broker`` recorded in the data directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from models.exceptions import EddyError
+from streams import sources
+from streams.broker import EmbeddedBroker, broker_file, record_running_broker
+from streams.producer import ProduceOptions, ProduceReport, produce
+from streams.settings import Settings, add_settings_arguments
+from streams.topics import Topics, create_topics, topic_sizes
+
+log = logging.getLogger("eddy")
+T = TypeVar("T")
+
+console = Console()
+errors = Console(stderr=True)
+
+_KAFKA_SETTINGS = [
+    "bootstrap",
+    "topic_prefix",
+    "partitions",
+    "replication_factor",
+    "data_dir",
+    "max_message_bytes",
+    "client_id",
+    "producer_idempotence",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "log_level",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``eddy`` command."""
+    parser = argparse.ArgumentParser(
+        prog="eddy",
+        description="Streaming online learning on Kafka: learn, evaluate, detect drift, retrain, "
+        "export and hot-swap models.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "broker", help="run the embedded Kafka broker (Tansu) in the foreground"
+    )
+    p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    add_settings_arguments(p, ["data_dir", "log_level"])
+    p.set_defaults(run=cmd_broker)
+
+    p = commands.add_parser("topics", help="create or list eddy's topics")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, handler, text in (
+        ("create", cmd_topics_create, "create every eddy topic (idempotent)"),
+        ("list", cmd_topics_list, "list eddy's topics with partition and message counts"),
+    ):
+        a = actions.add_parser(name, help=text)
+        add_settings_arguments(a, _KAFKA_SETTINGS)
+        a.set_defaults(run=handler)
+
+    p = commands.add_parser(
+        "produce", help="send samples and labels from a synthetic stream, a dataset or a file"
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dataset", help="a named source (see --list)")
+    what.add_argument("--file", type=Path, help="a JSONL or CSV file")
+    what.add_argument("--list", action="store_true", help="list the named sources and exit")
+    p.add_argument("--target", help="with --file: the label column/field")
+    p.add_argument("--format", choices=["jsonl", "csv"], help="with --file (default: by suffix)")
+    p.add_argument("--n", type=int, help="how many samples (default: all; required if endless)")
+    p.add_argument(
+        "--label-delay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send each label N samples after its sample (default 0)",
+    )
+    p.add_argument(
+        "--label-drop",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of labels never sent (seeded), e.g. 0.01",
+    )
+    p.add_argument("--inline-labels", action="store_true", help="put labels inside the samples")
+    p.add_argument("--rate", type=float, help="samples per second (default: as fast as possible)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the stream and label drops")
+    p.add_argument("--variant", type=int, default=0, help="starting concept of a synthetic stream")
+    p.add_argument("--drift-at", type=int, metavar="N", help="switch concept around sample N")
+    p.add_argument("--drift-to", type=int, metavar="V", help="concept after the drift")
+    p.add_argument(
+        "--drift-width",
+        type=int,
+        default=1,
+        metavar="W",
+        help="length of the drift transition in samples (1: abrupt)",
+    )
+    p.add_argument("--stream", default="default", help="model stream the samples belong to")
+    p.add_argument("--id-prefix", help="prefix of event ids (default: random)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_settings_arguments(p, _KAFKA_SETTINGS)
+    p.set_defaults(run=cmd_produce)
+
+    p = commands.add_parser(
+        "demo",
+        help="embedded broker + topics + a drifting stream with delayed labels, then a summary",
+    )
+    p.add_argument("--n", type=int, default=20_000, help="samples to send (default 20,000)")
+    add_settings_arguments(p, ["topic_prefix", "partitions", "data_dir", "log_level"])
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``eddy`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.load(args)
+        _setup_logging(settings.log_level)
+        return int(args.run(args, settings) or 0)
+    except EddyError as ex:
+        errors.print(f"[bold red]eddy: error:[/] {ex}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=errors, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    # aiokafka logs every reconnect at ERROR; eddy reports outages itself.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def run_until_signalled(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; SIGTERM or SIGINT cancels it, so its ``finally`` blocks run."""
+
+    async def runner() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await coro
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the embedded broker until SIGTERM or Ctrl-C."""
+    stop = _signal_flag()
+    with EmbeddedBroker(port=args.port, host=args.host) as broker:
+        path = record_running_broker(settings.data_dir, broker)
+        console.print(f"eddy: embedded Kafka broker (Tansu) ready on [bold]{broker.bootstrap}[/]")
+        console.print(f"  other eddy commands in {Path.cwd()} find it through {path};")
+        console.print(f"  elsewhere: export EDDY_BOOTSTRAP={broker.bootstrap}")
+        console.print("  memory-only: topics vanish when it stops. Ctrl-C or SIGTERM stops it.")
+        sys.stdout.flush()
+        try:
+            stop()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                broker_file(settings.data_dir).unlink()
+    console.print("eddy: broker stopped")
+    return 0
+
+
+def _signal_flag() -> Callable[[], None]:
+    """Return a function that blocks until SIGTERM or SIGINT arrives."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+    def wait() -> None:
+        while not received:
+            signal.pause()
+
+    return wait
+
+
+def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
+    """Create every eddy topic; print what was created and what existed."""
+    result = run_until_signalled(create_topics(settings))
+    counts = _topic_table(settings, result)
+    console.print(counts)
+    return 0
+
+
+def _topic_table(settings: Settings, status: dict[str, str]) -> Table:
+    table = Table("topic", "partitions", "status")
+    for topic, n in Topics(settings.topic_prefix).partition_counts(settings.partitions).items():
+        table.add_row(topic, str(n), status.get(topic, "?"))
+    return table
+
+
+def cmd_topics_list(args: argparse.Namespace, settings: Settings) -> int:
+    """List eddy's topics with their partition and message counts."""
+    sizes = run_until_signalled(topic_sizes(settings))
+    table = Table("topic", "partitions", "messages")
+    for topic, (parts, msgs) in sorted(sizes.items()):
+        table.add_row(topic, str(parts), f"{msgs:,}")
+    console.print(table if sizes else "no eddy topics: run `eddy topics create`")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    """Send samples and labels from a named source or a file."""
+    if args.list:
+        table = Table("name", "task", "length", "drift (--drift-at)", "what")
+        for info in sources.catalogue():
+            drift = f"variants 0-{info.variants - 1}" if info.variants else "-"
+            length = "endless" if info.endless else "fixed"
+            table.add_row(info.name, info.task, length, drift, info.description)
+        console.print(table)
+        return 0
+    try:
+        examples, total = _open_source(args)
+        options = ProduceOptions(
+            n=args.n,
+            label_delay=args.label_delay,
+            label_drop=args.label_drop,
+            inline_labels=args.inline_labels,
+            rate=args.rate,
+            seed=args.seed,
+            stream=args.stream,
+            id_prefix=args.id_prefix,
+        )
+    except (KeyError, ValueError) as ex:
+        errors.print(f"[bold red]eddy produce: error:[/] {ex.args[0] if ex.args else ex}")
+        return 2
+    report = _produce_with_progress(settings, examples, options, total, not args.no_progress)
+    _print_report(report)
+    return 0
+
+
+def _open_source(args: argparse.Namespace) -> tuple[Any, int | None]:
+    if args.file is not None:
+        if not args.target:
+            msg = "--file needs --target, the name of the label column/field"
+            raise ValueError(msg)
+        if not args.file.is_file():
+            msg = f"no such file: {args.file}"
+            raise ValueError(msg)
+        return sources.open_file(args.file, args.target, args.format), args.n
+    info = sources.source_info(args.dataset)
+    if info.endless and args.n is None:
+        msg = f"{info.name} is endless: give --n, the number of samples to send"
+        raise ValueError(msg)
+    examples = sources.open_named(
+        info.name,
+        seed=args.seed,
+        variant=args.variant,
+        drift_at=args.drift_at,
+        drift_to=args.drift_to,
+        drift_width=args.drift_width,
+    )
+    return examples, args.n
+
+
+def _produce_with_progress(
+    settings: Settings, examples: Any, options: ProduceOptions, total: int | None, show: bool
+) -> ProduceReport:
+    progress = Progress(
+        TextColumn("producing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=errors,
+        disable=not show,
+    )
+    with progress:
+        task = progress.add_task("samples", total=total)
+        return run_until_signalled(
+            produce(settings, examples, options, lambda n: progress.advance(task, n))
+        )
+
+
+def _print_report(report: ProduceReport) -> None:
+    console.print(
+        f"eddy: sent {report.samples:,} samples and {report.labels:,} labels "
+        f"({report.labels_dropped:,} labels withheld) in {report.seconds:.1f}s "
+        f"({report.rate:,.0f} samples/s); ids {report.id_prefix}-*"
+    )
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """A bounded demo on the embedded broker: topics, a drifting stream, a summary."""
+    with EmbeddedBroker() as broker:
+        settings = settings.with_overrides({"bootstrap": broker.bootstrap})
+        console.print(f"eddy demo: embedded broker on {broker.bootstrap}")
+        console.print(_topic_table(settings, run_until_signalled(create_topics(settings))))
+        drift_at = args.n // 2
+        examples = sources.open_named("sea", seed=7, variant=0, drift_at=drift_at, drift_to=3)
+        options = ProduceOptions(n=args.n, label_delay=500, label_drop=0.01, seed=7)
+        console.print(
+            f"producing SEA (variant 0 -> 3 at sample {drift_at:,}), labels 500 samples late, "
+            "1% never sent"
+        )
+        report = _produce_with_progress(settings, examples, options, args.n, True)
+        _print_report(report)
+        sizes = run_until_signalled(topic_sizes(settings))
+        table = Table("topic", "partitions", "messages", title="what the broker holds")
+        for topic, (parts, msgs) in sorted(sizes.items()):
+            table.add_row(topic, str(parts), f"{msgs:,}")
+        console.print(table)
+    console.print("eddy demo: broker stopped, nothing left running")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""The wire format: decode and validate every event at the edge, encode what eddy sends.
+
+``schemas/*.json`` (JSON Schema 2020-12) is the single source of truth. Control
+events, which are rare, are checked against it directly. Samples and labels are
+on the hot path, where a generic validator costs more than the whole rest of the
+pipeline, so they go through hand-written checks that mirror their schemas; the
+test suite proves the two agree on generated inputs (``tests/unit/test_codec.py``).
+
+Every failure raises a :class:`~streams.exceptions.DecodeError` whose message says
+what was wrong and where; nothing else escapes a decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import orjson
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from streams.exceptions import DecodeError, InvalidJSON, MessageTooLarge, SchemaViolation
+
+SCHEMA_PACKAGE = "schemas"
+CONTROL_EVENT_TYPES = (
+    "drift.detected",
+    "retrain.requested",
+    "model.updated",
+    "model.exported",
+    "model.promoted",
+    "model.rolled_back",
+)
+EVENT_TYPE_PREFIX = "eddy."
+
+MAX_ID_LENGTH = 256
+MAX_STRING_LABEL_LENGTH = 256
+MAX_FEATURES = 10_000
+MAX_FEATURE_NAME_LENGTH = 256
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+Features = dict[str, float] | list[float]
+LabelValue = bool | int | float | str
+
+
+# -- schemas -------------------------------------------------------------------------------
+
+
+@cache
+def schema_documents() -> dict[str, dict[str, Any]]:
+    """Every schema in ``schemas/``, by file stem (``sample``, ``drift.detected``…)."""
+    docs = {}
+    for entry in resources.files(SCHEMA_PACKAGE).iterdir():
+        if entry.name.endswith(".json"):
+            docs[entry.name.removesuffix(".json")] = json.loads(entry.read_text())
+    return docs
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    # JSON Schema patterns are ECMA-262: "$" matches only at the very end. Python's
+    # "$" also matches before a final newline, which would let "name\n" through.
+    if isinstance(instance, str) and not _ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+_Validator = jsonschema.validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
+
+
+@cache
+def validator(name: str) -> Any:
+    """A JSON Schema validator for schema ``name``, with every ``$ref`` resolvable."""
+    docs = schema_documents()
+    if name not in docs:
+        msg = f"no schema named {name!r}; known: {', '.join(sorted(docs))}"
+        raise KeyError(msg)
+    registry: Registry = Registry().with_resources(
+        (doc["$id"], Resource.from_contents(doc)) for doc in docs.values()
+    )
+    return _Validator(
+        docs[name], registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def schema_errors(name: str, value: Any) -> list[str]:
+    """Readable schema violations of ``value`` against schema ``name`` (empty: valid)."""
+    errors = sorted(validator(name).iter_errors(value), key=lambda e: list(e.absolute_path))
+    return [f"{_path(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def _path(parts: Any) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Sample:
+    """A decoded sample. ``label`` is ``None`` unless it came inline."""
+
+    id: str
+    features: Features
+    ts: int | None = None
+    label: LabelValue | None = None
+    stream: str = "default"
+
+
+@dataclass(slots=True)
+class Label:
+    """A decoded label for the sample with the same ``id``."""
+
+    id: str
+    label: LabelValue
+    ts: int | None = None
+
+
+@dataclass(slots=True)
+class ControlEvent:
+    """A CloudEvents 1.0 control event; ``type`` is the short name (``drift.detected``)."""
+
+    type: str
+    id: str
+    source: str
+    time: str
+    data: dict[str, Any]
+    subject: str | None = None
+    extensions: dict[str, Any] | None = None
+
+    @property
+    def dedup_key(self) -> tuple[str, str]:
+        """CloudEvents identity: ``source`` + ``id``."""
+        return (self.source, self.id)
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def load_json(raw: bytes, max_bytes: int) -> Any:
+    """Parse one JSON document, refusing oversized or malformed input."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        msg = f"expected bytes, got {type(raw).__name__}"
+        raise InvalidJSON(msg)
+    if len(raw) > max_bytes:
+        msg = f"message is {len(raw)} bytes, over the {max_bytes}-byte cap"
+        raise MessageTooLarge(msg)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as ex:
+        msg = f"not valid JSON: {ex}"
+        raise InvalidJSON(msg) from ex
+
+
+def decode_sample(raw: bytes, max_bytes: int = 1_048_576) -> Sample:
+    """Decode and validate a sample (schema ``sample``)."""
+    obj = load_json(raw, max_bytes)
+    _require_object(obj, ("id", "features"), ("id", "features", "ts", "label", "stream"))
+    stream = obj.get("stream", "default")
+    if not (isinstance(stream, str) and _NAME.fullmatch(stream)):
+        _fail(
+            "$.stream",
+            f"must be 1-128 letters, digits, '.', '_' or '-' (not starting with '.' or '-'), "
+            f"got {stream!r}",
+        )
+    label = obj.get("label")
+    return Sample(
+        id=_event_id(obj["id"]),
+        features=_features(obj["features"]),
+        ts=_timestamp(obj["ts"]) if "ts" in obj else None,
+        label=_label_value(label, "$.label") if "label" in obj else None,
+        stream=stream,
+    )
+
+
+def decode_label(raw: bytes, max_bytes: int = 1_048_576) -> Label:
+    """Decode and validate a label (schema ``label``)."""
+    obj = load_json(raw, max_bytes)
+    _require_object(obj, ("id", "label"), ("id", "label", "ts"))
+    return Label(
+        id=_event_id(obj["id"]),
+        label=_label_value(obj["label"], "$.label"),
+        ts=_timestamp(obj["ts"]) if "ts" in obj else None,
+    )
+
+
+def decode_event(raw: bytes, max_bytes: int = 1_048_576) -> ControlEvent:
+    """Decode a control event and validate it against its type's schema."""
+    obj = load_json(raw, max_bytes)
+    if not isinstance(obj, dict):
+        _fail("$", f"must be a JSON object, got {_json_type(obj)}")
+    full_type = obj.get("type")
+    short = (
+        full_type.removeprefix(EVENT_TYPE_PREFIX)
+        if isinstance(full_type, str) and full_type.startswith(EVENT_TYPE_PREFIX)
+        else None
+    )
+    if short not in CONTROL_EVENT_TYPES:
+        known = ", ".join(EVENT_TYPE_PREFIX + t for t in CONTROL_EVENT_TYPES)
+        _fail("$.type", f"unknown control event type {full_type!r}; known: {known}")
+    errors = schema_errors(short, obj)
+    if errors:
+        raise SchemaViolation("; ".join(errors[:5]))
+    core = {"specversion", "id", "source", "type", "time", "data", "subject", "datacontenttype"}
+    extensions = {k: v for k, v in obj.items() if k not in core}
+    return ControlEvent(
+        type=short,
+        id=obj["id"],
+        source=obj["source"],
+        time=obj["time"],
+        data=obj["data"],
+        subject=obj.get("subject"),
+        extensions=extensions or None,
+    )
+
+
+def _fail(where: str, what: str) -> Any:
+    msg = f"{where}: {what}"
+    raise SchemaViolation(msg)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _require_object(obj: Any, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    if not isinstance(obj, dict):
+        _fail("$", f"must be a JSON object, got {_json_type(obj)}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        _fail("$", f"missing required field(s) {', '.join(missing)}")
+    extra = [k for k in obj if k not in allowed]
+    if extra:
+        _fail(
+            "$",
+            f"unknown field(s) {', '.join(map(repr, extra[:5]))}; allowed: {', '.join(allowed)}",
+        )
+
+
+def _event_id(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LENGTH:
+        _fail("$.id", f"must be a string of 1-{MAX_ID_LENGTH} characters, got {_brief(value)}")
+    return value  # type: ignore[no-any-return]
+
+
+def _is_number(value: Any) -> bool:
+    # orjson yields only finite floats and 64-bit ints; bool is an int in Python, not in JSON.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _features(value: Any) -> Features:
+    if isinstance(value, dict):
+        if not 1 <= len(value) <= MAX_FEATURES:
+            _fail("$.features", f"must have 1-{MAX_FEATURES} entries, got {len(value)}")
+        for name, x in value.items():
+            if not 1 <= len(name) <= MAX_FEATURE_NAME_LENGTH:
+                _fail("$.features", f"feature names must be 1-{MAX_FEATURE_NAME_LENGTH} characters")
+            if not _is_number(x):
+                _fail(f"$.features.{name}", f"must be a number, got {_brief(x)}")
+        return value
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_FEATURES:
+            _fail("$.features", f"must have 1-{MAX_FEATURES} entries, got {len(value)}")
+        for i, x in enumerate(value):
+            if not _is_number(x):
+                _fail(f"$.features[{i}]", f"must be a number, got {_brief(x)}")
+        return value
+    return _fail(
+        "$.features", f"must be a name->number object or a number array, got {_json_type(value)}"
+    )
+
+
+def _label_value(value: Any, where: str) -> LabelValue:
+    if isinstance(value, bool) or _is_number(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and 1 <= len(value) <= MAX_STRING_LABEL_LENGTH:
+        return value
+    return _fail(
+        where,
+        f"must be a boolean, a number or a string of 1-{MAX_STRING_LABEL_LENGTH} characters, "
+        f"got {_brief(value)}",
+    )
+
+
+def _timestamp(value: Any) -> int:
+    # JSON Schema's "integer" includes 1.0; accept it as jsonschema does.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not (isinstance(value, int) and not isinstance(value, bool)) or not (
+        0 <= value <= MAX_TIMESTAMP_MS
+    ):
+        _fail(
+            "$.ts",
+            f"must be milliseconds since the epoch (a whole number >= 0), got {_brief(value)}",
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return f"{_json_type(value)} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def encode(value: Any) -> bytes:
+    """Encode a dict (or dataclass) as compact JSON."""
+    return orjson.dumps(value)
+
+
+def encode_sample(sample: Sample) -> bytes:
+    """The wire form of a sample; optional fields only when set."""
+    out: dict[str, Any] = {"id": sample.id, "features": sample.features}
+    if sample.ts is not None:
+        out["ts"] = sample.ts
+    if sample.label is not None:
+        out["label"] = sample.label
+    if sample.stream != "default":
+        out["stream"] = sample.stream
+    return orjson.dumps(out)
+
+
+def encode_label(label: Label) -> bytes:
+    """The wire form of a label."""
+    out: dict[str, Any] = {"id": label.id, "label": label.label}
+    if label.ts is not None:
+        out["ts"] = label.ts
+    return orjson.dumps(out)
+
+
+def now_ms() -> int:
+    """The current time in milliseconds since the epoch."""
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def make_event(
+    event_type: str,
+    source: str,
+    data: dict[str, Any],
+    subject: str | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """Build a CloudEvents 1.0 control event and validate it against its schema.
+
+    ``event_type`` is a short name from :data:`CONTROL_EVENT_TYPES`. Raises
+    :class:`SchemaViolation` when ``data`` does not fit, so that eddy never
+    publishes an event its own consumers would dead-letter.
+    """
+    if event_type not in CONTROL_EVENT_TYPES:
+        msg = f"unknown control event type {event_type!r}; known: {', '.join(CONTROL_EVENT_TYPES)}"
+        raise ValueError(msg)
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": source,
+        "type": EVENT_TYPE_PREFIX + event_type,
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    if subject is not None:
+        event["subject"] = subject
+    errors = schema_errors(event_type, event)
+    if errors:
+        raise SchemaViolation(f"eddy built an invalid {event_type} event: " + "; ".join(errors))
+    return event
+
+
+__all__ = [
+    "CONTROL_EVENT_TYPES",
+    "ControlEvent",
+    "DecodeError",
+    "Label",
+    "Sample",
+    "decode_event",
+    "decode_label",
+    "decode_sample",
+    "encode",
+    "encode_label",
+    "encode_sample",
+    "make_event",
+    "schema_errors",
+]

@@ -1,0 +1,128 @@
+"""The dead-letter topic: where every event that fails decoding goes, with its reason.
+
+The original key and value bytes are kept unchanged. Headers follow the Spring
+Kafka convention (``kafka_dlt-original-topic``, ``…-partition``, ``…-offset``,
+``…-timestamp``, ``…-consumer-group``, ``kafka_dlt-exception-fqcn``,
+``kafka_dlt-exception-message``) with UTF-8 text values, so that ``kcat`` and
+people can read them; ``eddy-dlt-reason`` carries the short reason code that the
+``eddy_dead_letter_total`` counter is labelled with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+from aiokafka import AIOKafkaProducer
+
+from streams.exceptions import DecodeError
+from streams.metrics import EdgeMetrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_MESSAGE_HEADER_CHARS = 2000
+
+H_TOPIC = "kafka_dlt-original-topic"
+H_PARTITION = "kafka_dlt-original-partition"
+H_OFFSET = "kafka_dlt-original-offset"
+H_TIMESTAMP = "kafka_dlt-original-timestamp"
+H_GROUP = "kafka_dlt-original-consumer-group"
+H_EXCEPTION_CLASS = "kafka_dlt-exception-fqcn"
+H_EXCEPTION_MESSAGE = "kafka_dlt-exception-message"
+H_REASON = "eddy-dlt-reason"
+
+
+class SourceRecord(Protocol):
+    """What eddy needs of a consumed record (aiokafka's ``ConsumerRecord`` fits)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+def dead_letter_headers(
+    record: SourceRecord, error: BaseException, group: str | None
+) -> list[tuple[str, bytes]]:
+    """The headers a dead-lettered record carries: where it came from and why it failed."""
+    cls = type(error)
+    reason = getattr(error, "reason", "error")
+    ours = [
+        (H_TOPIC, record.topic),
+        (H_PARTITION, str(record.partition)),
+        (H_OFFSET, str(record.offset)),
+        (H_TIMESTAMP, str(record.timestamp)),
+        (H_GROUP, group or ""),
+        (H_EXCEPTION_CLASS, f"{cls.__module__}.{cls.__qualname__}"),
+        (H_EXCEPTION_MESSAGE, str(error)[:MAX_MESSAGE_HEADER_CHARS]),
+        (H_REASON, reason),
+    ]
+    original = [(k, v) for k, v in (record.headers or ()) if not k.startswith("kafka_dlt-")]
+    return original + [(k, v.encode()) for k, v in ours]
+
+
+class DeadLetterQueue:
+    """Sends failed records to the dead-letter topic, counts and logs them.
+
+    ``kind`` maps a source topic to the short name used as the metric label
+    (``samples``, ``labels``…), keeping the label set bounded.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        metrics: EdgeMetrics,
+        kind: Callable[[str], str],
+        group: str | None = None,
+    ) -> None:
+        self._producer = producer
+        self.topic = topic
+        self._metrics = metrics
+        self._kind = kind
+        self._group = group
+
+    async def send(self, record: SourceRecord, error: BaseException) -> None:
+        """Dead-letter ``record`` because of ``error``; waits until the broker has it."""
+        reason = getattr(error, "reason", "error")
+        log.warning(
+            "dead-lettering %s[%d]@%d (%s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            error,
+        )
+        await self._producer.send_and_wait(
+            self.topic,
+            value=record.value,
+            key=record.key,
+            headers=dead_letter_headers(record, error, self._group),
+        )
+        self._metrics.dead_lettered.labels(self._kind(record.topic), reason).inc()
+
+    async def decode_all(
+        self, records: Iterable[SourceRecord], decode: Callable[[bytes], T]
+    ) -> list[tuple[SourceRecord, T]]:
+        """Decode each record; failures go to the dead-letter topic, the rest come back.
+
+        Only :class:`DecodeError` is dead-lettered: any other exception is a bug
+        in eddy and propagates.
+        """
+        good: list[tuple[SourceRecord, T]] = []
+        per_topic: Counter[str] = Counter()
+        for record in records:
+            try:
+                good.append((record, decode(record.value)))  # type: ignore[arg-type]
+                per_topic[record.topic] += 1
+            except DecodeError as ex:
+                await self.send(record, ex)
+        for topic, n in per_topic.items():
+            self._metrics.decoded.labels(self._kind(topic)).inc(n)
+        return good

@@ -1,0 +1,43 @@
+"""Errors of the streaming side: configuration, broker, topics and decoding."""
+
+from models.exceptions import EddyError
+
+
+class ConfigError(EddyError):
+    """A setting (flag or ``EDDY_*`` variable) has a value eddy cannot use."""
+
+
+class BrokerError(EddyError):
+    """The Kafka broker could not be started, reached or asked."""
+
+
+class TopicError(EddyError):
+    """Topics could not be created, or exist with an incompatible layout."""
+
+
+class DecodeError(EddyError):
+    """An event could not be decoded; it belongs on the dead-letter topic.
+
+    ``reason`` is a short, stable code (bounded set, used as a metric label);
+    the message says what was wrong in words.
+    """
+
+    reason = "invalid"
+
+
+class InvalidJSON(DecodeError):
+    """The bytes are not one well-formed JSON document (UTF-8, no NaN/Infinity)."""
+
+    reason = "invalid_json"
+
+
+class SchemaViolation(DecodeError):
+    """The JSON is well-formed but does not match the event's schema."""
+
+    reason = "schema"
+
+
+class MessageTooLarge(DecodeError):
+    """The message is larger than eddy's own size cap (``EDDY_MAX_MESSAGE_BYTES``)."""
+
+    reason = "too_large"

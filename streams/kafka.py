@@ -1,0 +1,140 @@
+"""Kafka clients built from :class:`~streams.settings.Settings`.
+
+One place turns settings into aiokafka options, so that bootstrap, client id and
+TLS/SASL reach every producer, consumer and admin client alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError
+
+from streams.broker import resolve_bootstrap
+from streams.exceptions import BrokerError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def client_options(settings: Settings, role: str) -> dict[str, Any]:
+    """The connection options every aiokafka client of eddy gets.
+
+    ``role`` names the client (``producer``, ``join``…) in the client id, so the
+    broker's logs tell eddy's clients apart.
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": resolve_bootstrap(settings.bootstrap, settings.data_dir),
+        "client_id": f"{settings.client_id}-{role}",
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+        )
+        if settings.ssl_certfile:
+            context.load_cert_chain(
+                str(settings.ssl_certfile),
+                str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+            )
+        options["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.sasl_password
+    return options
+
+
+async def start_producer(
+    settings: Settings, role: str = "producer", **extra: Any
+) -> AIOKafkaProducer:
+    """Start a producer with ``acks=all``; idempotent unless the broker cannot do it.
+
+    With ``producer_idempotence=auto`` a broker that refuses InitProducerId (the
+    embedded Tansu does) gets a non-idempotent ``acks=all`` producer and a warning.
+    """
+    options = client_options(settings, role)
+    options.update(acks="all", max_request_size=settings.max_message_bytes + 64 * 1024)
+    options.update(extra)
+    idempotent = settings.producer_idempotence != "off"
+    producer = AIOKafkaProducer(enable_idempotence=idempotent, **options)
+    try:
+        await producer.start()
+    except (UnknownError, UnsupportedVersionError) as ex:
+        await producer.stop()
+        if settings.producer_idempotence == "on":
+            msg = (
+                f"the broker at {options['bootstrap_servers']} refused an idempotent producer "
+                f"({ex!r}); set EDDY_PRODUCER_IDEMPOTENCE=auto or off for this broker"
+            )
+            raise BrokerError(msg) from ex
+        log.warning(
+            "broker %s refused InitProducerId (%r): producing with acks=all, not idempotent",
+            options["bootstrap_servers"],
+            ex,
+        )
+        producer = AIOKafkaProducer(enable_idempotence=False, **options)
+        try:
+            await producer.start()
+        except KafkaError as ex2:
+            await producer.stop()
+            raise _unreachable(options, ex2) from ex2
+    except KafkaError as ex:
+        await producer.stop()
+        raise _unreachable(options, ex) from ex
+    return producer
+
+
+def make_consumer(settings: Settings, role: str, *topics: str, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer (not started) with eddy's connection options; ``extra`` wins."""
+    options = client_options(settings, role)
+    options.update(extra)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def start_admin(settings: Settings) -> AIOKafkaAdminClient:
+    """Start an admin client with eddy's connection options."""
+    options = client_options(settings, "admin")
+    admin = AIOKafkaAdminClient(**options)
+    try:
+        await admin.start()
+    except KafkaError as ex:
+        await admin.close()
+        raise _unreachable(options, ex) from ex
+    return admin
+
+
+def _unreachable(options: dict[str, Any], ex: Exception) -> BrokerError:
+    msg = (
+        f"could not connect to Kafka at {options['bootstrap_servers']} ({ex!r}); "
+        "check --bootstrap / EDDY_BOOTSTRAP and that the broker is running"
+    )
+    return BrokerError(msg)
+
+
+async def end_offsets(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], within: float = 5.0
+) -> dict[TopicPartition, int]:
+    """The true end offset (high watermark) of each partition.
+
+    Tansu answers ListOffsets(latest) with the base offset of the last record
+    batch, not the offset after its last record, so ``consumer.end_offsets`` runs
+    short by up to a batch there. A Fetch response carries the correct high
+    watermark, so this fetches from that point and takes the larger of the two.
+    It reassigns ``consumer`` to ``partitions``; use a consumer of its own.
+    """
+    listed = await consumer.end_offsets(partitions)
+    consumer.assign(partitions)
+    for tp in partitions:
+        consumer.seek(tp, listed[tp])
+    deadline = asyncio.get_running_loop().time() + within
+    while any(consumer.highwater(tp) is None for tp in partitions):
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await consumer.getmany(*partitions, timeout_ms=100)
+    return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in partitions}

@@ -1,0 +1,192 @@
+"""One frozen settings object for every eddy process.
+
+Each field is read once at start-up from its ``EDDY_*`` environment variable and
+may be overridden by the command-line flag of the same name (``--topic-prefix``
+for ``topic_prefix``). Nothing reads the environment anywhere else, and there is
+no module-level instance: build one with :meth:`Settings.load` and pass it down.
+
+>>> s = Settings.from_env({"EDDY_TOPIC_PREFIX": "demo.", "EDDY_PARTITIONS": "6"})
+>>> (s.topic_prefix, s.partitions)
+('demo.', 6)
+>>> s.with_overrides({"partitions": 2, "bootstrap": None}).partitions
+2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.exceptions import ConfigError
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_IDEMPOTENCE = ("auto", "on", "off")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        msg = f"must be a whole number of at least 1, got {text!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip()
+        upper = {c.upper(): c for c in choices}
+        if value.upper() not in upper:
+            msg = f"must be one of {', '.join(choices)}, got {text!r}"
+            raise ValueError(msg)
+        return upper[value.upper()]
+
+    return parse
+
+
+def _setting(
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any] = str,
+    secret: bool = False,
+) -> Any:
+    return field(default=default, metadata={"help": help, "parse": parse, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration shared by the broker runner, the CLI, agents and consumers.
+
+    The environment variable of a field is ``EDDY_`` + its name in upper case;
+    its flag is ``--`` + its name with dashes.
+    """
+
+    bootstrap: str | None = _setting(
+        None,
+        "Kafka bootstrap servers (host:port[,host:port]). Unset: use the embedded "
+        "broker that `eddy broker` or `eddy up` started.",
+    )
+    topic_prefix: str = _setting("eddy.", "Prefix of every eddy topic name.")
+    partitions: int = _setting(
+        3,
+        "Partitions of the data topics (samples, labels, examples, predictions); "
+        "they share one count so that the join is co-partitioned.",
+        _positive_int,
+    )
+    replication_factor: int = _setting(1, "Replication factor of created topics.", _positive_int)
+    data_dir: Path = _setting(
+        Path("eddy-data"), "Directory for the registry, checkpoints and logs.", Path
+    )
+    max_message_bytes: int = _setting(
+        1_048_576,
+        "Largest event eddy accepts or sends; larger ones are dead-lettered "
+        "(Tansu does not enforce max.message.bytes, so eddy does).",
+        _positive_int,
+    )
+    client_id: str = _setting("eddy", "Kafka client id prefix.")
+    producer_idempotence: str = _setting(
+        "auto",
+        "Idempotent producers: on, off, or auto (on unless the broker refuses "
+        "InitProducerId, as the embedded Tansu does; then acks=all without it).",
+        _choice(*_IDEMPOTENCE),
+    )
+    security_protocol: str = _setting(
+        "PLAINTEXT", "Kafka security protocol.", _choice(*_SECURITY_PROTOCOLS)
+    )
+    sasl_mechanism: str | None = _setting(
+        None, "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.", _choice(*_SASL_MECHANISMS)
+    )
+    sasl_username: str | None = _setting(None, "SASL user name.")
+    sasl_password: str | None = _setting(None, "SASL password.", secret=True)
+    ssl_cafile: Path | None = _setting(None, "CA bundle for TLS.", Path)
+    ssl_certfile: Path | None = _setting(None, "Client certificate for TLS.", Path)
+    ssl_keyfile: Path | None = _setting(None, "Client private key for TLS.", Path)
+    log_level: str = _setting("INFO", "Log level.", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def __post_init__(self) -> None:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            msg = (
+                f"security_protocol={self.security_protocol} needs EDDY_SASL_MECHANISM, "
+                "EDDY_SASL_USERNAME and EDDY_SASL_PASSWORD (or their flags)"
+            )
+            raise ConfigError(msg)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``EDDY_*`` variables; unset or empty ones keep defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_var(f.name))
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f, raw, env_var(f.name))
+        return cls(**values)
+
+    @classmethod
+    def load(cls, args: argparse.Namespace | None = None) -> Settings:
+        """Environment first, then any flag the user actually gave."""
+        settings = cls.from_env()
+        return settings.with_overrides(vars(args)) if args is not None else settings
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """Return a copy with the given fields replaced; ``None`` values are ignored."""
+        names = {f.name for f in dataclasses.fields(self)}
+        changes = {k: v for k, v in overrides.items() if k in names and v is not None}
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict for logs, with secrets masked."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata["secret"] and value else value
+        return out
+
+
+def env_var(name: str) -> str:
+    """The environment variable that sets field ``name``."""
+    return "EDDY_" + name.upper()
+
+
+def _parse(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
+    try:
+        return f.metadata["parse"](raw)
+    except ValueError as ex:
+        msg = f"{source}={raw!r} is not valid: {ex}"
+        raise ConfigError(msg) from ex
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Add a flag for each setting (or for ``names`` only) to ``parser``.
+
+    Flags default to ``None`` so that :meth:`Settings.load` keeps the environment's
+    value when a flag is not given.
+    """
+    group = parser.add_argument_group("settings (each also read from its EDDY_* variable)")
+    for f in dataclasses.fields(Settings):
+        if names is not None and f.name not in names:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+
+        def parse(text: str, f: dataclasses.Field[Any] = f, flag: str = flag) -> Any:
+            try:
+                return f.metadata["parse"](text)
+            except ValueError as ex:
+                raise argparse.ArgumentTypeError(str(ex)) from ex
+
+        group.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            type=parse,
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} [{env_var(f.name)}]",
+        )

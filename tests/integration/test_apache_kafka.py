@@ -1,0 +1,55 @@
+"""The same paths against Apache Kafka through testcontainers, when a Docker engine answers.
+
+Machines without Docker (like the development machines here) skip this with the
+reason; the container is built lazily inside the fixture so collection never
+needs Docker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from streams import sources
+from streams.producer import ProduceOptions, produce
+from streams.settings import Settings
+from streams.topics import Topics, create_topics, topic_sizes
+
+# Confluent Platform 7.6 is Apache Kafka 3.6 in KRaft mode (faust is reported broken on 4.x).
+KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
+
+
+def _docker_answers() -> str | None:
+    """None when a Docker engine answers a ping, else why not."""
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as ex:  # noqa: BLE001 - any failure means "no usable Docker"
+        return f"no Docker engine answers ({type(ex).__name__}: {ex})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def apache_kafka() -> Iterator[str]:
+    why_not = _docker_answers()
+    if why_not:
+        pytest.skip(f"Apache Kafka via testcontainers skipped: {why_not}")
+    from testcontainers.community.kafka import KafkaContainer
+
+    with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka:
+        yield kafka.get_bootstrap_server()
+
+
+def test_topics_and_produce_on_apache_kafka(apache_kafka, tmp_path):
+    settings = Settings(bootstrap=apache_kafka, topic_prefix="ak.", data_dir=tmp_path)
+    assert set(asyncio.run(create_topics(settings)).values()) == {"created"}
+    report = asyncio.run(
+        produce(settings, sources.open_named("sea"), ProduceOptions(n=500, label_delay=20))
+    )
+    sizes = asyncio.run(topic_sizes(settings))
+    topics = Topics("ak.")
+    assert sizes[topics.samples] == (3, 500)
+    assert sizes[topics.labels] == (3, report.labels)
