@@ -336,7 +336,9 @@ def _print_report(report: ProduceReport) -> None:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """A bounded demo on the embedded broker: topics, a drifting stream, a summary."""
     with EmbeddedBroker() as broker:
-        settings = settings.with_overrides({"bootstrap": broker.bootstrap})
+        # Tansu refuses InitProducerId: no idempotent producers on the embedded broker
+        overrides = {"bootstrap": broker.bootstrap, "producer_idempotence": "off"}
+        settings = settings.with_overrides(overrides)
         console.print(f"eddy demo: embedded broker on {broker.bootstrap}")
         console.print(_topic_table(settings, run_until_signalled(create_topics(settings))))
         drift_at = args.n // 2

@@ -61,13 +61,16 @@ async def start_producer(
     options = client_options(settings, role)
     options.update(acks="all", max_request_size=settings.max_message_bytes + 64 * 1024)
     options.update(extra)
-    idempotent = settings.producer_idempotence != "off"
+    mode = settings.producer_idempotence
+    if mode == "auto" and not settings.bootstrap:
+        mode = "off"  # the embedded broker that `eddy broker` recorded: Tansu refuses it
+    idempotent = mode != "off"
     producer = AIOKafkaProducer(enable_idempotence=idempotent, **options)
     try:
         await producer.start()
     except (UnknownError, UnsupportedVersionError) as ex:
         await producer.stop()
-        if settings.producer_idempotence == "on":
+        if mode == "on":
             msg = (
                 f"the broker at {options['bootstrap_servers']} refused an idempotent producer "
                 f"({ex!r}); set EDDY_PRODUCER_IDEMPOTENCE=auto or off for this broker"
