@@ -30,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from models.exceptions import EddyError
+from models.learners import CATALOGUE, make_learner
 from streams import sources
 from streams.broker import EmbeddedBroker, broker_file, record_running_broker
 from streams.producer import ProduceOptions, ProduceReport, produce
@@ -131,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_settings_arguments(p, _KAFKA_SETTINGS)
     p.set_defaults(run=cmd_produce)
+
+    p = commands.add_parser(
+        "worker", help="run the join and learner agents (predict, evaluate, learn, detect drift)"
+    )
+    add_settings_arguments(p)
+    p.set_defaults(run=cmd_worker)
+
+    p = commands.add_parser("models", help="list the online models")
+    p.set_defaults(run=cmd_models)
 
     p = commands.add_parser(
         "demo",
@@ -331,6 +341,24 @@ def _print_report(report: ProduceReport) -> None:
         f"({report.labels_dropped:,} labels withheld) in {report.seconds:.1f}s "
         f"({report.rate:,.0f} samples/s); ids {report.id_prefix}-*"
     )
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the worker until SIGTERM or Ctrl-C; it checkpoints and leaves cleanly."""
+    from streams.worker import run_worker
+
+    make_learner(settings.model, settings.task)  # fail fast on a bad model/task pair
+    asyncio.run(run_worker(settings, handle_signals=True))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    """List the model catalogue."""
+    table = Table("model", "tasks", "what")
+    for spec in CATALOGUE.values():
+        table.add_row(spec.name, ", ".join(spec.tasks), spec.description)
+    console.print(table)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -129,6 +129,19 @@ class Label:
 
 
 @dataclass(slots=True)
+class Example:
+    """A labelled example (schema ``example``): what the learner learns from."""
+
+    id: str
+    stream: str
+    features: Features
+    label: LabelValue
+    sample: tuple[int, int]  # (partition, offset) of the sample record
+    label_at: tuple[int, int] | None = None  # of the label record; None when inline
+    ts: int | None = None
+
+
+@dataclass(slots=True)
 class ControlEvent:
     """A CloudEvents 1.0 control event; ``type`` is the short name (``drift.detected``)."""
 
@@ -194,6 +207,54 @@ def decode_label(raw: bytes, max_bytes: int = 1_048_576) -> Label:
         label=_label_value(obj["label"], "$.label"),
         ts=_timestamp(obj["ts"]) if "ts" in obj else None,
     )
+
+
+def decode_example(raw: bytes, max_bytes: int = 1_048_576) -> Example:
+    """Decode and validate an example (schema ``example``)."""
+    obj = load_json(raw, max_bytes)
+    _require_object(
+        obj,
+        ("id", "stream", "features", "label", "sample"),
+        ("id", "stream", "features", "label", "sample", "label_at", "ts"),
+    )
+    stream = obj["stream"]
+    if not (isinstance(stream, str) and _NAME.fullmatch(stream)):
+        _fail("$.stream", f"must be a stream name, got {_brief(stream)}")
+    label_at = obj.get("label_at")
+    return Example(
+        id=_event_id(obj["id"]),
+        stream=stream,
+        features=_features(obj["features"]),
+        label=_label_value(obj["label"], "$.label"),
+        sample=_position(obj["sample"], "$.sample"),
+        label_at=None if label_at is None else _position(label_at, "$.label_at"),
+        ts=_timestamp(obj["ts"]) if "ts" in obj else None,
+    )
+
+
+def _position(value: Any, where: str) -> tuple[int, int]:
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
+        return (value[0], value[1])
+    return _fail(where, f"must be [partition, offset], got {_brief(value)}")
+
+
+def encode_example(example: Example) -> bytes:
+    """The wire form of an example."""
+    out: dict[str, Any] = {
+        "id": example.id,
+        "stream": example.stream,
+        "features": example.features,
+        "label": example.label,
+        "sample": example.sample,
+        "label_at": example.label_at,
+    }
+    if example.ts is not None:
+        out["ts"] = example.ts
+    return orjson.dumps(out)
 
 
 def decode_event(raw: bytes, max_bytes: int = 1_048_576) -> ControlEvent:
@@ -393,12 +454,15 @@ __all__ = [
     "CONTROL_EVENT_TYPES",
     "ControlEvent",
     "DecodeError",
+    "Example",
     "Label",
     "Sample",
     "decode_event",
+    "decode_example",
     "decode_label",
     "decode_sample",
     "encode",
+    "encode_example",
     "encode_label",
     "encode_sample",
     "make_event",

@@ -27,12 +27,30 @@ from streams.exceptions import ConfigError
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _IDEMPOTENCE = ("auto", "on", "off")
+_TASKS = ("binary", "multiclass", "regression")
+_DETECTORS = ("adwin", "page_hinkley", "kswin", "ddm")
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         msg = f"must be a whole number of at least 1, got {text!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        msg = f"must be a number above 0, got {text!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        msg = f"must be a port number 0-65535, got {text!r}"
         raise ValueError(msg)
     return value
 
@@ -108,7 +126,69 @@ class Settings:
     ssl_keyfile: Path | None = _setting(None, "Client private key for TLS.", Path)
     log_level: str = _setting("INFO", "Log level.", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
 
+    # -- learning -----------------------------------------------------------------------------
+    model: str = _setting("scaled-logreg", "Online model of new streams (see `eddy models`).")
+    task: str = _setting("binary", "Task: binary, multiclass or regression.", _choice(*_TASKS))
+    detector: str = _setting(
+        "adwin", "Drift detector: adwin, page_hinkley, kswin or ddm.", _choice(*_DETECTORS)
+    )
+    drift_min_examples: int = _setting(
+        1000, "Examples a stream learns before drift can be signalled.", _positive_int
+    )
+    drift_cooldown: int = _setting(
+        2000, "Examples after a drift during which no new drift is signalled.", _positive_int
+    )
+    metrics_window: int = _setting(1000, "Window of the rolling metrics.", _positive_int)
+    batch_size: int = _setting(
+        256, "Mini-batch size of the PyTorch learners (River learns per example).", _positive_int
+    )
+
+    # -- join ---------------------------------------------------------------------------------
+    join_ttl_s: float = _setting(
+        60.0, "Seconds a sample waits for its label (and a label for its sample).", _positive_float
+    )
+    join_max_pending: int = _setting(
+        100_000,
+        "Samples (and labels) waiting per partition before the oldest is evicted.",
+        _positive_int,
+    )
+
+    # -- delivery -----------------------------------------------------------------------------
+    checkpoint_every: int = _setting(
+        10_000, "Checkpoint a partition's state after this many records.", _positive_int
+    )
+    checkpoint_interval_s: float = _setting(
+        5.0, "…and at least this often (seconds) while records flow.", _positive_float
+    )
+    dedup_horizon: int = _setting(
+        200_000,
+        "Example ids remembered per partition to drop re-sent examples after a crash.",
+        _positive_int,
+    )
+    start_from: str = _setting(
+        "earliest",
+        "Where a partition with no checkpoint starts: earliest or latest.",
+        _choice("earliest", "latest"),
+    )
+    session_timeout_ms: int = _setting(
+        9000,
+        "Consumer group session timeout (Tansu holds a JoinGroup for half of it).",
+        _positive_int,
+    )
+
+    # -- observability ------------------------------------------------------------------------
+    metrics_port: int = _setting(
+        0, "Port of the Prometheus /metrics endpoint of this process (0: off).", _port
+    )
+    metrics_interval_s: float = _setting(
+        5.0, "Seconds between metric snapshots on the metrics topic.", _positive_float
+    )
+
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # accept str for Path fields, as the env does
+            value = getattr(self, f.name)
+            if f.metadata["parse"] is Path and isinstance(value, str):
+                object.__setattr__(self, f.name, Path(value))
         if self.security_protocol.startswith("SASL") and not (
             self.sasl_mechanism and self.sasl_username and self.sasl_password
         ):

@@ -1,0 +1,120 @@
+"""Joining samples with their labels by event id, bounded in time and size.
+
+Labels may come before or after their sample, or inline in it. A sample waits
+for its label at most ``ttl_ms`` (of the clock the caller passes in) and at most
+``max_pending`` samples wait at once; the same bounds hold for labels waiting for
+their sample. What leaves the buffer unjoined is returned to the caller, which
+must count and record it: nothing leaves silently.
+
+The sample's features are kept as they were when it arrived, so the model learns
+on what it saw at prediction time, not on anything that changed since.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What waits in the buffer: a sample or a label, with where it came from."""
+
+    id: str
+    payload: Any  # the decoded sample or label
+    position: tuple[int, int]  # (partition, offset) of the record
+    arrived_ms: int
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A sample with its label."""
+
+    sample: Pending
+    label: Any  # the label value
+    label_position: tuple[int, int] | None  # None for inline labels
+
+
+@dataclass(frozen=True)
+class Unjoined:
+    """A sample or label that left the buffer without its other half."""
+
+    entry: Pending
+    kind: str  # "sample" or "label"
+    reason: str  # "expired" (TTL) or "evicted" (size cap)
+
+
+class JoinBuffer:
+    """Pending samples and labels of one partition.
+
+    >>> b = JoinBuffer(ttl_ms=1000, max_pending=10)
+    >>> b.add_label(Pending("a", "label-a", (0, 7), arrived_ms=0))
+    []
+    >>> [j.label for j in b.add_sample(Pending("a", "sample-a", (0, 3), 5))]
+    ['label-a']
+    >>> b.add_sample(Pending("b", "sample-b", (0, 4), 10))
+    []
+    >>> [(u.entry.id, u.reason) for u in b.expire(now_ms=1011)]
+    [('b', 'expired')]
+    """
+
+    def __init__(self, ttl_ms: int, max_pending: int) -> None:
+        if ttl_ms <= 0 or max_pending <= 0:
+            msg = f"ttl_ms and max_pending must be positive, got {ttl_ms} and {max_pending}"
+            raise ValueError(msg)
+        self.ttl_ms = ttl_ms
+        self.max_pending = max_pending
+        self.samples: OrderedDict[str, Pending] = OrderedDict()
+        self.labels: OrderedDict[str, Pending] = OrderedDict()
+        self.duplicates = 0
+
+    def __len__(self) -> int:
+        return len(self.samples) + len(self.labels)
+
+    def add_sample(self, entry: Pending, inline_label: Any = None) -> list[Joined | Unjoined]:
+        """A sample arrived; returns the join if its label is here (or inline).
+
+        A second sample with an id that is already waiting is a duplicate: it is
+        returned as ``Unjoined(kind="sample", reason="duplicate")``.
+        """
+        if inline_label is not None:
+            return [Joined(entry, inline_label, None)]
+        label = self.labels.pop(entry.id, None)
+        if label is not None:
+            return [Joined(entry, label.payload, label.position)]
+        if entry.id in self.samples:
+            self.duplicates += 1
+            return [Unjoined(entry, "sample", "duplicate")]
+        self.samples[entry.id] = entry
+        return self._evict(self.samples, "sample")
+
+    def add_label(self, entry: Pending) -> list[Joined | Unjoined]:
+        """A label arrived; returns the join if its sample is waiting."""
+        sample = self.samples.pop(entry.id, None)
+        if sample is not None:
+            return [Joined(sample, entry.payload, entry.position)]
+        if entry.id in self.labels:
+            self.duplicates += 1
+            return [Unjoined(entry, "label", "duplicate")]
+        self.labels[entry.id] = entry
+        return self._evict(self.labels, "label")
+
+    def expire(self, now_ms: int) -> list[Unjoined]:
+        """Remove and return every entry older than the TTL."""
+        out: list[Unjoined] = []
+        for queue, kind in ((self.samples, "sample"), (self.labels, "label")):
+            while queue:
+                oldest = next(iter(queue.values()))
+                if now_ms - oldest.arrived_ms <= self.ttl_ms:
+                    break
+                queue.popitem(last=False)
+                out.append(Unjoined(oldest, kind, "expired"))
+        return out
+
+    def _evict(self, queue: OrderedDict[str, Pending], kind: str) -> list[Joined | Unjoined]:
+        out: list[Joined | Unjoined] = []
+        while len(queue) > self.max_pending:
+            _, oldest = queue.popitem(last=False)
+            out.append(Unjoined(oldest, kind, "evicted"))
+        return out

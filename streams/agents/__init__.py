@@ -1,0 +1,1 @@
+"""Agents: thin adapters from Kafka records to models/ and back."""

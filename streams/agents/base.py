@@ -1,0 +1,228 @@
+"""What every eddy agent shares: a consumer group, per-partition state checkpointed
+together with the offsets it reflects, and a batch loop.
+
+Delivery contract: an agent's state for a partition is saved atomically with the
+next offset to read (see :mod:`models.checkpoint`), and only after everything the
+agent produced from those records is acknowledged by the broker. On start and on
+every reassignment the state is restored and consumption resumes at the saved
+offset, so each input record changes the state exactly once, across crashes;
+outputs are at-least-once, and downstream drops repeats by id.
+
+Records are fetched in batches (``getmany``), never one by one: per-record
+dispatch is what limits faust agents here (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from models import checkpoint
+from streams.kafka import end_offsets, make_consumer
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+class PartitionedAgent(ABC, Generic[S]):
+    """Consumes ``topics`` in group ``group``; keeps one state ``S`` per partition number.
+
+    Partitions with the same number across ``topics`` share one state (the
+    range assignor hands them to the same member), which is what the join needs.
+    Subclasses implement :meth:`new_state`, :meth:`offsets_of` and :meth:`process`.
+    """
+
+    name = "agent"
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer, topics: list[str]) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.topics = topics
+        self.group = f"{settings.topic_prefix}{self.name}"
+        self.states: dict[int, S] = {}
+        self._since_checkpoint: dict[int, int] = {}
+        self._last_checkpoint = time.monotonic()
+        self._stopping = asyncio.Event()
+        self._failure: BaseException | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.ready = asyncio.Event()  # set once partitions are assigned and restored
+
+    # -- to implement ------------------------------------------------------------------------
+
+    @abstractmethod
+    def new_state(self, partition: int) -> S:
+        """The state of a partition that has no checkpoint."""
+
+    @abstractmethod
+    def offsets_of(self, state: S) -> dict[str, int]:
+        """``{topic: next offset to read}`` recorded in ``state``."""
+
+    @abstractmethod
+    async def process(self, partition: int, records: dict[str, list[ConsumerRecord]]) -> None:
+        """Handle a batch of one partition's records, by topic; update its state."""
+
+    async def on_idle(self) -> None:
+        """Called between batches (timers: expiry, metric snapshots)."""
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint_path(self, partition: int) -> Path:
+        """Where a partition's state lives."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.group)
+        return self.settings.data_dir / "checkpoints" / safe / f"p{partition}.ckpt"
+
+    async def save(self, partitions: Iterable[int]) -> None:
+        """Flush outputs, then checkpoint the given partitions' states."""
+        partitions = [p for p in partitions if p in self.states]
+        if not partitions:
+            return
+        await self.producer.flush()  # outputs of these records are durable first
+        for p in partitions:
+            size = await asyncio.to_thread(checkpoint.save, self.checkpoint_path(p), self.states[p])
+            self._since_checkpoint[p] = 0
+            log.debug("%s: checkpointed partition %d (%d bytes)", self.name, p, size)
+        self._last_checkpoint = time.monotonic()
+        if self.consumer is not None:  # informational: lag tools read committed offsets
+            offsets = {
+                TopicPartition(t, p): o
+                for p in partitions
+                for t, o in self.offsets_of(self.states[p]).items()
+                if TopicPartition(t, p) in self.consumer.assignment()
+            }
+            if offsets:
+                try:
+                    await self.consumer.commit(offsets)
+                except Exception as ex:  # noqa: BLE001 - commits are advisory here
+                    log.debug(
+                        "%s: commit failed (%r); the checkpoint holds the offsets", self.name, ex
+                    )
+
+    async def _restore(self, partitions: set[int]) -> None:
+        assert self.consumer is not None
+        for p in sorted(partitions):
+            path = self.checkpoint_path(p)
+            if path.exists():
+                self.states[p] = await asyncio.to_thread(checkpoint.load, path)
+                offsets = self.offsets_of(self.states[p])
+                for topic in self.topics:
+                    tp = TopicPartition(topic, p)
+                    self.consumer.seek(tp, offsets.get(topic, 0))
+                log.info("%s: partition %d restored, resuming at %s", self.name, p, offsets)
+            else:
+                self.states[p] = self.new_state(p)
+                await self._seek_start(p)
+            self._since_checkpoint[p] = 0
+
+    async def _seek_start(self, partition: int) -> None:
+        assert self.consumer is not None
+        tps = [TopicPartition(t, partition) for t in self.topics]
+        if self.settings.start_from == "earliest":
+            for tp in tps:
+                self.consumer.seek(tp, 0)
+            return
+        ends = await _true_ends(self.settings, tps)
+        for tp in tps:
+            self.consumer.seek(tp, ends[tp])
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; checkpoint everything on the way out."""
+        self.consumer = make_consumer(
+            self.settings,
+            self.name,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(self.settings.session_timeout_ms // 3, 100),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self.consumer.subscribe(self.topics, listener=_Listener(self))
+        await self.consumer.start()
+        try:
+            while not self._stopping.is_set():
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=5000)
+                by_partition: dict[int, dict[str, list[ConsumerRecord]]] = {}
+                for tp, records in batch.items():
+                    by_partition.setdefault(tp.partition, {})[tp.topic] = records
+                for partition, records in by_partition.items():
+                    if partition not in self.states:
+                        continue  # revoked while the fetch was in flight
+                    await self.process(partition, records)
+                    self._since_checkpoint[partition] += sum(len(r) for r in records.values())
+                await self.on_idle()
+                await self._maybe_checkpoint()
+        finally:
+            if self._failure is None:
+                await self.save(list(self.states))
+            await self.consumer.stop()  # sends LeaveGroup, so a restart rejoins at once
+        if self._failure is not None:
+            raise self._failure
+
+    async def _maybe_checkpoint(self) -> None:
+        due = [p for p, n in self._since_checkpoint.items() if n >= self.settings.checkpoint_every]
+        if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+            due = [p for p, n in self._since_checkpoint.items() if n > 0]
+            self._last_checkpoint = time.monotonic()
+        await self.save(due)
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, checkpoint and leave the group."""
+        self._stopping.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Stop without checkpointing, and make :meth:`run` raise ``error``.
+
+        aiokafka only logs what a rebalance callback raises; this makes a failed
+        restore stop the worker instead of leaving it idle without partitions.
+        """
+        log.error("%s: %r; stopping", self.name, error)
+        self._failure = self._failure or error
+        self._stopping.set()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, agent: PartitionedAgent[Any]) -> None:
+        self.agent = agent
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        partitions = {tp.partition for tp in revoked}
+        try:
+            await self.agent.save(partitions)
+        except Exception as ex:  # noqa: BLE001 - surfaced through agent.fail
+            self.agent.fail(ex)
+        for p in partitions:
+            self.agent.states.pop(p, None)
+            self.agent._since_checkpoint.pop(p, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        try:
+            await self.agent._restore({tp.partition for tp in assigned})
+        except Exception as ex:  # noqa: BLE001 - surfaced through agent.fail
+            self.agent.fail(ex)
+            return
+        log.info("%s: assigned partitions %s", self.agent.name, sorted(self.agent.states))
+        self.agent.ready.set()
+
+
+async def _true_ends(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    consumer = make_consumer(settings, "offsets", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await end_offsets(consumer, tps)
+    finally:
+        await consumer.stop()

@@ -1,0 +1,168 @@
+"""The join agent: samples ⋈ labels by event id → examples, keyed by model stream.
+
+Samples and labels are co-partitioned (same key, same partition count), so each
+partition number is joined on its own, with a :class:`models.join.JoinBuffer`.
+Expired or evicted samples, orphan and duplicate labels go to the dead-letter
+topic with their reason and are counted: nothing leaves silently.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from models.join import JoinBuffer, Joined, Pending, Unjoined
+from streams.agents.base import PartitionedAgent
+from streams.codec import Example, decode_label, decode_sample, encode_example
+from streams.deadletter import DeadLetterQueue, dead_letter_headers
+from streams.exceptions import DecodeError
+from streams.metrics import JoinMetrics
+from streams.settings import Settings
+from streams.topics import Topics
+
+
+class Unmatched(DecodeError):
+    """A sample or label that left the join without its other half."""
+
+    def __init__(self, kind: str, reason: str, ttl_s: float) -> None:
+        self.reason = f"{kind}_{reason}"
+        what = {
+            "expired": f"waited longer than the join TTL ({ttl_s:g}s)",
+            "evicted": "evicted by the join's size cap (EDDY_JOIN_MAX_PENDING)",
+            "duplicate": "has the id of one already waiting",
+        }[reason]
+        super().__init__(
+            f"{kind} {what}; its {'label' if kind == 'sample' else 'sample'} never came"
+        )
+
+
+@dataclass
+class JoinState:
+    """One partition's join state and the offsets it reflects."""
+
+    buffer: JoinBuffer
+    offsets: dict[str, int] = field(default_factory=dict)
+    joined: int = 0
+    unjoined: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Enough of a consumed record to dead-letter it later (SourceRecord protocol)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any = ()
+
+
+class JoinAgent(PartitionedAgent[JoinState]):
+    """Joins samples with labels; writes examples; dead-letters what cannot join."""
+
+    name = "join"
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        dlq: DeadLetterQueue,
+        metrics: JoinMetrics,
+    ) -> None:
+        self.t = Topics(settings.topic_prefix)
+        super().__init__(settings, producer, [self.t.samples, self.t.labels])
+        self.dlq = dlq
+        self.metrics = metrics
+        self.ttl_ms = int(settings.join_ttl_s * 1000)
+        self.max_bytes = settings.max_message_bytes
+
+    def new_state(self, partition: int) -> JoinState:
+        """An empty buffer reading both topics from the start."""
+        return JoinState(JoinBuffer(self.ttl_ms, self.settings.join_max_pending))
+
+    def offsets_of(self, state: JoinState) -> dict[str, int]:
+        """Next offsets of samples and labels."""
+        return state.offsets
+
+    async def process(self, partition: int, records: dict[str, list[ConsumerRecord]]) -> None:
+        """Decode, join, emit; labels first so a batch holding both halves joins at once."""
+        state = self.states[partition]
+        now = _now_ms()
+        results: list[Joined | Unjoined] = []
+        for topic, decode in ((self.t.labels, decode_label), (self.t.samples, decode_sample)):
+            batch = records.get(topic)
+            if not batch:
+                continue
+            for record, event in await self.dlq.decode_all(batch, self._decoder(decode)):
+                stored = _Position(
+                    record.topic, record.partition, record.offset, record.timestamp,
+                    record.key, record.value, record.headers,
+                )  # fmt: skip
+                # the raw record rides along, so an unmatched one is dead-lettered unchanged
+                pending = Pending(event.id, (event, stored), (record.partition, record.offset), now)
+                if topic == self.t.samples:
+                    results += state.buffer.add_sample(pending, event.label)
+                else:
+                    results += state.buffer.add_label(pending)
+            state.offsets[topic] = batch[-1].offset + 1
+        await self._emit(state, results)
+        self.metrics.pending.set(self._pending())
+
+    def _decoder(self, decode: Any) -> Any:
+        max_bytes = self.max_bytes
+        return lambda raw: decode(raw, max_bytes)
+
+    async def on_idle(self) -> None:
+        """Expire entries older than the TTL, in every partition."""
+        now = _now_ms()
+        for state in self.states.values():
+            expired = state.buffer.expire(now)
+            if expired:
+                await self._emit(state, list(expired))
+        self.metrics.pending.set(self._pending())
+
+    def _pending(self) -> int:
+        return sum(len(s.buffer) for s in self.states.values())
+
+    async def _emit(self, state: JoinState, results: list[Joined | Unjoined]) -> None:
+        for result in results:
+            if isinstance(result, Joined):
+                sample, stored = result.sample.payload
+                # a waiting label's payload is (Label, record); an inline label is the value
+                label = result.label[0].label if isinstance(result.label, tuple) else result.label
+                example = Example(
+                    id=sample.id,
+                    stream=sample.stream,
+                    features=sample.features,
+                    label=label,
+                    sample=(stored.partition, stored.offset),
+                    label_at=result.label_position,
+                    ts=sample.ts,
+                )
+                await self.producer.send(
+                    self.t.examples, encode_example(example), key=sample.stream.encode()
+                )
+                state.joined += 1
+                self.metrics.joined.inc()
+                if result.label_position is not None and sample.ts is not None:
+                    self.metrics.label_delay.observe(max(_now_ms() - sample.ts, 0) / 1000)
+            else:
+                _, stored = result.entry.payload
+                error = Unmatched(result.kind, result.reason, self.settings.join_ttl_s)
+                await self.producer.send(
+                    self.dlq.topic,
+                    value=stored.value,
+                    key=stored.key,
+                    headers=dead_letter_headers(stored, error, self.group),
+                )
+                state.unjoined[error.reason] = state.unjoined.get(error.reason, 0) + 1
+                self.metrics.unjoined.labels(result.kind, result.reason).inc()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,103 @@
+"""The worker process: the join and learner agents, a producer and a metrics endpoint.
+
+SIGTERM or SIGINT asks both agents to finish their batch, checkpoint and leave
+their groups; nothing is cancelled mid-batch, so a checkpoint never holds a
+half-applied batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+
+from models.prequential import LearnerConfig
+from streams.agents.join import JoinAgent
+from streams.agents.learner import LearnerAgent
+from streams.deadletter import DeadLetterQueue
+from streams.kafka import start_producer
+from streams.metrics import EdgeMetrics, JoinMetrics, LearnerMetrics
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def learner_config(settings: Settings) -> LearnerConfig:
+    """The learning configuration the settings describe."""
+    return LearnerConfig(
+        model=settings.model,
+        task=settings.task,
+        detector=settings.detector,
+        drift_min_examples=settings.drift_min_examples,
+        drift_cooldown=settings.drift_cooldown,
+        metrics_window=settings.metrics_window,
+    )
+
+
+@dataclass
+class Worker:
+    """A running worker; :meth:`stop` ends it cleanly."""
+
+    join: JoinAgent
+    learner: LearnerAgent
+    registry: CollectorRegistry
+
+    def stop(self) -> None:
+        """Finish the current batches, checkpoint, leave the groups."""
+        self.join.stop()
+        self.learner.stop()
+
+
+async def run_worker(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    on_start: asyncio.Future[Worker] | None = None,
+    handle_signals: bool = False,
+) -> None:
+    """Run the join and learner agents until stopped.
+
+    ``on_start`` (if given) receives the :class:`Worker` once it runs, so that a
+    caller in the same loop can watch or stop it.
+    """
+    registry = registry or CollectorRegistry()
+    ProcessCollector(registry=registry)
+    topics = Topics(settings.topic_prefix)
+    config = learner_config(settings)
+    producer = await start_producer(settings, "worker", linger_ms=5)
+    try:
+        edge = EdgeMetrics.create(registry)
+        join_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "join")
+        learn_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "learner")
+        worker = Worker(
+            JoinAgent(settings, producer, join_dlq, JoinMetrics.create(registry)),
+            LearnerAgent(settings, producer, learn_dlq, LearnerMetrics.create(registry), config),
+            registry,
+        )
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, registry=registry)
+            log.info("worker: metrics on :%d/metrics", settings.metrics_port)
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, worker.stop)
+        if on_start is not None:
+            on_start.set_result(worker)
+        log.info(
+            "worker: topics %s*, model %s (%s), drift detector %s",
+            settings.topic_prefix, config.model, config.task, config.detector,
+        )  # fmt: skip
+        tasks = [asyncio.create_task(worker.join.run()), asyncio.create_task(worker.learner.run())]
+        # One agent failing stops the other cleanly, then the failure propagates.
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        worker.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        await producer.stop()
+    log.info("worker: stopped cleanly")
