@@ -1,10 +1,13 @@
 """Joining samples with their labels by event id, bounded in time and size.
 
 Labels may come before or after their sample, or inline in it. A sample waits
-for its label at most ``ttl_ms`` (of the clock the caller passes in) and at most
-``max_pending`` samples wait at once; the same bounds hold for labels waiting for
-their sample. What leaves the buffer unjoined is returned to the caller, which
-must count and record it: nothing leaves silently.
+for its label until the labels' clock has passed its own time by ``ttl_ms``, and
+at most ``max_pending`` samples wait at once; the same bounds hold for labels
+waiting for their sample, against the samples' clock. The clocks are the
+caller's: event time read from the other stream, so that a backlog read long
+after it was written does not expire what is merely unread. What leaves the
+buffer unjoined is returned to the caller, which must count and record it:
+nothing leaves silently.
 
 The sample's features are kept as they were when it arrived, so the model learns
 on what it saw at prediction time, not on anything that changed since.
@@ -24,7 +27,7 @@ class Pending:
     id: str
     payload: Any  # the decoded sample or label
     position: tuple[int, int]  # (partition, offset) of the record
-    arrived_ms: int
+    time_ms: int  # event time of the record
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,13 @@ class JoinBuffer:
     """Pending samples and labels of one partition.
 
     >>> b = JoinBuffer(ttl_ms=1000, max_pending=10)
-    >>> b.add_label(Pending("a", "label-a", (0, 7), arrived_ms=0))
+    >>> b.add_label(Pending("a", "label-a", (0, 7), time_ms=0))
     []
     >>> [j.label for j in b.add_sample(Pending("a", "sample-a", (0, 3), 5))]
     ['label-a']
     >>> b.add_sample(Pending("b", "sample-b", (0, 4), 10))
     []
-    >>> [(u.entry.id, u.reason) for u in b.expire(now_ms=1011)]
+    >>> [(u.entry.id, u.reason) for u in b.expire(label_clock_ms=1011, sample_clock_ms=0)]
     [('b', 'expired')]
     """
 
@@ -100,13 +103,21 @@ class JoinBuffer:
         self.labels[entry.id] = entry
         return self._evict(self.labels, "label")
 
-    def expire(self, now_ms: int) -> list[Unjoined]:
-        """Remove and return every entry older than the TTL."""
+    def expire(self, label_clock_ms: int, sample_clock_ms: int) -> list[Unjoined]:
+        """Remove and return the samples the labels' clock has left behind by more
+        than the TTL, and the labels the samples' clock has.
+
+        Entries leave in arrival order, so one late-stamped entry can hold back
+        younger ones for a while; none waits past the size cap.
+        """
         out: list[Unjoined] = []
-        for queue, kind in ((self.samples, "sample"), (self.labels, "label")):
+        for queue, kind, clock in (
+            (self.samples, "sample", label_clock_ms),
+            (self.labels, "label", sample_clock_ms),
+        ):
             while queue:
                 oldest = next(iter(queue.values()))
-                if now_ms - oldest.arrived_ms <= self.ttl_ms:
+                if clock - oldest.time_ms <= self.ttl_ms:
                     break
                 queue.popitem(last=False)
                 out.append(Unjoined(oldest, kind, "expired"))

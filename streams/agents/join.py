@@ -2,6 +2,11 @@
 
 Samples and labels are co-partitioned (same key, same partition count), so each
 partition number is joined on its own, with a :class:`models.join.JoinBuffer`.
+
+The join's TTL runs in event time: each topic's clock is the newest record
+timestamp read from it, and the wall clock once the agent has read all there is
+on that partition. A sample expires when the labels' clock is past its time plus
+the TTL, so reading a backlog never expires a sample whose label is merely unread.
 Expired or evicted samples, orphan and duplicate labels go to the dead-letter
 topic with their reason and are counted: nothing leaves silently.
 """
@@ -12,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from models.join import JoinBuffer, Joined, Pending, Unjoined
 from streams.agents.base import PartitionedAgent
@@ -45,6 +50,7 @@ class JoinState:
 
     buffer: JoinBuffer
     offsets: dict[str, int] = field(default_factory=dict)
+    clocks: dict[str, int] = field(default_factory=dict)  # topic -> newest event time read
     joined: int = 0
     unjoined: dict[str, int] = field(default_factory=dict)
 
@@ -92,7 +98,6 @@ class JoinAgent(PartitionedAgent[JoinState]):
     async def process(self, partition: int, records: dict[str, list[ConsumerRecord]]) -> None:
         """Decode, join, emit; labels first so a batch holding both halves joins at once."""
         state = self.states[partition]
-        now = _now_ms()
         results: list[Joined | Unjoined] = []
         for topic, decode in ((self.t.labels, decode_label), (self.t.samples, decode_sample)):
             batch = records.get(topic)
@@ -104,12 +109,15 @@ class JoinAgent(PartitionedAgent[JoinState]):
                     record.key, record.value, record.headers,
                 )  # fmt: skip
                 # the raw record rides along, so an unmatched one is dead-lettered unchanged
-                pending = Pending(event.id, (event, stored), (record.partition, record.offset), now)
+                where = (record.partition, record.offset)
+                pending = Pending(event.id, (event, stored), where, record.timestamp)
                 if topic == self.t.samples:
                     results += state.buffer.add_sample(pending, event.label)
                 else:
                     results += state.buffer.add_label(pending)
             state.offsets[topic] = batch[-1].offset + 1
+            newest = max(r.timestamp for r in batch)
+            state.clocks[topic] = max(state.clocks.get(topic, 0), newest)
         await self._emit(state, results)
         self.metrics.pending.set(self._pending())
 
@@ -118,13 +126,24 @@ class JoinAgent(PartitionedAgent[JoinState]):
         return lambda raw: decode(raw, max_bytes)
 
     async def on_idle(self) -> None:
-        """Expire entries older than the TTL, in every partition."""
+        """Expire entries the other stream's clock has left behind by the TTL."""
         now = _now_ms()
-        for state in self.states.values():
-            expired = state.buffer.expire(now)
+        for partition, state in self.states.items():
+            label_clock = self._clock(state, self.t.labels, partition, now)
+            sample_clock = self._clock(state, self.t.samples, partition, now)
+            expired = state.buffer.expire(label_clock, sample_clock)
             if expired:
                 await self._emit(state, list(expired))
         self.metrics.pending.set(self._pending())
+
+    def _clock(self, state: JoinState, topic: str, partition: int, now: int) -> int:
+        # Caught up on this partition: whatever comes next is stamped after now.
+        clock = state.clocks.get(topic, 0)
+        if self.consumer is not None:
+            highwater = self.consumer.highwater(TopicPartition(topic, partition))
+            if highwater is not None and state.offsets.get(topic, 0) >= highwater:
+                clock = max(clock, now)
+        return clock
 
     def _pending(self) -> int:
         return sum(len(s.buffer) for s in self.states.values())

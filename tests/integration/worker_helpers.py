@@ -1,0 +1,36 @@
+"""Helpers to run eddy's worker inside a test and wait on conditions with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from streams.settings import Settings
+from streams.worker import Worker, run_worker
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """Start a worker in this event loop; stop it cleanly (checkpoint, leave) on exit."""
+    started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_worker(settings, on_start=started))
+    done, _ = await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # raises the start-up error
+    worker = started.result()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+
+async def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Poll ``condition`` until true; fail naming ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
