@@ -79,6 +79,7 @@ class DriftMonitor:
         self.drifts = 0
         self.warnings = 0
         self.improvements = 0
+        self.recent_window = recent_window
         self._last_drift_at: int | None = None
         self._in_warning = False
         self._recent: deque[float] = deque(maxlen=recent_window)

@@ -39,7 +39,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class DriftFinding:
-    """A drift signal with the metrics before (since the last drift) and after (recent)."""
+    """A drift signal with the metrics over the recent examples that made the detector
+    fire ("after") and over the window before them ("before")."""
 
     signal: DriftSignal
     index: int  # position of the triggering example in the batch
@@ -55,10 +56,12 @@ class StreamLearner:
         self.config = config
         self.version = version
         self.learner: OnlineLearner = make_learner(config.model, config.task, config.params)
-        self.metrics = PrequentialMetrics(config.task, config.metrics_window)
-        self.since_drift = PrequentialMetrics(config.task, config.metrics_window)
         self.monitor = DriftMonitor(
             config.detector, config.drift_min_examples, config.drift_cooldown
+        )
+        self.recent_window = self.monitor.recent_window
+        self.metrics = PrequentialMetrics(
+            config.task, config.metrics_window, keep=config.metrics_window + self.recent_window
         )
         self.learned = 0
 
@@ -72,7 +75,6 @@ class StreamLearner:
         regression = self.config.task == "regression"
         for i, (y, p) in enumerate(zip(ys, predictions, strict=True)):
             self.metrics.update(y, p.value, p.proba)
-            self.since_drift.update(y, p.value, p.proba)
             error = _abs_error(y, p.value) if regression else float(p.value != y)
             outcomes.append(Outcome(p, error))
             signal = self.monitor.update(error)
@@ -82,10 +84,8 @@ class StreamLearner:
         return outcomes, findings
 
     def _finding(self, signal: DriftSignal, index: int) -> DriftFinding:
-        before = self.since_drift.values("cumulative")
-        after = self.metrics.values("rolling")
-        if signal.level == "drift":
-            self.since_drift = PrequentialMetrics(self.config.task, self.config.metrics_window)
+        after = self.metrics.over_last(self.recent_window)
+        before = self.metrics.over_last(self.config.metrics_window, skip=self.recent_window)
         return DriftFinding(signal, index, before, after)
 
 

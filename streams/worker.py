@@ -67,7 +67,8 @@ async def run_worker(
     ProcessCollector(registry=registry)
     topics = Topics(settings.topic_prefix)
     config = learner_config(settings)
-    producer = await start_producer(settings, "worker", linger_ms=5)
+    # Agents hand over whole batches (streams/sender.py): allow large ones.
+    producer = await start_producer(settings, "worker", linger_ms=5, max_batch_size=512 * 1024)
     try:
         edge = EdgeMetrics.create(registry)
         join_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "join")

@@ -29,6 +29,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from models import checkpoint
 from streams.kafka import end_offsets, make_consumer
+from streams.sender import BatchSender
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class PartitionedAgent(ABC, Generic[S]):
         self._last_checkpoint = time.monotonic()
         self._stopping = asyncio.Event()
         self._failure: BaseException | None = None
+        self.sender = BatchSender(producer)
         self.consumer: AIOKafkaConsumer | None = None
         self.ready = asyncio.Event()  # set once partitions are assigned and restored
 
@@ -88,7 +90,7 @@ class PartitionedAgent(ABC, Generic[S]):
         partitions = [p for p in partitions if p in self.states]
         if not partitions:
             return
-        await self.producer.flush()  # outputs of these records are durable first
+        await self.sender.flush()  # outputs of these records are durable first
         for p in partitions:
             size = await asyncio.to_thread(checkpoint.save, self.checkpoint_path(p), self.states[p])
             self._since_checkpoint[p] = 0
@@ -165,6 +167,7 @@ class PartitionedAgent(ABC, Generic[S]):
                     await self.process(partition, records)
                     self._since_checkpoint[partition] += sum(len(r) for r in records.values())
                 await self.on_idle()
+                await self.sender.ship()
                 await self._maybe_checkpoint()
         finally:
             if self._failure is None:

@@ -163,7 +163,7 @@ class JoinAgent(PartitionedAgent[JoinState]):
                     label_at=result.label_position,
                     ts=sample.ts,
                 )
-                await self.producer.send(
+                await self.sender.send(
                     self.t.examples, encode_example(example), key=sample.stream.encode()
                 )
                 state.joined += 1
@@ -173,7 +173,7 @@ class JoinAgent(PartitionedAgent[JoinState]):
             else:
                 _, stored = result.entry.payload
                 error = Unmatched(result.kind, result.reason, self.settings.join_ttl_s)
-                await self.producer.send(
+                await self.sender.send(
                     self.dlq.topic,
                     value=stored.value,
                     key=stored.key,

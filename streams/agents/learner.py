@@ -150,9 +150,10 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
         outcomes: list[Outcome],
     ) -> None:
         ts = now_ms()
-        send = self.producer.send
+        send = self.sender.send
         topic = self.t.predictions
-        for (_, example), outcome in zip(items, outcomes, strict=True):
+        # A stream's predictions share its examples' partition: no per-record hashing.
+        for (record, example), outcome in zip(items, outcomes, strict=True):
             event: dict[str, Any] = {
                 "id": example.id,
                 "stream": learner.stream,
@@ -166,6 +167,7 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
                 topic,
                 orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS),
                 key=example.id.encode(),
+                partition=record.partition,
             )
 
     async def _publish_drift(
@@ -225,7 +227,7 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.source}/{kind}/{stream}/{level}/{count}"))
 
     async def _send_event(self, stream: str, event: dict[str, Any]) -> None:
-        await self.producer.send(self.t.events, orjson.dumps(event), key=stream.encode())
+        await self.sender.send(self.t.events, orjson.dumps(event), key=stream.encode())
 
     async def on_idle(self) -> None:
         """Publish metric snapshots every ``metrics_interval_s``."""
@@ -246,4 +248,4 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
                 self.metrics.model_info.labels(name, self.config.model, learner.version).set(1)
                 event = {"stream": name, "model_version": learner.version, "ts": now_ms()}
                 event |= snapshot
-                await self.producer.send(self.t.metrics, orjson.dumps(event), key=name.encode())
+                await self.sender.send(self.t.metrics, orjson.dumps(event), key=name.encode())

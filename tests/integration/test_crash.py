@@ -94,7 +94,7 @@ def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(setting
     river = evaluate.progressive_val_score(
         stream(), linear_model.LogisticRegression(), metrics.Accuracy()
     )
-    assert learned.metrics.cumulative["accuracy"].get() == pytest.approx(river.get(), abs=1e-9)
+    assert learned.metrics.cumulative.get("accuracy").get() == pytest.approx(river.get(), abs=1e-9)
     print(
         f"killed after {killed_at} checkpointed examples; "
         f"{state.duplicates} re-sent examples dropped; accuracy {river.get():.6f}"

@@ -59,7 +59,7 @@ def test_prequential_metric_equals_rivers_progressive_val_score(
         return itertools.islice(sources.open_named(source, seed=11), n)
 
     learned = asyncio.run(_learn(settings, stream(), ProduceOptions(n=n, label_delay=0), n))
-    ours = learned.metrics.cumulative["accuracy" if task == "binary" else "mae"].get()
+    ours = learned.metrics.cumulative.get("accuracy" if task == "binary" else "mae").get()
     river = evaluate.progressive_val_score(stream(), river_model(), metric()).get()
     assert learned.learned == n
     assert ours == pytest.approx(river, abs=1e-9)

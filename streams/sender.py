@@ -1,0 +1,105 @@
+"""Sending many small records with whole batches, not one ``send`` per record.
+
+aiokafka's ``send`` costs ~15 µs a record in Python (a future, the partitioner,
+the accumulator), which profiled at a fifth of the worker's time. The agents
+instead append records to one batch per partition and hand aiokafka whole
+batches; records keep the partition the default partitioner would give their
+key, so consumers that rely on key partitioning see no difference.
+
+Delivery: :meth:`ship` sends the open batches; :meth:`flush` also waits until
+the broker acknowledged everything shipped. Agents flush before a checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.exceptions import DecodeError
+
+
+class RecordTooLarge(DecodeError):
+    """A record is larger than a whole producer batch."""
+
+    reason = "too_large"
+
+
+class BatchSender:
+    """Per-partition batches over one producer."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._open: dict[tuple[str, int], Any] = {}
+        self._in_flight: list[asyncio.Future[Any]] = []
+        self._round_robin = itertools.count()
+
+    async def _partitions_of(self, topic: str) -> list[int]:
+        parts = self._partitions.get(topic)
+        if parts is None:
+            parts = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
+        return parts
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> None:
+        """Append a record to its partition's batch; ships the batch when full.
+
+        The partition is ``partition`` if given, else the default partitioner's
+        for ``key`` (round-robin without a key).
+        """
+        parts = await self._partitions_of(topic)
+        if partition is not None:
+            pass
+        elif key is None:
+            partition = parts[next(self._round_robin) % len(parts)]
+        else:
+            partition = self._partitioner(key, parts, parts)
+        where = (topic, partition)
+        batch = self._open.get(where)
+        if batch is None:
+            batch = self._open[where] = self.producer.create_batch()
+        headers = list(headers)
+        if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            await self._ship(where)
+            batch = self._open[where] = self.producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                msg = f"a {len(value or b'')}-byte record does not fit a producer batch"
+                raise RecordTooLarge(msg)
+
+    async def _ship(self, where: tuple[str, int]) -> None:
+        batch = self._open.pop(where)
+        if batch.record_count():
+            batch.close()
+            topic, partition = where
+            self._in_flight.append(
+                await self.producer.send_batch(batch, topic, partition=partition)
+            )
+
+    async def ship(self) -> None:
+        """Send every open batch (without waiting for acknowledgements)."""
+        for where in list(self._open):
+            await self._ship(where)
+        # forget acknowledged batches; failures stay for flush() to raise
+        self._in_flight = [f for f in self._in_flight if not _succeeded(f)]
+
+    async def flush(self) -> None:
+        """Send every open batch and wait until the broker has all of them."""
+        await self.ship()
+        in_flight, self._in_flight = self._in_flight, []
+        await asyncio.gather(*in_flight)
+
+
+def _succeeded(future: asyncio.Future[Any]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
