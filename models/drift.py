@@ -24,6 +24,8 @@ from typing import Any
 from river import drift
 from river.drift import binary
 
+from models.exceptions import ModelConfigError
+
 DETECTORS = ("adwin", "page_hinkley", "kswin", "ddm")
 
 
@@ -38,7 +40,7 @@ def make_detector(name: str, seed: int = 42, warning: bool = False) -> Any:
     if name == "ddm":
         return binary.DDM()
     msg = f"unknown drift detector {name!r}; known: {', '.join(DETECTORS)}"
-    raise ValueError(msg)
+    raise ModelConfigError(msg)
 
 
 @dataclass(frozen=True)

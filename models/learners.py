@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from river import forest, linear_model, optim, preprocessing, tree
 
+from models.exceptions import ModelConfigError
+
 Features = dict[Any, float] | list[float]
 
 
@@ -226,11 +228,11 @@ def make_learner(name: str, task: str, params: dict[str, Any] | None = None) -> 
     """Build a learner by catalogue name for ``task``; errors list what is allowed."""
     spec = CATALOGUE.get(name)
     if spec is None:
-        msg = f"unknown model {name!r}; known: {', '.join(CATALOGUE)}"
-        raise ValueError(msg)
+        msg = f"unknown model {name!r}; known: {', '.join(CATALOGUE)} (see `eddy models`)"
+        raise ModelConfigError(msg)
     if task not in spec.tasks:
-        msg = f"model {name!r} does {', '.join(spec.tasks)}, not {task!r}"
-        raise ValueError(msg)
+        msg = f"model {name!r} does {', '.join(spec.tasks)}, not {task!r}: set EDDY_TASK / --task"
+        raise ModelConfigError(msg)
     learner = spec.build(task, dict(params or {}))
     learner.name = name
     return learner

@@ -30,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from models.exceptions import EddyError
-from models.learners import CATALOGUE, make_learner
+from models.learners import CATALOGUE
 from streams import sources
 from streams.broker import EmbeddedBroker, broker_file, record_running_broker
 from streams.producer import ProduceOptions, ProduceReport, produce
@@ -347,7 +347,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or Ctrl-C; it checkpoints and leaves cleanly."""
     from streams.worker import run_worker
 
-    make_learner(settings.model, settings.task)  # fail fast on a bad model/task pair
     asyncio.run(run_worker(settings, handle_signals=True))
     return 0
 

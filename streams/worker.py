@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
+from models.learners import make_learner
 from models.prequential import LearnerConfig
 from streams.agents.join import JoinAgent
 from streams.agents.learner import LearnerAgent
@@ -67,6 +68,9 @@ async def run_worker(
     ProcessCollector(registry=registry)
     topics = Topics(settings.topic_prefix)
     config = learner_config(settings)
+    # Fails fast on a bad model/task pair, and imports the model's libraries (torch
+    # takes ~2 s) now rather than mid-stream inside the event loop.
+    make_learner(config.model, config.task)
     # Agents hand over whole batches (streams/sender.py): allow large ones.
     producer = await start_producer(settings, "worker", linger_ms=5, max_batch_size=512 * 1024)
     try:

@@ -10,6 +10,7 @@ from streams.codec import (
     Label,
     Sample,
     decode_event,
+    decode_example,
     decode_label,
     decode_sample,
     encode,
@@ -194,14 +195,14 @@ def test_label_decoder_agrees_with_the_label_schema(value):
 
 @given(st.binary(max_size=200))
 def test_decoders_never_crash_on_arbitrary_bytes(raw):
-    for decode in (decode_sample, decode_label, decode_event):
+    for decode in (decode_sample, decode_label, decode_event, decode_example):
         _accepts(decode, raw)
 
 
 @given(json_values)
 def test_decoders_never_crash_on_arbitrary_json(value):
     raw = orjson.dumps(value)
-    for decode in (decode_sample, decode_label, decode_event):
+    for decode in (decode_sample, decode_label, decode_event, decode_example):
         _accepts(decode, raw)
 
 

@@ -1,0 +1,56 @@
+import itertools
+
+import pytest
+
+from models.drift import DriftMonitor
+from models.exceptions import ModelConfigError
+from models.prequential import LearnerConfig, StreamLearner
+from streams.sources import open_named
+
+
+def _run(detector, seed, n=20_000, drift_at=10_000):
+    learner = StreamLearner("s", LearnerConfig(model="scaled-logreg", detector=detector))
+    stream = open_named("sea", seed=seed, variant=0, drift_at=drift_at, drift_to=3)
+    drifts = []
+    for x, y in itertools.islice(stream, n):
+        _, findings = learner.process([x], [y])
+        drifts += [f for f in findings if f.signal.level == "drift"]
+    return drifts
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley", "ddm"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_abrupt_sea_drift_is_found_within_1500_examples_without_false_alarms(detector, seed):
+    drifts = _run(detector, seed)
+    counts = [d.signal.count for d in drifts]
+    assert counts, "no drift found"
+    assert 10_000 < counts[0] <= 11_500, counts
+    assert all(c > 10_000 for c in counts), counts
+    first = drifts[0]
+    assert first.metrics_after["accuracy"] < first.metrics_before["accuracy"]
+
+
+def test_no_signal_before_the_minimum_and_none_during_cooldown():
+    monitor = DriftMonitor("adwin", min_examples=3000, cooldown=5000)
+    signals = [monitor.update(float(i % 2 == 0 and i > 1000)) for i in range(2999)]
+    assert not any(signals)
+    monitor = DriftMonitor("adwin", min_examples=10, cooldown=10_000)
+    levels = []
+    for i in range(12_000):  # two jumps 2,000 apart: the second falls in the cooldown
+        error = 0.0 if i < 1000 else (0.5 if i < 3000 else 1.0)
+        s = monitor.update(error)
+        if s and s.level == "drift":
+            levels.append(i)
+    assert len(levels) == 1
+
+
+def test_a_falling_error_is_not_a_drift():
+    monitor = DriftMonitor("adwin", min_examples=10, cooldown=10)
+    signals = [monitor.update(1.0 if i < 2000 else 0.0) for i in range(4000)]
+    assert not [s for s in signals if s and s.level == "drift"]
+    assert monitor.improvements >= 1
+
+
+def test_unknown_detector():
+    with pytest.raises(ModelConfigError, match="known: adwin"):
+        DriftMonitor("cusum")

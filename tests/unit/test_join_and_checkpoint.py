@@ -1,0 +1,75 @@
+import pytest
+
+from models import checkpoint
+from models.checkpoint import CheckpointError
+from models.join import JoinBuffer, Joined, Pending, Unjoined
+
+
+def p(i, t=0):
+    return Pending(f"e{i}", f"payload{i}", (0, i), t)
+
+
+def test_labels_before_or_after_their_sample_join_once():
+    b = JoinBuffer(ttl_ms=100, max_pending=10)
+    assert b.add_sample(p(1)) == []
+    out = b.add_label(Pending("e1", "L1", (0, 9), 1))
+    assert [type(o) for o in out] == [Joined] and out[0].label == "L1"
+    assert b.add_label(Pending("e2", "L2", (0, 10), 1)) == []
+    out = b.add_sample(p(2))
+    assert out[0].label == "L2" and out[0].label_position == (0, 10)
+    assert len(b) == 0
+
+
+def test_inline_labels_join_immediately():
+    b = JoinBuffer(ttl_ms=100, max_pending=10)
+    out = b.add_sample(p(1), inline_label=True)
+    assert out[0].label is True and out[0].label_position is None
+    assert len(b) == 0
+
+
+def test_expiry_runs_on_the_other_streams_clock():
+    b = JoinBuffer(ttl_ms=100, max_pending=10)
+    b.add_sample(p(1, t=0))
+    b.add_label(Pending("x", "orphan", (0, 5), 50))
+    assert b.expire(label_clock_ms=100, sample_clock_ms=100) == []
+    out = b.expire(label_clock_ms=101, sample_clock_ms=100)
+    assert [(u.kind, u.reason, u.entry.id) for u in out] == [("sample", "expired", "e1")]
+    out = b.expire(label_clock_ms=101, sample_clock_ms=151)
+    assert [(u.kind, u.entry.id) for u in out] == [("label", "x")]
+
+
+def test_the_size_cap_evicts_the_oldest_and_says_so():
+    b = JoinBuffer(ttl_ms=10**9, max_pending=3)
+    out = [o for i in range(5) for o in b.add_sample(p(i))]
+    assert [(o.reason, o.entry.id) for o in out] == [("evicted", "e0"), ("evicted", "e1")]
+    assert all(isinstance(o, Unjoined) for o in out)
+    assert len(b.samples) == 3
+
+
+def test_pending_is_bounded_under_a_million_unmatched_samples():
+    b = JoinBuffer(ttl_ms=10**12, max_pending=1000)
+    evicted = sum(len(b.add_sample(p(i))) for i in range(1_000_000))
+    assert len(b) == 1000
+    assert evicted == 999_000
+
+
+def test_duplicate_ids_are_reported():
+    b = JoinBuffer(ttl_ms=100, max_pending=10)
+    b.add_sample(p(1))
+    out = b.add_sample(p(1))
+    assert out[0].reason == "duplicate" and b.duplicates == 1
+
+
+def test_checkpoint_round_trip_and_refusal_of_altered_files(tmp_path):
+    path = tmp_path / "state.ckpt"
+    checkpoint.save(path, {"offset": 41, "model": [1.0, 2.0]})
+    assert checkpoint.load(path) == {"offset": 41, "model": [1.0, 2.0]}
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        checkpoint.load(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not an eddy checkpoint"):
+        checkpoint.load(path)
+    assert [f.name for f in tmp_path.iterdir()] == ["state.ckpt"]  # no temp files left
