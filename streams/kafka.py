@@ -11,7 +11,7 @@ import logging
 import ssl
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError
 
@@ -141,3 +141,36 @@ async def end_offsets(
             break
         await consumer.getmany(*partitions, timeout_ms=100)
     return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in partitions}
+
+
+async def read_records(
+    settings: Settings, topic: str, within: float = 30.0
+) -> list[ConsumerRecord]:
+    """Every record of ``topic`` now, from the start to its end offsets, partition by partition."""
+    consumer = make_consumer(settings, "reader", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # refresh metadata for every topic
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not parts:
+            return []
+        ends = await end_offsets(consumer, parts)
+        for tp in parts:
+            consumer.seek(tp, 0)
+        records: list[ConsumerRecord] = []
+        remaining = {tp for tp in parts if ends[tp] > 0}
+        deadline = asyncio.get_running_loop().time() + within
+        while remaining:
+            if asyncio.get_running_loop().time() > deadline:
+                msg = f"reading {topic} did not reach its end offsets {ends} within {within}s"
+                raise BrokerError(msg)
+            batch = await consumer.getmany(*remaining, timeout_ms=200)
+            for tp, batch_records in batch.items():
+                records.extend(r for r in batch_records if r.offset < ends[tp])
+                if batch_records and batch_records[-1].offset >= ends[tp] - 1:
+                    remaining.discard(tp)
+        return records
+    finally:
+        await consumer.stop()
