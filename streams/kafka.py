@@ -174,3 +174,39 @@ async def read_records(
         return records
     finally:
         await consumer.stop()
+
+
+async def read_range(
+    settings: Settings, topic: str, partition: int, start: int, end: int, within: float = 30.0
+) -> list[ConsumerRecord]:
+    """Records of one partition with offsets in ``[start, end)`` (fewer if the deadline passes)."""
+    consumer = make_consumer(settings, "range-reader", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        records: list[ConsumerRecord] = []
+        deadline = asyncio.get_running_loop().time() + within
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
+            for record in batch.get(tp, []):
+                if record.offset >= end:
+                    return records
+                records.append(record)
+            if records and records[-1].offset >= end - 1:
+                break
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def partition_end(settings: Settings, topic: str, partition: int) -> int:
+    """The true end offset of one partition."""
+    consumer = make_consumer(settings, "offsets", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        return (await end_offsets(consumer, [tp]))[tp]
+    finally:
+        await consumer.stop()

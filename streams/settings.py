@@ -47,6 +47,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        msg = f"must be a fraction in [0, 1), got {text!r}"
+        raise ValueError(msg)
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -174,6 +182,44 @@ class Settings:
         9000,
         "Consumer group session timeout (Tansu holds a JoinGroup for half of it).",
         _positive_int,
+    )
+
+    # -- maintenance loop ---------------------------------------------------------------------
+    retrain_window: int = _setting(
+        5000, "Examples a retrain reads (after the drift point, or the most recent).", _positive_int
+    )
+    retrain_min_examples: int = _setting(
+        500, "Fewest examples a retrain accepts when the window is not full in time.", _positive_int
+    )
+    retrain_wait_s: float = _setting(
+        120.0, "Seconds a retrain waits for its window to fill after a drift.", _positive_float
+    )
+    retrain_holdout: float = _setting(
+        0.2,
+        "Fraction of the window (its most recent end) held out for the comparison.",
+        _fraction,
+    )
+    retrain_strategy: str = _setting(
+        "both",
+        "warm (fine-tune the champion), scratch, or both (keep the better by CV).",
+        _choice("warm", "scratch", "both"),
+    )
+    retrain_folds: int = _setting(3, "Folds of the cross-validation.", _positive_int)
+    retrain_epochs: int = _setting(30, "Epochs of batch training.", _positive_int)
+    retrain_hidden: str = _setting("256,256", "Hidden layer widths of the batch model.")
+    promote_alpha: float = _setting(
+        0.05, "Significance level a challenger must beat the champion at.", _fraction
+    )
+    export_min_ratio: float = _setting(
+        3.0, "Smallest fp32/int8 size ratio an export must reach to be servable.", _positive_float
+    )
+    export_max_delta: float = _setting(
+        0.01,
+        "Largest accuracy loss (or MAE gain) of int8 against fp32 that is servable.",
+        _fraction,
+    )
+    export_prune: float = _setting(
+        0.0, "Fraction of smallest weights zeroed before quantization (0: no pruning).", _fraction
     )
 
     # -- observability ------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""A consumer of control events that does durable work once per event.
+
+Contract: an event's offset is committed only after its handler returned, i.e.
+after its work is durable; a crash mid-work redoes the event. Handlers are
+idempotent (the registry is asked first whether the work exists), and events
+already handled are skipped by their CloudEvents identity (source + id), which
+is remembered in the data directory, so a replayed or re-sent event is not
+acted on twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from streams.codec import ControlEvent, DecodeError, decode_event, make_event
+from streams.kafka import make_consumer
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class ControlConsumer(ABC):
+    """Handles control events of ``types`` from the events topic, in group ``name``."""
+
+    name = "control"
+    types: tuple[str, ...] = ()
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.topics = Topics(settings.topic_prefix)
+        self.group = f"{settings.topic_prefix}{self.name}"
+        self.source = f"eddy/{settings.topic_prefix}{self.name}"
+        self._stopping = asyncio.Event()
+        self._seen_path = settings.data_dir / "consumers" / f"{self.group}.handled.jsonl"
+        self._seen = _load_seen(self._seen_path)
+        self.handled = 0
+
+    @abstractmethod
+    async def handle(self, event: ControlEvent) -> None:
+        """Do the work of one event; raise to have it redone."""
+
+    async def emit(
+        self, event_type: str, data: dict[str, Any], subject: str, event_id: str
+    ) -> dict[str, Any]:
+        """Publish a control event and wait until the broker has it."""
+        event = make_event(event_type, self.source, data, subject=subject, event_id=event_id)
+        await self.producer.send_and_wait(
+            self.topics.events, orjson.dumps(event), key=subject.encode()
+        )
+        return event
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`."""
+        consumer = make_consumer(
+            self.settings, self.name, self.topics.events, group_id=self.group,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(self.settings.session_timeout_ms // 3, 100),
+            max_poll_interval_ms=30 * 60 * 1000,  # a retrain may take minutes
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=50)
+                for tp, records in batch.items():
+                    for record in records:
+                        if self._stopping.is_set():
+                            return
+                        await self._one(record.value)
+                        await consumer.commit(
+                            {TopicPartition(tp.topic, tp.partition): record.offset + 1}
+                        )
+        finally:
+            await consumer.stop()
+
+    async def _one(self, raw: bytes) -> None:
+        try:
+            event = decode_event(raw, self.settings.max_message_bytes)
+        except DecodeError as ex:
+            log.warning("%s: skipping an undecodable control event: %s", self.name, ex)
+            return
+        if event.type not in self.types:
+            return
+        key = f"{event.source} {event.id}"
+        if key in self._seen:
+            log.info("%s: %s %s already handled; skipped", self.name, event.type, event.id)
+            return
+        log.info("%s: handling %s %s", self.name, event.type, event.id)
+        await self.handle(event)
+        _remember(self._seen_path, key)
+        self._seen.add(key)
+        self.handled += 1
+
+    def stop(self) -> None:
+        """Stop after the current event."""
+        self._stopping.set()
+
+
+def _load_seen(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    return {json.loads(line) for line in path.read_text().splitlines() if line.strip()}
+
+
+def _remember(path: Path, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(key) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

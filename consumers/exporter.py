@@ -1,0 +1,101 @@
+"""The exporter: ``model.updated`` → ONNX fp32 → int8 (maybe pruned) → gate → ``model.exported``.
+
+The int8 model is checked against the fp32 one on the version's held-out
+examples: size ratio, accuracy (or MAE) delta, batch-1 and batch-256 latency.
+The artifacts and the report are always recorded in the version's card; the
+event says ``servable: true`` only when the gate passes and the version is the
+champion, so serving code never swaps to a model that failed its gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import orjson
+
+from consumers.control import ControlConsumer
+from consumers.retrainer import registry_of
+from models.batch import BatchModel
+from models.export import compare_int8, prune, quantize_int8, to_onnx
+from models.registry import RegistryError
+from streams.codec import ControlEvent
+
+log = logging.getLogger(__name__)
+
+INT8 = "model.int8.onnx"
+FP32 = "model.onnx"
+
+
+class Exporter(ControlConsumer):
+    """Handles ``model.updated``."""
+
+    name = "exporter"
+    types = ("model.updated",)
+
+    def __init__(self, settings: Any, producer: Any) -> None:
+        super().__init__(settings, producer)
+        self.registry = registry_of(settings)
+
+    async def handle(self, event: ControlEvent) -> None:
+        """Export once per version; re-announce if it was exported before a crash."""
+        model, version = event.data["model"], event.data["version"]
+        v = self.registry.get(model, version)
+        if INT8 not in v.card.get("artifacts", {}):
+            if not all(self.registry.verify(model, version).values()):
+                msg = f"{model} {version} fails its checksums; refusing to export it"
+                raise RegistryError(msg)
+            started = time.monotonic()
+            report, artifacts, passed, reason = await asyncio.to_thread(self._export, v)
+            report["seconds"] = round(time.monotonic() - started, 3)
+            v = self.registry.add_artifacts(
+                model, version, artifacts,
+                {"quantization": report, "export_gate": {"passed": passed, "reason": reason}},
+            )  # fmt: skip
+            result = "servable" if passed else f"not servable: {reason}"
+            self.registry.log("export", model, version, f"model.updated {event.id}", result)
+        champion = self.registry.aliases(model).get("champion") == version
+        gate = v.card["export_gate"]
+        servable = gate["passed"] and champion
+        info = v.card["artifacts"][INT8]
+        await self.emit(
+            "model.exported",
+            {
+                "model": model,
+                "version": version,
+                "artifact": {"uri": f"{model}/{version}/{INT8}", "sha256": info["sha256"],
+                             "size_bytes": info["size_bytes"], "format": "onnx-int8"},
+                "servable": servable,
+                "report": v.card["quantization"] | {"gate": gate, "champion": champion},
+            },
+            subject=model,
+            event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}/{event.id}/exported")),
+        )  # fmt: skip
+
+    def _export(self, v: Any) -> tuple[dict[str, Any], dict[str, bytes], bool, str]:
+        model = BatchModel.from_bytes(v.artifact("model.pt").read_bytes())
+        holdout = orjson.loads(v.artifact("holdout.json").read_bytes())
+        matrix = np.asarray(holdout["X"], dtype=np.float32)
+        amount = self.settings.export_prune
+        prune(model, amount)
+        fp32 = to_onnx(model)
+        int8 = quantize_int8(fp32)
+        report = compare_int8(model, fp32, int8, matrix, holdout["y"], amount)
+        loss = report.accuracy_delta if report.metric == "mae" else -report.accuracy_delta
+        if report.size_ratio < self.settings.export_min_ratio:
+            passed, reason = (
+                False,
+                f"size ratio {report.size_ratio:.2f} < {self.settings.export_min_ratio}",
+            )
+        elif loss > self.settings.export_max_delta:
+            passed, reason = (
+                False,
+                f"{report.metric} worse by {loss:.4f} > {self.settings.export_max_delta}",
+            )
+        else:
+            passed, reason = True, "size and accuracy within the gate"
+        return report.as_dict(), {FP32: fp32, INT8: int8}, passed, reason

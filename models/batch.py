@@ -1,0 +1,242 @@
+"""Batch training of a PyTorch model on a window of examples, with k-fold cross-validation.
+
+:class:`BatchModel` holds everything needed to predict on raw features: the
+feature order, standardization, the classes and the network. It is what the
+retrainer registers (as a ``torch.save`` state) and what the exporter turns
+into ONNX.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.exceptions import EddyError
+
+Features = dict[Any, float] | list[float]
+
+
+class TrainingError(EddyError):
+    """Training could not run on the given window (too few examples, one class…)."""
+
+
+def vectorize(
+    rows: Sequence[Features], feature_names: list[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Rows of features as a float32 matrix; columns follow ``feature_names`` (or are
+    discovered in order of first appearance). Missing features are 0."""
+    names = list(feature_names) if feature_names is not None else []
+    index = {n: i for i, n in enumerate(names)}
+    grow = feature_names is None
+    cells: list[tuple[int, int, float]] = []
+    for i, row in enumerate(rows):
+        items = row.items() if isinstance(row, dict) else enumerate(row)
+        for key, value in items:
+            name = str(key)
+            j = index.get(name)
+            if j is None:
+                if not grow:
+                    continue
+                j = index[name] = len(names)
+                names.append(name)
+            cells.append((i, j, float(value)))
+    matrix = np.zeros((len(rows), len(names)), dtype=np.float32)
+    if cells:
+        r, c, v = zip(*cells, strict=True)
+        matrix[list(r), list(c)] = v
+    return matrix, names
+
+
+@dataclass
+class TrainParams:
+    """Hyperparameters of a batch model."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    epochs: int = 30
+    lr: float = 0.003
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    seed: int = 42
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "hidden": list(self.hidden),
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class BatchModel:
+    """A trained network with its preprocessing."""
+
+    task: str
+    feature_names: list[str]
+    classes: list[Any] | None
+    mean: np.ndarray
+    std: np.ndarray
+    params: TrainParams
+    net: nn.Module = field(repr=False)
+
+    def _logits(self, matrix: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(((matrix - self.mean) / self.std).astype(np.float32))
+        with torch.no_grad():
+            return self.net.eval()(x)
+
+    def predict_matrix(self, matrix: np.ndarray) -> list[Any]:
+        """Labels (classification) or values (regression) for a feature matrix."""
+        out = self._logits(matrix)
+        if self.task == "regression":
+            return [float(v) for v in out[:, 0].numpy()]
+        assert self.classes is not None
+        return [self.classes[i] for i in out.argmax(dim=1).numpy()]
+
+    def predict(self, rows: Sequence[Features]) -> list[Any]:
+        """Predict raw feature rows."""
+        return self.predict_matrix(vectorize(rows, self.feature_names)[0])
+
+    def to_bytes(self) -> bytes:
+        """The model as a ``torch.save`` payload of plain tensors and lists (no pickled classes)."""
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "task": self.task,
+                "feature_names": self.feature_names,
+                "classes": self.classes,
+                "mean": torch.from_numpy(self.mean),
+                "std": torch.from_numpy(self.std),
+                "params": self.params.as_dict(),
+                "state_dict": self.net.state_dict(),
+            },
+            buffer,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BatchModel:
+        """Load a model saved by :meth:`to_bytes` (``weights_only``: no code runs)."""
+        state = torch.load(io.BytesIO(data), weights_only=True)
+        params = TrainParams(**{**state["params"], "hidden": tuple(state["params"]["hidden"])})
+        n_out = 1 if state["task"] == "regression" else len(state["classes"])
+        net = _network(len(state["feature_names"]), n_out, params.hidden)
+        net.load_state_dict(state["state_dict"])
+        return cls(
+            state["task"], state["feature_names"], state["classes"],
+            state["mean"].numpy(), state["std"].numpy(), params, net,
+        )  # fmt: skip
+
+
+def _network(d: int, k: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = d
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, k))
+    return nn.Sequential(*layers)
+
+
+def train(
+    matrix: np.ndarray,
+    targets: Sequence[Any],
+    task: str,
+    feature_names: list[str],
+    params: TrainParams | None = None,
+    warm_start: BatchModel | None = None,
+) -> BatchModel:
+    """Train a network on ``matrix``; ``warm_start`` fine-tunes a compatible model's weights."""
+    params = params or TrainParams()
+    if len(targets) < 20:
+        msg = f"need at least 20 examples to train, got {len(targets)}"
+        raise TrainingError(msg)
+    torch.manual_seed(params.seed)
+    classes: list[Any] | None = None
+    if task == "regression":
+        y = torch.tensor([float(t) for t in targets], dtype=torch.float32)
+    else:
+        classes = sorted(set(targets), key=repr)
+        if warm_start is not None and warm_start.classes is not None:
+            classes = list(warm_start.classes) + [c for c in classes if c not in warm_start.classes]
+        if len(classes) < 2:
+            msg = f"need at least two classes to train a classifier, got {classes}"
+            raise TrainingError(msg)
+        index = {c: i for i, c in enumerate(classes)}
+        y = torch.tensor([index[t] for t in targets])
+    compatible = (
+        warm_start is not None
+        and warm_start.feature_names == feature_names
+        and warm_start.params.hidden == params.hidden
+        and (classes is None or warm_start.classes == classes)
+    )
+    if compatible:
+        assert warm_start is not None
+        mean, std = warm_start.mean, warm_start.std
+        net = _network(matrix.shape[1], 1 if classes is None else len(classes), params.hidden)
+        net.load_state_dict(warm_start.net.state_dict())
+    else:
+        mean = matrix.mean(axis=0)
+        std = matrix.std(axis=0)
+        std[std == 0] = 1.0
+        net = _network(matrix.shape[1], 1 if classes is None else len(classes), params.hidden)
+    x = torch.from_numpy(((matrix - mean) / std).astype(np.float32))
+    optimizer = torch.optim.Adam(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    generator = torch.Generator().manual_seed(params.seed)
+    net.train()
+    for _ in range(params.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), params.batch_size):
+            batch = order[start : start + params.batch_size]
+            out = net(x[batch])
+            if classes is None:
+                loss = nn.functional.mse_loss(out[:, 0], y[batch])
+            else:
+                loss = nn.functional.cross_entropy(out, y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return BatchModel(
+        task, feature_names, classes, mean.astype(np.float32), std.astype(np.float32), params, net
+    )
+
+
+def score(model: BatchModel, matrix: np.ndarray, targets: Sequence[Any]) -> float:
+    """Accuracy (classification) or negative MAE (regression): higher is better."""
+    predictions = model.predict_matrix(matrix)
+    if model.task == "regression":
+        return -float(
+            np.mean([abs(p - float(t)) for p, t in zip(predictions, targets, strict=True)])
+        )
+    return float(np.mean([p == t for p, t in zip(predictions, targets, strict=True)]))
+
+
+def cross_validate(
+    matrix: np.ndarray,
+    targets: Sequence[Any],
+    task: str,
+    feature_names: list[str],
+    params: TrainParams,
+    folds: int = 5,
+    warm_start: BatchModel | None = None,
+) -> list[float]:
+    """k-fold cross-validation scores (contiguous folds: the window is a time series slice)."""
+    n = len(targets)
+    bounds = np.linspace(0, n, folds + 1, dtype=int)
+    scores = []
+    for lo, hi in itertools.pairwise(bounds):
+        keep = np.r_[0:lo, hi:n]
+        model = train(
+            matrix[keep], [targets[i] for i in keep], task, feature_names, params, warm_start
+        )
+        scores.append(score(model, matrix[lo:hi], targets[lo:hi]))
+    return scores

@@ -1,0 +1,136 @@
+"""The maintenance loop end to end: drift → retrain → new version → int8 export → hot swap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import orjson
+
+from consumers.exporter import Exporter
+from consumers.hotswap import HotSwapClient
+from consumers.retrainer import Retrainer, registry_of
+from consumers.service import run_consumer
+from streams import sources
+from streams.codec import decode_event, make_event
+from streams.kafka import start_producer
+from streams.producer import ProduceOptions, produce
+from streams.topics import Topics, create_topics
+from tests.integration.conftest import read_topic
+from tests.integration.worker_helpers import running_worker, wait_for
+
+N, DRIFT_AT = 20_000, 10_000
+
+
+@contextlib.asynccontextmanager
+async def running(settings, kind):
+    started = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_consumer(settings, kind, on_start=started))
+    consumer = await started
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 120)
+
+
+async def _request_manual_retrain(settings, start, end):
+    """What `eddy retrain` sends: train the first champion on pre-drift examples."""
+    event = make_event(
+        "retrain.requested",
+        "eddy/test",
+        {"stream": "default", "reason": "manual",
+         "window": {"offsets": [{"topic": Topics(settings.topic_prefix).examples,
+                                 "partition": 0, "start": start, "end": end}]}},
+        subject="default",
+    )  # fmt: skip
+    producer = await start_producer(settings)
+    try:
+        await producer.send_and_wait(Topics(settings.topic_prefix).events, orjson.dumps(event))
+    finally:
+        await producer.stop()
+
+
+def test_drift_to_served_int8_model(settings):
+    settings = settings.with_overrides(
+        {"topic_prefix": settings.topic_prefix + "m.", "partitions": 1, "retrain_epochs": 20}
+    )
+    asyncio.run(create_topics(settings))
+    registry = registry_of(settings)
+
+    async def scenario():
+        await _request_manual_retrain(settings, 4000, 9000)
+        stream = sources.open_named("sea", seed=4, variant=0, drift_at=DRIFT_AT, drift_to=3)
+        async with (
+            running_worker(settings) as worker,
+            running(settings, Retrainer),
+            running(settings, Exporter),
+        ):
+            client = HotSwapClient(settings, "default")
+            await client.start()
+            try:
+                await produce(settings, stream, ProduceOptions(n=N, label_delay=0))
+                await wait_for(lambda: client.version == "v0001", 180, "v0001 served")
+                await wait_for(lambda: client.version == "v0002", 300, "v0002 served after drift")
+                served_prediction = client.predict([{"0": 5.0, "1": 4.2, "2": 1.0}])
+            finally:
+                await client.stop()
+            learned = worker.learner.stream("default").learned
+        return client, served_prediction, learned
+
+    client, served_prediction, learned = asyncio.run(scenario())
+    assert learned == N
+    assert served_prediction[0] in (True, False)
+    assert [v for v, _ in client.swaps][-2:] == ["v0001", "v0002"]
+    assert client.refused == []
+
+    v1, v2 = registry.get("default", "v0001"), registry.get("default", "v0002")
+    assert registry.aliases("default")["champion"] == "v0002"
+    assert v1.card["trigger"]["reason"] == "manual" and v1.card["parent_version"] is None
+    assert v2.card["parent_version"] == "v0001"
+    assert v2.card["trigger"]["reason"] == "drift"
+    window = v2.card["window"]["offsets"][0]
+    assert window["start"] > DRIFT_AT - 200  # trained on what came after the drift
+    comparison = v2.card["comparison"]
+    assert comparison["test"] == "mcnemar" and comparison["p_value"] < 0.05
+    assert comparison["candidate"] > comparison["champion"]  # beats the pre-drift champion
+    q = v2.card["quantization"]
+    assert q["size_ratio"] >= 3.0
+    assert abs(q["accuracy_delta"]) <= 0.01
+    assert all(registry.verify("default", "v0002").values())
+    actions = [(e["action"], e["version"]) for e in registry.history("default")]
+    assert ("retrain", "v0002") in actions and ("promote", "v0002") in actions
+    assert ("export", "v0002") in actions
+
+    events = [decode_event(r.value) for r in asyncio.run(
+        read_topic(settings, Topics(settings.topic_prefix).events, at_least=8))]  # fmt: skip
+    drift = next(
+        e for e in events
+        if e.type == "drift.detected" and e.data["level"] == "drift"
+        and e.data["position"]["sample_count"] > DRIFT_AT
+    )  # fmt: skip
+    updated = next(e for e in events if e.type == "model.updated" and e.data["version"] == "v0002")
+    exported = next(
+        e for e in events if e.type == "model.exported" and e.data["version"] == "v0002"
+    )
+    assert exported.data["servable"] is True
+    swapped_at = dict(client.swaps)["v0002"]
+    timeline = {
+        "drift.detected": _ts(drift.time),
+        "model.updated": _ts(updated.time),
+        "model.exported": _ts(exported.time),
+        "served": swapped_at,
+    }
+    start = timeline["drift.detected"]
+    print(
+        "timeline (s after drift.detected):", {k: round(v - start, 2) for k, v in timeline.items()}
+    )
+    print("comparison:", comparison)
+    print("quantization:", {k: q[k] for k in ("size_ratio", "accuracy_delta", "fp32_batch1_us",
+                                             "int8_batch1_us", "int8_batch256_per_s")})  # fmt: skip
+
+
+def _ts(rfc3339: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
