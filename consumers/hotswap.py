@@ -116,8 +116,16 @@ class HotSwapClient:
             return
         if event.type == "model.exported" and data["servable"]:
             ref, sha = data["version"], data["artifact"]["sha256"]
-        elif event.type == "model.rolled_back":
+        elif (
+            event.type in ("model.rolled_back", "model.promoted")
+            and data.get("alias", "champion") == "champion"
+        ):
             ref, sha = data["version"], None
+            try:
+                if INT8 not in self.registry.get(self.model, ref).card.get("artifacts", {}):
+                    return  # promoted before its export: model.exported will follow
+            except RegistryError:
+                return
         else:
             return
         try:

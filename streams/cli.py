@@ -32,11 +32,11 @@ from rich.table import Table
 
 from models.exceptions import EddyError
 from models.learners import CATALOGUE
-from streams import sources
+from streams import maintenance_cli, sources
 from streams.broker import EmbeddedBroker, broker_file, record_running_broker
 from streams.kafka import read_records
 from streams.producer import ProduceOptions, ProduceReport, produce
-from streams.settings import Settings, add_settings_arguments
+from streams.settings import KAFKA_SETTINGS, Settings, add_settings_arguments
 from streams.topics import Topics, create_topics, topic_sizes
 
 log = logging.getLogger("eddy")
@@ -44,25 +44,6 @@ T = TypeVar("T")
 
 console = Console()
 errors = Console(stderr=True)
-
-_KAFKA_SETTINGS = [
-    "bootstrap",
-    "topic_prefix",
-    "partitions",
-    "replication_factor",
-    "data_dir",
-    "max_message_bytes",
-    "client_id",
-    "producer_idempotence",
-    "security_protocol",
-    "sasl_mechanism",
-    "sasl_username",
-    "sasl_password",
-    "ssl_cafile",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "log_level",
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", cmd_topics_list, "list eddy's topics with partition and message counts"),
     ):
         a = actions.add_parser(name, help=text)
-        add_settings_arguments(a, _KAFKA_SETTINGS)
+        add_settings_arguments(a, KAFKA_SETTINGS)
         a.set_defaults(run=handler)
 
     p = commands.add_parser(
@@ -132,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", default="default", help="model stream the samples belong to")
     p.add_argument("--id-prefix", help="prefix of event ids (default: random)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_settings_arguments(p, _KAFKA_SETTINGS)
+    add_settings_arguments(p, KAFKA_SETTINGS)
     p.set_defaults(run=cmd_produce)
 
     p = commands.add_parser(
@@ -141,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(p)
     p.set_defaults(run=cmd_worker)
 
-    p = commands.add_parser("models", help="list the online models")
-    p.set_defaults(run=cmd_models)
+    p = commands.add_parser("catalogue", help="list the online models (EDDY_MODEL)")
+    p.set_defaults(run=cmd_catalogue)
+    maintenance_cli.add_commands(commands)
 
     p = commands.add_parser(
         "demo",
@@ -354,7 +336,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_catalogue(args: argparse.Namespace, settings: Settings) -> int:
     """List the model catalogue."""
     table = Table("model", "tasks", "what")
     for spec in CATALOGUE.values():

@@ -277,6 +277,28 @@ class Settings:
         return out
 
 
+# The settings every command that talks to Kafka takes as flags.
+KAFKA_SETTINGS = [
+    "session_timeout_ms",
+    "bootstrap",
+    "topic_prefix",
+    "partitions",
+    "replication_factor",
+    "data_dir",
+    "max_message_bytes",
+    "client_id",
+    "producer_idempotence",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "log_level",
+]
+
+
 def env_var(name: str) -> str:
     """The environment variable that sets field ``name``."""
     return "EDDY_" + name.upper()

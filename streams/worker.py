@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 
 from models.learners import make_learner
 from models.prequential import LearnerConfig
+from streams.agents.champions import ChampionFollower
 from streams.agents.join import JoinAgent
 from streams.agents.learner import LearnerAgent
 from streams.deadletter import DeadLetterQueue
@@ -45,12 +46,14 @@ class Worker:
 
     join: JoinAgent
     learner: LearnerAgent
+    champions: ChampionFollower
     registry: CollectorRegistry
 
     def stop(self) -> None:
         """Finish the current batches, checkpoint, leave the groups."""
         self.join.stop()
         self.learner.stop()
+        self.champions.stop()
 
 
 async def run_worker(
@@ -77,9 +80,13 @@ async def run_worker(
         edge = EdgeMetrics.create(registry)
         join_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "join")
         learn_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "learner")
+        learner = LearnerAgent(
+            settings, producer, learn_dlq, LearnerMetrics.create(registry), config
+        )
         worker = Worker(
             JoinAgent(settings, producer, join_dlq, JoinMetrics.create(registry)),
-            LearnerAgent(settings, producer, learn_dlq, LearnerMetrics.create(registry), config),
+            learner,
+            ChampionFollower(settings, learner),
             registry,
         )
         if settings.metrics_port:
@@ -95,7 +102,8 @@ async def run_worker(
             "worker: topics %s*, model %s (%s), drift detector %s",
             settings.topic_prefix, config.model, config.task, config.detector,
         )  # fmt: skip
-        tasks = [asyncio.create_task(worker.join.run()), asyncio.create_task(worker.learner.run())]
+        agents = (worker.join.run(), worker.learner.run(), worker.champions.run())
+        tasks = [asyncio.create_task(agent) for agent in agents]
         # One agent failing stops the other cleanly, then the failure propagates.
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         worker.stop()

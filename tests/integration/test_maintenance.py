@@ -75,10 +75,16 @@ def test_drift_to_served_int8_model(settings):
                 served_prediction = client.predict([{"0": 5.0, "1": 4.2, "2": 1.0}])
             finally:
                 await client.stop()
+            await wait_for(
+                lambda: any(o[1] == "v0002" for o in worker.champions.outcomes), 30, "adoption"
+            )
             learned = worker.learner.stream("default").learned
-        return client, served_prediction, learned
+            outcomes = worker.champions.outcomes
+        return client, served_prediction, learned, outcomes
 
-    client, served_prediction, learned = asyncio.run(scenario())
+    client, served_prediction, learned, outcomes = asyncio.run(scenario())
+    # scaled-logreg cannot take network weights: the learner keeps its own, and says so
+    assert ("default", "v0002", False) in [o[:3] for o in outcomes]
     assert learned == N
     assert served_prediction[0] in (True, False)
     assert [v for v, _ in client.swaps][-2:] == ["v0001", "v0002"]
@@ -101,6 +107,7 @@ def test_drift_to_served_int8_model(settings):
     actions = [(e["action"], e["version"]) for e in registry.history("default")]
     assert ("retrain", "v0002") in actions and ("promote", "v0002") in actions
     assert ("export", "v0002") in actions
+    assert ("adopt", "v0002") in actions
 
     events = [decode_event(r.value) for r in asyncio.run(
         read_topic(settings, Topics(settings.topic_prefix).events, at_least=8))]  # fmt: skip

@@ -1,8 +1,8 @@
 from streams.cli import main
 
 
-def test_models_lists_the_catalogue(capsys):
-    assert main(["models"]) == 0
+def test_catalogue_lists_the_online_models(capsys):
+    assert main(["catalogue"]) == 0
     out = capsys.readouterr().out
     assert "scaled-logreg" in out and "torch-mlp" in out
 

@@ -1,0 +1,86 @@
+import itertools
+import json
+
+import pytest
+
+from models.adoption import adopt
+from models.batch import TrainParams, train, vectorize
+from models.evaluation import compare, mcnemar_p
+from models.registry import Registry, RegistryError
+from models.torch_learner import TorchLearner
+from streams.sources import open_named
+
+
+def test_versions_are_numbered_whole_and_hashed(tmp_path):
+    r = Registry(tmp_path)
+    v1 = r.register("m", {"metrics": {}}, {"model.pt": b"abc"})
+    v2 = r.register("m", {"metrics": {}}, {"model.pt": b"def"})
+    assert (v1.version, v2.version) == ("v0001", "v0002")
+    assert r.verify("m", "v0002") == {"model.pt": True}
+    assert v2.card["artifacts"]["model.pt"]["size_bytes"] == 3
+
+
+def test_a_crash_mid_register_leaves_no_visible_version(tmp_path):
+    r = Registry(tmp_path)
+    r.register("m", {}, {"a": b"1"})
+    (tmp_path / "m" / ".v0002.tmp-999").mkdir()  # what a crash before the rename leaves
+    (tmp_path / "m" / ".v0002.tmp-999" / "a").write_bytes(b"half")
+    assert r.versions("m") == ["v0001"]
+    assert r.register("m", {}, {"a": b"2"}).version == "v0002"
+
+
+def test_tampering_is_detected(tmp_path):
+    r = Registry(tmp_path)
+    v = r.register("m", {}, {"model.pt": b"weights"})
+    (v.path / "model.pt").write_bytes(b"evil")
+    assert r.verify("m", "v0001") == {"model.pt": False}
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 200])
+def test_names_from_events_cannot_escape_the_registry(tmp_path, name):
+    r = Registry(tmp_path)
+    with pytest.raises(RegistryError, match="not a safe name"):
+        r.register(name, {}, {})
+    r.register("m", {}, {})
+    with pytest.raises(RegistryError):
+        r.register("m", {}, {name or "x/": b""})
+
+
+def test_aliases_and_the_maintenance_log(tmp_path):
+    r = Registry(tmp_path)
+    r.register("m", {}, {})
+    r.register("m", {}, {})
+    assert r.set_alias("m", "champion", "v0001") is None
+    assert r.set_alias("m", "champion", "v0002") == "v0001"
+    assert r.get("m", "champion").version == "v0002"
+    with pytest.raises(RegistryError, match="unknown alias"):
+        r.set_alias("m", "prod", "v0001")
+    with pytest.raises(RegistryError, match="no version v0009"):
+        r.get("m", "v0009")
+    r.log("promote", "m", "v0002", "test", "champion")
+    lines = (tmp_path / "maintenance.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["action"] == "promote"
+    assert r.history("m")[0]["version"] == "v0002"
+
+
+def test_mcnemar_and_comparison():
+    assert mcnemar_p([True] * 50, [True] * 50) == 1.0
+    assert mcnemar_p([False] * 30 + [True] * 70, [True] * 100) < 1e-6
+    c = compare("binary", [1, 0, 1, 1], [1, 0, 1, 1], [0, 0, 0, 1])
+    assert c.better and c.candidate == 1.0 and c.champion == 0.5
+    r = compare("regression", [1.0, 2.0, 3.0] * 50, [1.0, 2.0, 3.0] * 50, [2.0, 3.0, 4.0] * 50)
+    assert r.better and r.significant and r.test == "paired bootstrap"
+
+
+def test_the_online_torch_learner_adopts_a_matching_champion():
+    data = list(itertools.islice(open_named("sea", seed=2), 2000))
+    matrix, names = vectorize([x for x, _ in data])
+    champion = train(
+        matrix, [y for _, y in data], "binary", names, TrainParams(hidden=(32,), epochs=5)
+    )
+    online = TorchLearner("binary", hidden=32)
+    assert adopt(online, champion)[0]
+    xs = [x for x, _ in data[:300]]
+    assert [p.value for p in online.predict_many(xs)] == champion.predict(xs)
+    adopted, why = adopt(TorchLearner("binary", hidden=0), champion)
+    assert not adopted and "EDDY_RETRAIN_HIDDEN" in why
