@@ -12,7 +12,7 @@ from consumers.hotswap import HotSwapClient
 from consumers.retrainer import Retrainer, registry_of
 from consumers.service import run_consumer
 from streams import sources
-from streams.codec import decode_event, make_event
+from streams.codec import decode_event, make_event, schema_errors
 from streams.kafka import start_producer
 from streams.producer import ProduceOptions, produce
 from streams.topics import Topics, create_topics
@@ -91,6 +91,8 @@ def test_drift_to_served_int8_model(settings):
     assert client.refused == []
 
     v1, v2 = registry.get("default", "v0001"), registry.get("default", "v0002")
+    assert schema_errors("model_card", v1.card) == []
+    assert schema_errors("model_card", v2.card) == []
     assert registry.aliases("default")["champion"] == "v0002"
     assert v1.card["trigger"]["reason"] == "manual" and v1.card["parent_version"] is None
     assert v2.card["parent_version"] == "v0001"
