@@ -90,7 +90,8 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """Linux: have this (child) process get SIGTERM when its parent dies; for preexec_fn."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -163,7 +164,7 @@ class EmbeddedBroker:
                     stdin=subprocess.DEVNULL,
                     # PDEATHSIG fires when the *thread* that forked exits: start the
                     # broker from a thread that lives as long as it should.
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             except OSError as ex:
                 msg = f"could not start the embedded broker {binary!r}: {ex}"
