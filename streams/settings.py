@@ -178,6 +178,9 @@ class Settings:
         "Where a partition with no checkpoint starts: earliest or latest.",
         _choice("earliest", "latest"),
     )
+    fetch_max_wait_ms: int = _setting(
+        20, "Longest a fetch waits for data to fill it (latency vs. batch size).", _positive_int
+    )
     session_timeout_ms: int = _setting(
         9000,
         "Consumer group session timeout (Tansu holds a JoinGroup for half of it).",

@@ -152,6 +152,9 @@ class PartitionedAgent(ABC, Generic[S]):
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=max(self.settings.session_timeout_ms // 3, 100),
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # aiokafka waits up to 500 ms for a fetch to fill; an idle stream should
+            # not add that to every sample's latency.
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         self.consumer.subscribe(self.topics, listener=_Listener(self))
         await self.consumer.start()
