@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/eddy demo
+	$(BIN)/eddy up --demo --exit-when-done --fresh --data-dir eddy-data/demo --partitions 1
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

@@ -14,15 +14,18 @@ import asyncio
 import json
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from streams.codec import ControlEvent, DecodeError, decode_event, make_event
 from streams.kafka import make_consumer
+from streams.metrics import ControlMetrics
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -35,9 +38,15 @@ class ControlConsumer(ABC):
     name = "control"
     types: tuple[str, ...] = ()
 
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        metrics: ControlMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.producer = producer
+        self.metrics = metrics or ControlMetrics.create(CollectorRegistry())
         self.topics = Topics(settings.topic_prefix)
         self.group = f"{settings.topic_prefix}{self.name}"
         self.source = f"eddy/{settings.topic_prefix}{self.name}"
@@ -93,14 +102,23 @@ class ControlConsumer(ABC):
         if event.type not in self.types:
             return
         key = f"{event.source} {event.id}"
+        handled = self.metrics.handled
         if key in self._seen:
             log.info("%s: %s %s already handled; skipped", self.name, event.type, event.id)
+            handled.labels(self.name, event.type, "skipped").inc()
             return
         log.info("%s: handling %s %s", self.name, event.type, event.id)
-        await self.handle(event)
+        started = time.monotonic()
+        try:
+            await self.handle(event)
+        except BaseException:
+            handled.labels(self.name, event.type, "failed").inc()
+            raise
+        self.metrics.duration.labels(self.name).observe(time.monotonic() - started)
         _remember(self._seen_path, key)
         self._seen.add(key)
         self.handled += 1
+        handled.labels(self.name, event.type, "done").inc()
 
     def stop(self) -> None:
         """Stop after the current event."""

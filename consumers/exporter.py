@@ -37,8 +37,8 @@ class Exporter(ControlConsumer):
     name = "exporter"
     types = ("model.updated",)
 
-    def __init__(self, settings: Any, producer: Any) -> None:
-        super().__init__(settings, producer)
+    def __init__(self, settings: Any, producer: Any, metrics: Any = None) -> None:
+        super().__init__(settings, producer, metrics)
         self.registry = registry_of(settings)
 
     async def handle(self, event: ControlEvent) -> None:
@@ -56,6 +56,9 @@ class Exporter(ControlConsumer):
                 model, version, artifacts,
                 {"quantization": report, "export_gate": {"passed": passed, "reason": reason}},
             )  # fmt: skip
+            self.metrics.results.labels(self.name, "servable" if passed else "not_servable").inc()
+            self.metrics.size_ratio.labels(model).set(report["size_ratio"])
+            self.metrics.accuracy_delta.labels(model).set(report["accuracy_delta"])
             result = "servable" if passed else f"not servable: {reason}"
             self.registry.log("export", model, version, f"model.updated {event.id}", result)
         champion = self.registry.aliases(model).get("champion") == version

@@ -43,8 +43,8 @@ class Retrainer(ControlConsumer):
     name = "retrainer"
     types = ("retrain.requested",)
 
-    def __init__(self, settings: Settings, producer: Any) -> None:
-        super().__init__(settings, producer)
+    def __init__(self, settings: Settings, producer: Any, metrics: Any = None) -> None:
+        super().__init__(settings, producer, metrics)
         self.registry = registry_of(settings)
         hidden = tuple(int(h) for h in settings.retrain_hidden.split(",") if h.strip())
         self.params = TrainParams(hidden=hidden, epochs=settings.retrain_epochs)
@@ -63,6 +63,7 @@ class Retrainer(ControlConsumer):
                 "retrain", model, version.version, why=f"{event.data['reason']} ({event.id})",
                 result="promoted" if promote else f"kept champion: {card['gate']['reason']}",
             )  # fmt: skip
+            self.metrics.results.labels(self.name, "promoted" if promote else "kept_champion").inc()
             if promote:
                 previous = self.registry.set_alias(model, "champion", version.version)
                 self.registry.log("promote", model, version.version, "gate passed", "champion",

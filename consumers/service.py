@@ -1,4 +1,4 @@
-"""Running a control-event consumer as a process: producer, signals, clean stop."""
+"""Running a control-event consumer as a process: producer, signals, metrics, clean stop."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import logging
 import signal
 
 import torch
+from prometheus_client import CollectorRegistry
 
 from consumers.control import ControlConsumer
+from streams.dashboard import MetricsServer
 from streams.kafka import start_producer
+from streams.metrics import ControlMetrics, process_metrics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,9 +26,16 @@ async def run_consumer(
 ) -> None:
     """Run ``kind`` until stopped; SIGTERM finishes the current event first."""
     torch.set_num_threads(1)  # one core for training; the other serves the worker
+    registry = CollectorRegistry()
+    process_metrics(registry)
+    metrics = ControlMetrics.create(registry)
     producer = await start_producer(settings, kind.name)
+    server: MetricsServer | None = None
     try:
-        consumer = kind(settings, producer)
+        consumer = kind(settings, producer, metrics)
+        if settings.metrics_port:
+            server = MetricsServer(settings.metrics_port, registry).start()
+            log.info("%s: metrics on :%d/metrics", kind.name, server.port)
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -36,4 +46,6 @@ async def run_consumer(
         await consumer.run()
     finally:
         await producer.stop()
+        if server is not None:
+            server.stop()
     log.info("%s: stopped cleanly", kind.name)

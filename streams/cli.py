@@ -13,7 +13,6 @@ import contextlib
 import logging
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,11 +31,16 @@ from rich.table import Table
 
 from models.exceptions import EddyError
 from models.learners import CATALOGUE
-from streams import maintenance_cli, sources
+from streams import maintenance_cli, sources, up
 from streams.broker import EmbeddedBroker, broker_file, record_running_broker
-from streams.kafka import read_records
 from streams.producer import ProduceOptions, ProduceReport, produce
-from streams.settings import KAFKA_SETTINGS, Settings, add_settings_arguments
+from streams.settings import (
+    KAFKA_SETTINGS,
+    Settings,
+    add_settings_arguments,
+    env_var,
+    settings_reference,
+)
 from streams.topics import Topics, create_topics, topic_sizes
 
 log = logging.getLogger("eddy")
@@ -122,18 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(p)
     p.set_defaults(run=cmd_worker)
 
+    p = commands.add_parser(
+        "config", help="every setting: its variable, flag and the value this shell gives it"
+    )
+    p.add_argument("--markdown", action="store_true", help="the reference table in Markdown")
+    p.set_defaults(run=cmd_config)
+
     p = commands.add_parser("catalogue", help="list the online models (EDDY_MODEL)")
     p.set_defaults(run=cmd_catalogue)
     maintenance_cli.add_commands(commands)
 
     p = commands.add_parser(
-        "demo",
-        help="embedded broker + topics + a drifting stream with delayed labels, then a summary",
+        "up",
+        help="the whole system: embedded broker (unless --bootstrap), topics, worker, "
+        "retrainer and exporter supervised, with a live status and dashboard",
     )
-    p.add_argument("--n", type=int, default=20_000, help="samples to send (default 20,000)")
-    p.add_argument("--partitions", type=int, help="partitions of the data topics (default 1)")
-    add_settings_arguments(p, ["topic_prefix", "model", "detector", "log_level"])
-    p.set_defaults(run=cmd_demo)
+    up.add_up_arguments(p)
+    add_settings_arguments(p)
+    p.set_defaults(run=cmd_up)
     return parser
 
 
@@ -152,12 +162,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=errors, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    # Rich for a person at a terminal; plain timestamped lines for log files.
+    if errors.is_terminal:
+        handler: logging.Handler = RichHandler(
+            console=errors, show_path=False, rich_tracebacks=False
+        )
+        fmt = "%(name)s: %(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
     # aiokafka logs every reconnect at ERROR; eddy reports outages itself.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
@@ -336,6 +350,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the settings as this environment resolves them (secrets masked)."""
+    if args.markdown:
+        console.print(settings_reference(), end="", markup=False, highlight=False, soft_wrap=True)
+        return 0
+    table = Table("variable", "value", "what")
+    for name, value in settings.redacted().items():
+        help_text = Settings.__dataclass_fields__[name].metadata["help"]
+        table.add_row(env_var(name), "unset" if value is None else str(value), help_text)
+    console.print(table)
+    return 0
+
+
 def cmd_catalogue(args: argparse.Namespace, settings: Settings) -> int:
     """List the model catalogue."""
     table = Table("model", "tasks", "what")
@@ -345,117 +372,9 @@ def cmd_catalogue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """A bounded demo on the embedded broker: a drifting stream learned live, then a summary."""
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="eddy-demo-") as data:
-        # Tansu refuses InitProducerId; a fresh data dir, since the broker is new too.
-        # One partition by default: Kafka keeps no order across partitions, and a
-        # partition read ahead of the others shows the drift to the learner early.
-        overrides = {
-            "partitions": args.partitions or 1,
-            "bootstrap": broker.bootstrap,
-            "producer_idempotence": "off",
-            "data_dir": Path(data),
-            "join_ttl_s": 5.0,
-        }
-        settings = settings.with_overrides(overrides)
-        console.print(f"eddy demo: embedded broker on {broker.bootstrap}")
-        console.print(_topic_table(settings, run_until_signalled(create_topics(settings))))
-        summary = run_until_signalled(_demo(settings, args.n))
-    _print_demo_summary(*summary)
-    console.print("eddy demo: worker and broker stopped, nothing left running")
-    return 0
-
-
-async def _demo(settings: Settings, n: int) -> tuple[Any, ...]:
-    from streams.codec import decode_event
-    from streams.worker import Worker, run_worker
-
-    drift_at = n // 2
-    examples = sources.open_named("sea", seed=7, variant=0, drift_at=drift_at, drift_to=3)
-    options = ProduceOptions(n=n, label_delay=500, label_drop=0.01, seed=7, rate=10_000)
-    console.print(
-        f"producing SEA (concept 0 -> 3 at sample {drift_at:,}) at 10,000 samples/s, "
-        "labels 500 samples late, 1% never sent; the worker learns as they come"
-    )
-    started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-    worker_task = asyncio.create_task(run_worker(settings, on_start=started))
-    worker = await started
-    progress = Progress(
-        TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=errors,
-    )  # fmt: skip
-    try:
-        with progress:
-            sent = progress.add_task("produced", total=n)
-            done = progress.add_task("learned", total=n)
-            producing = asyncio.create_task(
-                produce(settings, examples, options, lambda k: progress.advance(sent, k))
-            )
-            deadline = asyncio.get_running_loop().time() + 300
-            while asyncio.get_running_loop().time() < deadline:
-                learned, expired = _demo_counts(worker)
-                progress.update(done, completed=learned + expired)
-                if producing.done() and learned + expired >= n:
-                    break
-                await asyncio.sleep(0.2)
-            report = await producing
-        stream = worker.learner.stream("default")
-        await worker.learner.publish_snapshots()
-        learned, expired = _demo_counts(worker)
-        snapshot = stream.metrics.snapshot() if stream else None
-    finally:
-        worker.stop()
-        await worker_task
-    raw = await read_records(settings, Topics(settings.topic_prefix).events)
-    events = [decode_event(record.value) for record in raw]
-    sizes = await topic_sizes(settings)
-    return report, learned, expired, snapshot, events, sizes, drift_at
-
-
-def _demo_counts(worker: Any) -> tuple[int, int]:
-    stream = worker.learner.stream("default")
-    expired = sum(s.unjoined.get("sample_expired", 0) for s in worker.join.states.values())
-    return (stream.learned if stream else 0), expired
-
-
-def _print_demo_summary(
-    report: ProduceReport,
-    learned: int,
-    expired: int,
-    snapshot: dict[str, Any] | None,
-    events: list[Any],
-    sizes: dict[str, tuple[int, int]],
-    drift_at: int,
-) -> None:
-    _print_report(report)
-    console.print(
-        f"learned {learned:,} examples, {expired:,} samples expired without a label "
-        f"({learned + expired:,} of {report.samples:,} accounted for)"
-    )
-    if snapshot:
-        cumulative = ", ".join(f"{k} {v:.3f}" for k, v in snapshot["cumulative"].items() if v)
-        console.print(f"prequential metrics: {cumulative}")
-    table = Table("event", "at example", "detector", "accuracy before", "after")
-    for event in events:
-        if event.type != "drift.detected":
-            continue
-        data = event.data
-        before, after = data["metrics_before"], data["metrics_after"]
-        table.add_row(
-            f"{data['level']}", f"{data['position']['sample_count']:,}", data["detector"],
-            _fmt(before.get("accuracy")), _fmt(after.get("accuracy")),
-        )  # fmt: skip
-    table.title = f"drift signals (the concept changed at sample {drift_at:,})"
-    console.print(table)
-    sizes_table = Table("topic", "partitions", "messages", title="what the broker holds")
-    for topic, (parts, msgs) in sorted(sizes.items()):
-        sizes_table.add_row(topic, str(parts), f"{msgs:,}")
-    console.print(sizes_table)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    """Run eddy's processes supervised; see :mod:`streams.up`."""
+    return up.cmd_up(args, settings, console)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class JoinMetrics:
 
     joined: Counter
     unjoined: Counter
+    unjoined_state: Gauge
     pending: Gauge
     label_delay: Histogram
 
@@ -58,6 +66,13 @@ class JoinMetrics:
                 "eddy_join_unmatched",
                 "Samples or labels that left the join unmatched, by kind and reason.",
                 ["kind", "reason"],
+                registry=registry,
+            ),
+            unjoined_state=Gauge(
+                "eddy_join_unmatched_state",
+                "Samples or labels that left the join unmatched since its state began, by "
+                "reason (kept in the checkpoint, so it survives restarts).",
+                ["reason"],
                 registry=registry,
             ),
             pending=Gauge(
@@ -77,6 +92,7 @@ class LearnerMetrics:
     """What the learner does, per model stream (a bounded, configured set)."""
 
     learned: Counter
+    examples: Gauge
     duplicates: Counter
     predict_latency: Histogram
     learn_latency: Histogram
@@ -91,6 +107,13 @@ class LearnerMetrics:
         return cls(
             learned=Counter(
                 "eddy_examples_learned", "Examples learned.", ["stream"], registry=registry
+            ),
+            examples=Gauge(
+                "eddy_stream_examples",
+                "Examples a stream's model has learned since it began (kept in the "
+                "checkpoint, so it survives restarts; eddy_examples_learned_total does not).",
+                ["stream"],
+                registry=registry,
             ),
             duplicates=Counter(
                 "eddy_examples_duplicate",
@@ -131,3 +154,126 @@ class LearnerMetrics:
                 registry=registry,
             ),
         )
+
+
+@dataclass(frozen=True)
+class ConsumerMetrics:
+    """What an agent's consumer reads and how far behind it is, per partition."""
+
+    consumed: Counter
+    lag: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry = REGISTRY) -> ConsumerMetrics:
+        """Register the consumer metrics in ``registry`` (shared by a process's agents)."""
+        return cls(
+            consumed=Counter(
+                "eddy_records_consumed",
+                "Records an agent read, by agent and topic.",
+                ["agent", "topic"],
+                registry=registry,
+            ),
+            lag=Gauge(
+                "eddy_consumer_lag",
+                "Records between an agent's next offset and the partition's high watermark.",
+                ["agent", "topic", "partition"],
+                registry=registry,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ControlMetrics:
+    """What a maintenance consumer (retrainer, exporter) does with control events."""
+
+    handled: Counter
+    duration: Histogram
+    results: Counter
+    size_ratio: Gauge
+    accuracy_delta: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry = REGISTRY) -> ControlMetrics:
+        """Register the maintenance metrics in ``registry``."""
+        return cls(
+            handled=Counter(
+                "eddy_control_events_handled",
+                "Control events a consumer finished, by outcome (done, skipped, failed).",
+                ["consumer", "type", "outcome"],
+                registry=registry,
+            ),
+            duration=Histogram(
+                "eddy_maintenance_duration_seconds",
+                "Wall time of one retrain or export, from event to durable result.",
+                ["consumer"],
+                buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+                registry=registry,
+            ),
+            results=Counter(
+                "eddy_maintenance_gate_results",
+                "Gate verdicts: retrain promoted/kept_champion, export servable/not_servable.",
+                ["consumer", "result"],
+                registry=registry,
+            ),
+            size_ratio=Gauge(
+                "eddy_export_size_ratio",
+                "fp32/int8 artifact size ratio of the last export, per model.",
+                ["model"],
+                registry=registry,
+            ),
+            accuracy_delta=Gauge(
+                "eddy_export_accuracy_delta",
+                "int8 minus fp32 accuracy (or MAE) on held-out examples, last export.",
+                ["model"],
+                registry=registry,
+            ),
+        )
+
+
+# The control event types eddy knows; anything else is counted as "other".
+CONTROL_EVENT_TYPES = (
+    "drift.detected",
+    "retrain.requested",
+    "model.updated",
+    "model.promoted",
+    "model.rolled_back",
+    "model.exported",
+)
+
+
+@dataclass(frozen=True)
+class ModelEventMetrics:
+    """What a worker sees on the events topic: the champion and its last export."""
+
+    events: Counter
+    champion: Gauge
+    exported_at: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry = REGISTRY) -> ModelEventMetrics:
+        """Register the model-event metrics in ``registry``."""
+        return cls(
+            events=Counter(
+                "eddy_control_events",
+                "Control events seen on the events topic, by type.",
+                ["type"],
+                registry=registry,
+            ),
+            champion=Gauge(
+                "eddy_champion_info",
+                "The champion version of each model stream (value 1; one series per stream).",
+                ["stream", "version"],
+                registry=registry,
+            ),
+            exported_at=Gauge(
+                "eddy_last_export_timestamp_seconds",
+                "Unix time of the last model.exported event per model stream.",
+                ["stream"],
+                registry=registry,
+            ),
+        )
+
+
+def process_metrics(registry: CollectorRegistry) -> None:
+    """Register CPU, RSS, open files and start time as ``eddy_process_*``."""
+    ProcessCollector(namespace="eddy", registry=registry)

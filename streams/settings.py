@@ -341,3 +341,31 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: list[str] | N
             metavar=f.name.upper(),
             help=f"{f.metadata['help']} [{env_var(f.name)}]",
         )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``EDDY_*`` variables that make a child process load exactly ``settings``.
+
+    >>> settings_env(Settings(partitions=2))["EDDY_PARTITIONS"]
+    '2'
+    >>> "EDDY_BOOTSTRAP" in settings_env(Settings())  # unset stays unset
+    False
+    """
+    env = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if value is not None:
+            env[env_var(f.name)] = str(value)
+    return env
+
+
+def settings_reference() -> str:
+    """The configuration reference as a Markdown table (README.md holds a copy; a test
+    keeps it current)."""
+    rows = ["| variable | flag | default | what |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        default = "unset" if f.default is None else f"`{f.default}`"
+        text = f.metadata["help"].replace("|", "\\|")
+        flag = "--" + f.name.replace("_", "-")
+        rows.append(f"| `{env_var(f.name)}` | `{flag}` | {default} | {text} |")
+    return "\n".join(rows) + "\n"

@@ -1,4 +1,5 @@
-"""The worker process: the join and learner agents, a producer and a metrics endpoint.
+"""The worker process: the join and learner agents, a producer, and an HTTP endpoint
+with Prometheus ``/metrics`` and the live dashboard (:mod:`streams.dashboard`).
 
 SIGTERM or SIGINT asks both agents to finish their batch, checkpoint and leave
 their groups; nothing is cancelled mid-batch, so a checkpoint never holds a
@@ -10,18 +11,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry
 
 from models.learners import make_learner
 from models.prequential import LearnerConfig
 from streams.agents.champions import ChampionFollower
 from streams.agents.join import JoinAgent
 from streams.agents.learner import LearnerAgent
+from streams.dashboard import History, MetricsServer
 from streams.deadletter import DeadLetterQueue
 from streams.kafka import start_producer
-from streams.metrics import EdgeMetrics, JoinMetrics, LearnerMetrics
+from streams.metrics import (
+    ConsumerMetrics,
+    EdgeMetrics,
+    JoinMetrics,
+    LearnerMetrics,
+    ModelEventMetrics,
+    process_metrics,
+)
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -48,12 +57,16 @@ class Worker:
     learner: LearnerAgent
     champions: ChampionFollower
     registry: CollectorRegistry
+    history: History
+    server: MetricsServer | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
         """Finish the current batches, checkpoint, leave the groups."""
         self.join.stop()
         self.learner.stop()
         self.champions.stop()
+        self.stopping.set()
 
 
 async def run_worker(
@@ -68,7 +81,7 @@ async def run_worker(
     caller in the same loop can watch or stop it.
     """
     registry = registry or CollectorRegistry()
-    ProcessCollector(registry=registry)
+    process_metrics(registry)
     topics = Topics(settings.topic_prefix)
     config = learner_config(settings)
     # Fails fast on a bad model/task pair, and imports the model's libraries (torch
@@ -76,22 +89,23 @@ async def run_worker(
     make_learner(config.model, config.task)
     # Agents hand over whole batches (streams/sender.py): allow large ones.
     producer = await start_producer(settings, "worker", linger_ms=5, max_batch_size=512 * 1024)
+    server: MetricsServer | None = None
     try:
         edge = EdgeMetrics.create(registry)
+        consumed = ConsumerMetrics.create(registry)
         join_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "join")
         learn_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "learner")
         learner = LearnerAgent(
-            settings, producer, learn_dlq, LearnerMetrics.create(registry), config
-        )
-        worker = Worker(
-            JoinAgent(settings, producer, join_dlq, JoinMetrics.create(registry)),
-            learner,
-            ChampionFollower(settings, learner),
-            registry,
-        )
+            settings, producer, learn_dlq, LearnerMetrics.create(registry), config,
+            consumer_metrics=consumed,
+        )  # fmt: skip
+        join = JoinAgent(settings, producer, join_dlq, JoinMetrics.create(registry), consumed)
+        champions = ChampionFollower(settings, learner, ModelEventMetrics.create(registry))
+        history = History(registry, lambda: list(champions.seen))
+        worker = Worker(join, learner, champions, registry, history)
         if settings.metrics_port:
-            start_http_server(settings.metrics_port, registry=registry)
-            log.info("worker: metrics on :%d/metrics", settings.metrics_port)
+            server = worker.server = MetricsServer(settings.metrics_port, registry, history).start()
+            log.info("worker: dashboard on http://127.0.0.1:%d/ (metrics at /metrics)", server.port)
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -102,7 +116,12 @@ async def run_worker(
             "worker: topics %s*, model %s (%s), drift detector %s",
             settings.topic_prefix, config.model, config.task, config.detector,
         )  # fmt: skip
-        agents = (worker.join.run(), worker.learner.run(), worker.champions.run())
+        agents = (
+            worker.join.run(),
+            worker.learner.run(),
+            worker.champions.run(),
+            worker.history.run(worker.stopping),
+        )
         tasks = [asyncio.create_task(agent) for agent in agents]
         # One agent failing stops the other cleanly, then the failure propagates.
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -113,4 +132,6 @@ async def run_worker(
                 raise task.exception()  # type: ignore[misc]
     finally:
         await producer.stop()
+        if server is not None:
+            server.stop()
     log.info("worker: stopped cleanly")

@@ -29,6 +29,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from models import checkpoint
 from streams.kafka import end_offsets, make_consumer
+from streams.metrics import ConsumerMetrics
 from streams.sender import BatchSender
 from streams.settings import Settings
 
@@ -47,8 +48,16 @@ class PartitionedAgent(ABC, Generic[S]):
 
     name = "agent"
 
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer, topics: list[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        topics: list[str],
+        consumer_metrics: ConsumerMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.consumer_metrics = consumer_metrics
+        self._last_lag = 0.0
         self.producer = producer
         self.topics = topics
         self.group = f"{settings.topic_prefix}{self.name}"
@@ -169,6 +178,7 @@ class PartitionedAgent(ABC, Generic[S]):
                         continue  # revoked while the fetch was in flight
                     await self.process(partition, records)
                     self._since_checkpoint[partition] += sum(len(r) for r in records.values())
+                self._count(batch)
                 await self.on_idle()
                 await self.sender.ship()
                 await self._maybe_checkpoint()
@@ -178,6 +188,23 @@ class PartitionedAgent(ABC, Generic[S]):
             await self.consumer.stop()  # sends LeaveGroup, so a restart rejoins at once
         if self._failure is not None:
             raise self._failure
+
+    def _count(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Count what was read; refresh the lag gauges about once a second."""
+        metrics = self.consumer_metrics
+        if metrics is None or self.consumer is None:
+            return
+        for tp, records in batch.items():
+            metrics.consumed.labels(self.name, tp.topic).inc(len(records))
+        if time.monotonic() - self._last_lag < 1.0:
+            return
+        self._last_lag = time.monotonic()
+        for partition, state in list(self.states.items()):
+            for topic, offset in self.offsets_of(state).items():
+                # The fetch response's high watermark: Tansu's ListOffsets is off by a batch.
+                high = self.consumer.highwater(TopicPartition(topic, partition))
+                if high is not None:
+                    metrics.lag.labels(self.name, topic, str(partition)).set(max(0, high - offset))
 
     async def _maybe_checkpoint(self) -> None:
         due = [p for p, n in self._since_checkpoint.items() if n >= self.settings.checkpoint_every]

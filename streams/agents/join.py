@@ -24,7 +24,7 @@ from streams.agents.base import PartitionedAgent
 from streams.codec import Example, decode_label, decode_sample, encode_example
 from streams.deadletter import DeadLetterQueue, dead_letter_headers
 from streams.exceptions import DecodeError
-from streams.metrics import JoinMetrics
+from streams.metrics import ConsumerMetrics, JoinMetrics
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -79,9 +79,10 @@ class JoinAgent(PartitionedAgent[JoinState]):
         producer: AIOKafkaProducer,
         dlq: DeadLetterQueue,
         metrics: JoinMetrics,
+        consumer_metrics: ConsumerMetrics | None = None,
     ) -> None:
         self.t = Topics(settings.topic_prefix)
-        super().__init__(settings, producer, [self.t.samples, self.t.labels])
+        super().__init__(settings, producer, [self.t.samples, self.t.labels], consumer_metrics)
         self.dlq = dlq
         self.metrics = metrics
         self.ttl_ms = int(settings.join_ttl_s * 1000)
@@ -135,6 +136,12 @@ class JoinAgent(PartitionedAgent[JoinState]):
             if expired:
                 await self._emit(state, list(expired))
         self.metrics.pending.set(self._pending())
+        totals: dict[str, int] = {}
+        for state in self.states.values():
+            for reason, n in state.unjoined.items():
+                totals[reason] = totals.get(reason, 0) + n
+        for reason, n in totals.items():
+            self.metrics.unjoined_state.labels(reason).set(n)
 
     def _clock(self, state: JoinState, topic: str, partition: int, now: int) -> int:
         # Caught up on this partition: whatever comes next is stamped after now.

@@ -22,7 +22,7 @@ from models.prequential import DriftFinding, LearnerConfig, Outcome, StreamLearn
 from streams.agents.base import PartitionedAgent
 from streams.codec import Example, decode_example, make_event, now_ms
 from streams.deadletter import DeadLetterQueue
-from streams.metrics import LearnerMetrics
+from streams.metrics import ConsumerMetrics, LearnerMetrics
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -71,15 +71,17 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
         metrics: LearnerMetrics,
         config: LearnerConfig,
         publish_predictions: bool = True,
+        consumer_metrics: ConsumerMetrics | None = None,
     ) -> None:
         self.t = Topics(settings.topic_prefix)
-        super().__init__(settings, producer, [self.t.examples])
+        super().__init__(settings, producer, [self.t.examples], consumer_metrics)
         self.dlq = dlq
         self.metrics = metrics
         self.config = config
         self.publish_predictions = publish_predictions
         self.source = f"eddy/{settings.topic_prefix}learner"
         self._last_snapshot = time.monotonic()
+        self._info: dict[str, tuple[str, str, str]] = {}
 
     def new_state(self, partition: int) -> LearnerState:
         """No streams yet; read the partition from the start."""
@@ -241,11 +243,17 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
         for state in self.states.values():
             for name, learner in state.streams.items():
                 snapshot = learner.metrics.snapshot()
+                self.metrics.examples.labels(name).set(snapshot["examples"])
                 for scope in ("cumulative", "rolling"):
                     for metric, value in snapshot[scope].items():
                         if value is not None:
                             self.metrics.metric.labels(name, metric, scope).set(value)
-                self.metrics.model_info.labels(name, self.config.model, learner.version).set(1)
+                info = (name, self.config.model, learner.version)
+                previous = self._info.get(name)
+                if previous is not None and previous != info:  # one series per stream
+                    self.metrics.model_info.remove(*previous)
+                self._info[name] = info
+                self.metrics.model_info.labels(*info).set(1)
                 event = {"stream": name, "model_version": learner.version, "ts": now_ms()}
                 event |= snapshot
                 await self.sender.send(self.t.metrics, orjson.dumps(event), key=name.encode())

@@ -1,0 +1,301 @@
+"""The ``eddy up`` command: broker, topics, supervised processes, live status, summary.
+
+See :mod:`streams.supervisor` for the supervision contract. ``--demo`` adds a
+producer of a drifting synthetic stream with delayed labels; with
+``--exit-when-done`` (what ``make demo`` runs) the command stops once every
+produced sample is learned or expired and the maintenance loop has answered
+every drift, then prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from models.registry import Registry
+from streams.broker import EmbeddedBroker, broker_file, find_running_broker, record_running_broker
+from streams.dashboard import Samples, sum_samples
+from streams.exceptions import BrokerError
+from streams.settings import Settings
+from streams.supervisor import (
+    Child,
+    ChildSpec,
+    Supervisor,
+    child_specs,
+    reset_stream_state,
+    scrape,
+    stop_signals,
+    write_status_file,
+)
+from streams.topics import create_topics
+
+DEFAULT_BASE_PORT = 9100
+
+
+def add_up_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``eddy up`` beyond the settings."""
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="also produce a drifting SEA stream with labels 500 samples late",
+    )
+    p.add_argument("--n", type=int, default=20_000, help="samples the demo sends (default 20,000)")
+    p.add_argument("--rate", type=float, default=1_000, help="demo samples per second (1,000)")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="with --demo: stop once everything is learned and maintained, "
+                        "print a summary")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=600,
+                   help="with --exit-when-done: give up after this many seconds (600)")  # fmt: skip
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from an empty data directory (removes its registry too)",
+    )
+
+
+@dataclass
+class Figures:
+    """What the status shows, read from the children's metrics."""
+
+    learned: float = 0.0  # from checkpointed state: survives worker restarts
+    rate: float = 0.0
+    metric: dict[str, float] = field(default_factory=dict)  # "accuracy" -> rolling value
+    drifts: float = 0.0
+    lag: float = 0.0
+    expired: float = 0.0
+    dead_lettered: float = 0.0
+    version: str = "-"
+    champion: str = "-"
+    retrains: float = 0.0
+    promoted: float = 0.0
+    exports: float = 0.0
+    servable: float = 0.0
+    last_export: float | None = None
+
+
+def _label(samples: Samples | None, name: str, label: str) -> str:
+    for labels, value in (samples or {}).get(name, []):
+        if value:
+            return labels[label]
+    return "-"
+
+
+def read_figures(scrapes: dict[str, Samples | None]) -> Figures:
+    """Figures from one scrape of each child (a child not answering counts as zero)."""
+    w, r, e = scrapes.get("worker"), scrapes.get("retrainer"), scrapes.get("exporter")
+    metric = {}
+    for labels, value in (w or {}).get("eddy_prequential_metric", []):
+        if labels["scope"] == "rolling" and labels["metric"] in ("accuracy", "mae"):
+            metric[labels["metric"]] = value
+    exported = [v for _, v in (w or {}).get("eddy_last_export_timestamp_seconds", [])]
+    return Figures(
+        learned=sum_samples(w, "eddy_stream_examples"),
+        metric=metric,
+        drifts=sum_samples(w, "eddy_drift_signals_total", level="drift"),
+        lag=sum_samples(w, "eddy_consumer_lag"),
+        expired=sum_samples(w, "eddy_join_unmatched_state", reason="sample_expired"),
+        dead_lettered=sum_samples(w, "eddy_dead_letter_total"),
+        version=_label(w, "eddy_model_info", "version"),
+        champion=_label(w, "eddy_champion_info", "version"),
+        retrains=sum_samples(r, "eddy_control_events_handled_total", type="retrain.requested"),
+        promoted=sum_samples(r, "eddy_maintenance_gate_results_total", result="promoted"),
+        exports=sum_samples(e, "eddy_control_events_handled_total", type="model.updated"),
+        servable=sum_samples(e, "eddy_maintenance_gate_results_total", result="servable"),
+        last_export=max(exported) if exported else None,
+    )
+
+
+def status_view(supervisor: Supervisor, figures: Figures, header: str) -> Group:
+    """The live status: a line of figures and a table of processes."""
+    metric = ", ".join(f"{k} {v:.3f}" for k, v in figures.metric.items()) or "-"
+    export = "-"
+    if figures.last_export is not None:
+        export = f"{time.time() - figures.last_export:.0f} s ago"
+    line = Text.assemble(
+        (header + "\n", "bold"),
+        f"learned {figures.learned:,.0f} ({figures.rate:,.0f}/s) · rolling {metric} · "
+        f"drifts {figures.drifts:.0f} · lag {figures.lag:,.0f} · expired {figures.expired:,.0f} "
+        f"· dead-lettered {figures.dead_lettered:,.0f}\n",
+        f"online model {figures.version} · champion {figures.champion} · retrains "
+        f"{figures.retrains:.0f} ({figures.promoted:.0f} promoted) · exports "
+        f"{figures.exports:.0f} ({figures.servable:.0f} servable) · last export {export}",
+    )
+    table = Table("process", "state", "pid", "restarts", "metrics", box=None, pad_edge=False)
+    for child in supervisor.children:
+        table.add_row(
+            child.spec.name, _state(child), str(child.pid or "-"), str(child.restarts),
+            f":{child.spec.metrics_port}" if child.spec.metrics_port else "-",
+        )  # fmt: skip
+    return Group(line, table)
+
+
+def _state(child: Child) -> str:
+    if child.finished:
+        code = child.exit_codes[-1] if child.exit_codes else None
+        return "[green]done[/]" if code == 0 else f"[red]failed ({code})[/]"
+    if child.process is None and child.restart_at is None:
+        return f"waiting for {child.spec.after_ready}"
+    if child.restart_at is not None:
+        return f"[yellow]restarting in {max(0.0, child.restart_at - time.monotonic()):.0f} s[/]"
+    return "[green]running[/]"
+
+
+def demo_done(figures: Figures, supervisor: Supervisor, n: int) -> bool:
+    """Every sample learned or expired, and every drift retrained and exported."""
+    producer = next(c for c in supervisor.children if c.spec.name == "producer")
+    if not (producer.finished and producer.exit_codes[-1:] == [0]):
+        return False
+    if figures.learned + figures.expired < n:
+        return False
+    return figures.retrains >= figures.drifts and figures.exports >= figures.retrains
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    """Run the system until SIGTERM/Ctrl-C (or, bounded, until the demo is done)."""
+    if args.exit_when_done and not args.demo:
+        console.print("[red]eddy up: --exit-when-done needs --demo[/]")
+        return 2
+    data_dir = settings.data_dir
+    other = find_running_broker(data_dir)
+    if settings.bootstrap is None and other is not None:
+        msg = (
+            f"an embedded broker ({other}) already runs for data directory {data_dir} "
+            f"({broker_file(data_dir)}): stop it, or give eddy up another --data-dir"
+        )
+        raise BrokerError(msg)
+    for path in reset_stream_state(data_dir, everything=args.fresh):
+        console.print(f"eddy up: removed {path} (state of an earlier run)")
+    broker_pid = None
+    with contextlib.ExitStack() as stack:
+        if settings.bootstrap is None:
+            broker = stack.enter_context(EmbeddedBroker())
+            broker_pid = broker.pid
+            record_running_broker(data_dir, broker)
+            stack.callback(lambda: broker_file(data_dir).unlink(missing_ok=True))
+            # Tansu refuses InitProducerId, so producers run without idempotence.
+            settings = settings.with_overrides(
+                {"bootstrap": broker.bootstrap, "producer_idempotence": "off"}
+            )
+            console.print(f"eddy up: embedded Kafka broker (Tansu) on {broker.bootstrap}")
+        if args.demo:
+            settings = settings.with_overrides(
+                {
+                    "metrics_interval_s": 1.0,
+                    "join_ttl_s": min(settings.join_ttl_s, 5.0),
+                    # A drift near the end of the demo stream never fills its window.
+                    "retrain_wait_s": min(settings.retrain_wait_s, 15.0),
+                }
+            )
+        created = asyncio.run(create_topics(settings))
+        console.print(f"eddy up: topics ready ({sum(v == 'created' for v in created.values())} "
+                      f"created) with prefix {settings.topic_prefix!r}")  # fmt: skip
+        base = settings.metrics_port or DEFAULT_BASE_PORT
+        demo = {"n": args.n, "rate": args.rate} if args.demo else None
+        about = {"bootstrap": settings.bootstrap, "broker_pid": broker_pid}
+        return _supervise(args, settings, child_specs(settings, base, demo), console, about)
+    return 0  # unreachable; keeps type checkers content
+
+
+def _supervise(
+    args: argparse.Namespace,
+    settings: Settings,
+    specs: list[ChildSpec],
+    console: Console,
+    about: dict[str, Any],
+) -> int:
+    logs = settings.data_dir / "logs"
+    children = [Child(spec, logs / f"{spec.name}.log") for spec in specs]
+    messages: list[str] = []
+    supervisor = Supervisor(children, messages.append, about)
+    status_path = settings.data_dir / "up.json"
+    worker_port = children[0].spec.metrics_port
+    console.print(f"eddy up: dashboard http://127.0.0.1:{worker_port}/ · logs in {logs}/ · "
+                  "Ctrl-C stops everything")  # fmt: skip
+    figures = Figures()
+    last_learned, last_t = 0.0, time.monotonic()
+    deadline = time.monotonic() + args.timeout
+    outcome = "stopped"
+    with stop_signals() as received:
+        supervisor.start()
+        try:
+            with Live(console=console, refresh_per_second=2, transient=False) as live:
+                while not received:
+                    supervisor.step()
+                    for message in messages:
+                        live.console.print(f"[bold yellow]eddy up:[/] {message}")
+                    messages.clear()
+                    now = time.monotonic()
+                    scrapes = {c.spec.name: scrape(c.spec.metrics_port) for c in children}
+                    if scrapes.get("worker", {}) and "eddy_consumer_lag" in scrapes["worker"]:
+                        supervisor.start_waiting({"worker"})  # partitions assigned, fetching
+                    figures = read_figures(scrapes)
+                    figures.rate = max(0.0, figures.learned - last_learned) / max(
+                        now - last_t, 1e-9
+                    )
+                    last_learned, last_t = figures.learned, now
+                    live.update(status_view(supervisor, figures, "eddy up"))
+                    write_status_file(status_path, supervisor.describe())
+                    if args.exit_when_done:
+                        if demo_done(figures, supervisor, args.n):
+                            outcome = "done"
+                            break
+                        if now > deadline:
+                            outcome = "timeout"
+                            break
+                    time.sleep(1.0)
+        finally:
+            codes = supervisor.stop()
+            status_path.unlink(missing_ok=True)
+    console.print()
+    console.print(f"eddy up: stopped every process (exit codes {codes})")
+    if args.demo:
+        _summary(console, settings, figures, supervisor, args.n, outcome)
+    return 1 if outcome == "timeout" else 0
+
+
+def _summary(
+    console: Console,
+    settings: Settings,
+    figures: Figures,
+    supervisor: Supervisor,
+    n: int,
+    outcome: str,
+) -> None:
+    accounted = figures.learned + figures.expired
+    table = Table("figure", "value", title=f"eddy demo summary ({outcome})")
+    metric = ", ".join(f"{k} {v:.3f}" for k, v in figures.metric.items()) or "-"
+    rows = [
+        ("samples produced", f"{n:,}"),
+        ("learned / expired (no label)", f"{figures.learned:,.0f} / {figures.expired:,.0f} "
+                                         f"({accounted:,.0f} of {n:,} accounted for)"),
+        ("rolling metric at the end", metric),
+        ("drifts detected", f"{figures.drifts:.0f} (the concept changed at sample {n // 2:,})"),
+        ("retrains / promoted", f"{figures.retrains:.0f} / {figures.promoted:.0f}"),
+        ("exports / servable", f"{figures.exports:.0f} / {figures.servable:.0f}"),
+        ("online model / champion", f"{figures.version} / {figures.champion}"),
+        ("restarts", ", ".join(f"{c.spec.name} {c.restarts}" for c in supervisor.children)),
+    ]  # fmt: skip
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    registry = Registry(settings.data_dir / "registry")
+    for model in registry.models():
+        champion = registry.aliases(model).get("champion")
+        console.print(f"registry {Path(settings.data_dir) / 'registry' / model}: versions "
+                      f"{', '.join(registry.versions(model))}; champion {champion}")  # fmt: skip
+    if outcome == "timeout":
+        logs = settings.data_dir / "logs"
+        console.print(
+            "[red]eddy demo: the deadline passed before everything was learned and "
+            f"maintained; see the logs in {logs}[/]"
+        )
