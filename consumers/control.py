@@ -63,7 +63,10 @@ class ControlConsumer(ABC):
         self, event_type: str, data: dict[str, Any], subject: str, event_id: str
     ) -> dict[str, Any]:
         """Publish a control event and wait until the broker has it."""
-        event = make_event(event_type, self.source, data, subject=subject, event_id=event_id)
+        event = make_event(
+            event_type, self.source, data, subject=subject, event_id=event_id,
+            signing_key=self.settings.event_signing_key,
+        )  # fmt: skip
         await self.producer.send_and_wait(
             self.topics.events, orjson.dumps(event), key=subject.encode()
         )
@@ -95,9 +98,12 @@ class ControlConsumer(ABC):
 
     async def _one(self, raw: bytes) -> None:
         try:
-            event = decode_event(raw, self.settings.max_message_bytes)
+            event = decode_event(
+                raw, self.settings.max_message_bytes, self.settings.event_signing_key
+            )
         except DecodeError as ex:
-            log.warning("%s: skipping an undecodable control event: %s", self.name, ex)
+            log.warning("%s: skipping a control event: %s", self.name, ex)
+            self.metrics.handled.labels(self.name, "unknown", ex.reason).inc()
             return
         if event.type not in self.types:
             return

@@ -24,6 +24,7 @@ from models.batch import BatchModel, vectorize
 from models.export import run, session
 from models.registry import Registry, RegistryError
 from streams.codec import DecodeError, decode_event
+from streams.exceptions import BadSignature, UnsignedEvent
 from streams.kafka import end_offsets, make_consumer
 from streams.settings import Settings
 from streams.topics import Topics
@@ -108,7 +109,13 @@ class HotSwapClient:
 
     async def _on_event(self, raw: bytes) -> None:
         try:
-            event = decode_event(raw, self.settings.max_message_bytes)
+            event = decode_event(
+                raw, self.settings.max_message_bytes, self.settings.event_signing_key
+            )
+        except (UnsignedEvent, BadSignature) as ex:
+            self.refused.append(("?", str(ex)))
+            log.error("hot-swap %s: %s; still serving %s", self.model, ex, self.version)
+            return
         except DecodeError:
             return
         data = event.data

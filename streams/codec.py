@@ -12,6 +12,8 @@ what was wrong and where; nothing else escapes a decoder.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -26,7 +28,14 @@ import orjson
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from streams.exceptions import DecodeError, InvalidJSON, MessageTooLarge, SchemaViolation
+from streams.exceptions import (
+    BadSignature,
+    DecodeError,
+    InvalidJSON,
+    MessageTooLarge,
+    SchemaViolation,
+    UnsignedEvent,
+)
 
 SCHEMA_PACKAGE = "schemas"
 CONTROL_EVENT_TYPES = (
@@ -257,11 +266,36 @@ def encode_example(example: Example) -> bytes:
     return orjson.dumps(out)
 
 
-def decode_event(raw: bytes, max_bytes: int = 1_048_576) -> ControlEvent:
-    """Decode a control event and validate it against its type's schema."""
+# The CloudEvents extension attribute that carries an event's HMAC-SHA256 (hex).
+SIGNATURE_ATTRIBUTE = "eddysig"
+
+
+def event_signature(event: dict[str, Any], key: str) -> str:
+    """HMAC-SHA256 of ``event`` (without its signature) in canonical JSON (sorted keys).
+
+    >>> e = {"id": "1", "data": {"b": 1, "a": 2.5}}
+    >>> event_signature(e, "k") == event_signature({"data": {"a": 2.5, "b": 1}, "id": "1"}, "k")
+    True
+    """
+    body = {k: v for k, v in event.items() if k != SIGNATURE_ATTRIBUTE}
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hmac.new(key.encode(), canonical, hashlib.sha256).hexdigest()
+
+
+def decode_event(
+    raw: bytes, max_bytes: int = 1_048_576, signing_key: str | None = None
+) -> ControlEvent:
+    """Decode a control event and validate it against its type's schema.
+
+    With ``signing_key``, the event must carry a matching HMAC signature: else
+    :class:`UnsignedEvent` or :class:`BadSignature` (checked before anything else
+    is trusted).
+    """
     obj = load_json(raw, max_bytes)
     if not isinstance(obj, dict):
         _fail("$", f"must be a JSON object, got {_json_type(obj)}")
+    if signing_key is not None:
+        _check_signature(obj, signing_key)
     full_type = obj.get("type")
     short = (
         full_type.removeprefix(EVENT_TYPE_PREFIX)
@@ -285,6 +319,22 @@ def decode_event(raw: bytes, max_bytes: int = 1_048_576) -> ControlEvent:
         subject=obj.get("subject"),
         extensions=extensions or None,
     )
+
+
+def _check_signature(obj: dict[str, Any], key: str) -> None:
+    given = obj.get(SIGNATURE_ATTRIBUTE)
+    if not isinstance(given, str):
+        msg = (
+            f"control event {obj.get('id')!r} is unsigned, and signing is on "
+            "(EDDY_EVENT_SIGNING_KEY): refused"
+        )
+        raise UnsignedEvent(msg)
+    if not hmac.compare_digest(given, event_signature(obj, key)):
+        msg = (
+            f"control event {obj.get('id')!r} has a signature that does not match its "
+            "content (forged, altered, or signed with another key): refused"
+        )
+        raise BadSignature(msg)
 
 
 def _fail(where: str, what: str) -> Any:
@@ -423,8 +473,12 @@ def make_event(
     data: dict[str, Any],
     subject: str | None = None,
     event_id: str | None = None,
+    signing_key: str | None = None,
 ) -> dict[str, Any]:
     """Build a CloudEvents 1.0 control event and validate it against its schema.
+
+    With ``signing_key``, the event carries its HMAC-SHA256 in the ``eddysig``
+    extension attribute (see :func:`event_signature`).
 
     ``event_type`` is a short name from :data:`CONTROL_EVENT_TYPES`. Raises
     :class:`SchemaViolation` when ``data`` does not fit, so that eddy never
@@ -447,6 +501,8 @@ def make_event(
     errors = schema_errors(event_type, event)
     if errors:
         raise SchemaViolation(f"eddy built an invalid {event_type} event: " + "; ".join(errors))
+    if signing_key is not None:
+        event[SIGNATURE_ATTRIBUTE] = event_signature(event, signing_key)
     return event
 
 
@@ -465,6 +521,7 @@ __all__ = [
     "encode_example",
     "encode_label",
     "encode_sample",
+    "event_signature",
     "make_event",
     "schema_errors",
 ]

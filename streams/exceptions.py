@@ -41,3 +41,15 @@ class MessageTooLarge(DecodeError):
     """The message is larger than eddy's own size cap (``EDDY_MAX_MESSAGE_BYTES``)."""
 
     reason = "too_large"
+
+
+class UnsignedEvent(DecodeError):
+    """Signing is on (``EDDY_EVENT_SIGNING_KEY``) and a control event carries no signature."""
+
+    reason = "unsigned"
+
+
+class BadSignature(DecodeError):
+    """A control event's HMAC signature does not match its content: forged or altered."""
+
+    reason = "bad_signature"

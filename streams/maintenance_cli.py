@@ -160,7 +160,10 @@ def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
 async def _announce(
     settings: Settings, kind: str, data: dict[str, Any], subject: str
 ) -> dict[str, Any]:
-    event = make_event(kind, f"eddy/{settings.topic_prefix}cli", data, subject=subject)
+    event = make_event(
+        kind, f"eddy/{settings.topic_prefix}cli", data, subject=subject,
+        signing_key=settings.event_signing_key,
+    )  # fmt: skip
     producer = await start_producer(settings, "cli")
     try:
         await producer.send_and_wait(Topics(settings.topic_prefix).events, orjson.dumps(event),

@@ -198,7 +198,7 @@ class ControlMetrics:
         return cls(
             handled=Counter(
                 "eddy_control_events_handled",
-                "Control events a consumer finished, by outcome (done, skipped, failed).",
+                "Control events a consumer finished, by outcome (done, skipped, failed) or refused, by decode reason (invalid_json, schema, unsigned, bad_signature…).",
                 ["consumer", "type", "outcome"],
                 registry=registry,
             ),

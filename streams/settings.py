@@ -132,6 +132,12 @@ class Settings:
     ssl_cafile: Path | None = _setting(None, "CA bundle for TLS.", Path)
     ssl_certfile: Path | None = _setting(None, "Client certificate for TLS.", Path)
     ssl_keyfile: Path | None = _setting(None, "Client private key for TLS.", Path)
+    event_signing_key: str | None = _setting(
+        None,
+        "HMAC-SHA256 key for control events: when set, eddy signs every control event it "
+        "emits and refuses unsigned or badly signed ones (consumers, worker, hot-swap client).",
+        secret=True,
+    )
     log_level: str = _setting("INFO", "Log level.", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
 
     # -- learning -----------------------------------------------------------------------------
@@ -298,6 +304,7 @@ KAFKA_SETTINGS = [
     "ssl_cafile",
     "ssl_certfile",
     "ssl_keyfile",
+    "event_signing_key",
     "log_level",
 ]
 

@@ -12,9 +12,12 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark everything under tests/integration as ``integration``."""
+    """Mark tests/integration as ``integration``, tests/chaos as ``chaos`` (and integration)."""
     import pytest
 
     for item in items:
-        if "/integration/" in str(item.fspath):
+        path = str(item.fspath)
+        if "/integration/" in path or "/chaos/" in path:
             item.add_marker(pytest.mark.integration)
+        if "/chaos/" in path:
+            item.add_marker(pytest.mark.chaos)

@@ -90,7 +90,9 @@ class ChampionFollower:
 
     def _on_event(self, raw: bytes, at: float, act: bool = True) -> None:
         try:
-            event = decode_event(raw, self.settings.max_message_bytes)
+            event = decode_event(
+                raw, self.settings.max_message_bytes, self.settings.event_signing_key
+            )
         except DecodeError:
             return
         self._record(event.type, event.data, at)

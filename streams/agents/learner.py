@@ -205,6 +205,7 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
             },
             subject=learner.stream,
             event_id=self._event_id("drift", learner.stream, signal.level, signal.count),
+            signing_key=self.settings.event_signing_key,
         )
         await self._send_event(learner.stream, drift)
         if signal.level != "drift":
@@ -220,6 +221,7 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
             },
             subject=learner.stream,
             event_id=self._event_id("retrain", learner.stream, signal.level, signal.count),
+            signing_key=self.settings.event_signing_key,
         )
         await self._send_event(learner.stream, retrain)
 
