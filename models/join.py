@@ -15,7 +15,7 @@ on what it saw at prediction time, not on anything that changed since.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,25 @@ class Unjoined:
     reason: str  # "expired" (TTL) or "evicted" (size cap)
 
 
+class RecentIds:
+    """The last ``size`` ids seen, for dropping repeats; bounded memory."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._order: deque[str] = deque()
+        self._set: set[str] = set()
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._set
+
+    def add(self, item: str) -> None:
+        """Remember ``item``, forgetting the oldest beyond ``size``."""
+        self._order.append(item)
+        self._set.add(item)
+        if len(self._order) > self.size:
+            self._set.discard(self._order.popleft())
+
+
 class JoinBuffer:
     """Pending samples and labels of one partition.
 
@@ -71,6 +90,14 @@ class JoinBuffer:
         self.samples: OrderedDict[str, Pending] = OrderedDict()
         self.labels: OrderedDict[str, Pending] = OrderedDict()
         self.duplicates = 0
+        # Ids joined lately: a sample or label re-sent after its pair left is a
+        # duplicate too, not a new entry that would wait and expire.
+        self.joined = RecentIds(max_pending)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints written before ``joined`` existed restore with an empty one.
+        self.__dict__.update(state)
+        self.__dict__.setdefault("joined", RecentIds(self.max_pending))
 
     def __len__(self) -> int:
         return len(self.samples) + len(self.labels)
@@ -78,13 +105,18 @@ class JoinBuffer:
     def add_sample(self, entry: Pending, inline_label: Any = None) -> list[Joined | Unjoined]:
         """A sample arrived; returns the join if its label is here (or inline).
 
-        A second sample with an id that is already waiting is a duplicate: it is
+        A second sample with an id that is waiting, or joined lately, is a duplicate: it is
         returned as ``Unjoined(kind="sample", reason="duplicate")``.
         """
+        if entry.id in self.joined:
+            self.duplicates += 1
+            return [Unjoined(entry, "sample", "duplicate")]
         if inline_label is not None:
+            self.joined.add(entry.id)
             return [Joined(entry, inline_label, None)]
         label = self.labels.pop(entry.id, None)
         if label is not None:
+            self.joined.add(entry.id)
             return [Joined(entry, label.payload, label.position)]
         if entry.id in self.samples:
             self.duplicates += 1
@@ -94,8 +126,12 @@ class JoinBuffer:
 
     def add_label(self, entry: Pending) -> list[Joined | Unjoined]:
         """A label arrived; returns the join if its sample is waiting."""
+        if entry.id in self.joined:
+            self.duplicates += 1
+            return [Unjoined(entry, "label", "duplicate")]
         sample = self.samples.pop(entry.id, None)
         if sample is not None:
+            self.joined.add(entry.id)
             return [Joined(sample, entry.payload, entry.position)]
         if entry.id in self.labels:
             self.duplicates += 1

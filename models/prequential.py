@@ -95,3 +95,21 @@ def _abs_error(y: Any, y_pred: Any) -> float:
     except (TypeError, ValueError):
         return math.inf
     return error if math.isfinite(error) else math.inf
+
+
+def label_problem(task: str, label: Any) -> str | None:
+    """Why ``label`` cannot be learned for ``task`` (``None`` when it can).
+
+    Binary models learn booleans (0 and 1 count as False and True); regression
+    learns numbers; multiclass takes any class (new ones are learned as they come).
+
+    >>> label_problem("binary", True), label_problem("binary", 1), label_problem("binary", "yes")
+    (None, None, "binary task: the label must be true/false (or 0/1), got 'yes'")
+    >>> label_problem("regression", True)
+    'regression task: the label must be a number, got True'
+    """
+    if task == "binary" and not (isinstance(label, bool) or label in (0, 1)):
+        return f"binary task: the label must be true/false (or 0/1), got {label!r}"
+    if task == "regression" and (isinstance(label, bool) or not isinstance(label, int | float)):
+        return f"regression task: the label must be a number, got {label!r}"
+    return None

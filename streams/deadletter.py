@@ -6,10 +6,16 @@ Kafka convention (``kafka_dlt-original-topic``, ``…-partition``, ``…-offset`
 ``kafka_dlt-exception-message``) with UTF-8 text values, so that ``kcat`` and
 people can read them; ``eddy-dlt-reason`` carries the short reason code that the
 ``eddy_dead_letter_total`` counter is labelled with.
+
+One exception to "unchanged": a value larger than eddy's own size cap cannot be
+forwarded (the producer and the broker would refuse it, and the worker with
+them), so its first ``max_bytes`` bytes are kept, with its original size and
+SHA-256 in ``eddy-dlt-original-size`` and ``eddy-dlt-original-sha256``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -33,6 +39,8 @@ H_GROUP = "kafka_dlt-original-consumer-group"
 H_EXCEPTION_CLASS = "kafka_dlt-exception-fqcn"
 H_EXCEPTION_MESSAGE = "kafka_dlt-exception-message"
 H_REASON = "eddy-dlt-reason"
+H_ORIGINAL_SIZE = "eddy-dlt-original-size"
+H_ORIGINAL_SHA256 = "eddy-dlt-original-sha256"
 
 
 class SourceRecord(Protocol):
@@ -81,8 +89,10 @@ class DeadLetterQueue:
         metrics: EdgeMetrics,
         kind: Callable[[str], str],
         group: str | None = None,
+        max_bytes: int = 1_048_576,
     ) -> None:
         self._producer = producer
+        self.max_bytes = max_bytes
         self.topic = topic
         self._metrics = metrics
         self._kind = kind
@@ -99,12 +109,14 @@ class DeadLetterQueue:
             reason,
             error,
         )
-        await self._producer.send_and_wait(
-            self.topic,
-            value=record.value,
-            key=record.key,
-            headers=dead_letter_headers(record, error, self._group),
-        )
+        value, headers = record.value, dead_letter_headers(record, error, self._group)
+        if value is not None and len(value) > self.max_bytes:
+            headers += [
+                (H_ORIGINAL_SIZE, str(len(value)).encode()),
+                (H_ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()),
+            ]
+            value = value[: self.max_bytes]
+        await self._producer.send_and_wait(self.topic, value=value, key=record.key, headers=headers)
         self._metrics.dead_lettered.labels(self._kind(record.topic), reason).inc()
 
     async def decode_all(

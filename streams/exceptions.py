@@ -53,3 +53,15 @@ class BadSignature(DecodeError):
     """A control event's HMAC signature does not match its content: forged or altered."""
 
     reason = "bad_signature"
+
+
+class TimestampInFuture(DecodeError):
+    """An event time lies further ahead of the clock than ``EDDY_MAX_FUTURE_S`` allows."""
+
+    reason = "ts_future"
+
+
+class UnlearnableLabel(DecodeError):
+    """The label does not fit the task (a class a binary model cannot have, a text target)."""
+
+    reason = "unknown_class"

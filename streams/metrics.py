@@ -198,7 +198,8 @@ class ControlMetrics:
         return cls(
             handled=Counter(
                 "eddy_control_events_handled",
-                "Control events a consumer finished, by outcome (done, skipped, failed) or refused, by decode reason (invalid_json, schema, unsigned, bad_signature…).",
+                "Control events a consumer finished, by outcome: done, skipped, failed, or the "
+                "reason it refused one (invalid_json, schema, unsigned, bad_signature).",
                 ["consumer", "type", "outcome"],
                 registry=registry,
             ),

@@ -167,6 +167,14 @@ class Settings:
         _positive_int,
     )
 
+    max_future_s: float = _setting(
+        300.0,
+        "How far ahead of this machine's clock an event time may be: samples and labels "
+        "with a later `ts` are dead-lettered (ts_future), and later Kafka record "
+        "timestamps do not move the join's event-time clock.",
+        _positive_float,
+    )
+
     # -- delivery -----------------------------------------------------------------------------
     checkpoint_every: int = _setting(
         10_000, "Checkpoint a partition's state after this many records.", _positive_int

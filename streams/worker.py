@@ -93,8 +93,10 @@ async def run_worker(
     try:
         edge = EdgeMetrics.create(registry)
         consumed = ConsumerMetrics.create(registry)
-        join_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "join")
-        learn_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "learner")
+        # Headroom under the producer's request cap for a truncated value's headers.
+        cap = settings.max_message_bytes - 16 * 1024
+        join_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "join", cap)
+        learn_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "learner", cap)
         learner = LearnerAgent(
             settings, producer, learn_dlq, LearnerMetrics.create(registry), config,
             consumer_metrics=consumed,

@@ -23,7 +23,7 @@ from models.join import JoinBuffer, Joined, Pending, Unjoined
 from streams.agents.base import PartitionedAgent
 from streams.codec import Example, decode_label, decode_sample, encode_example
 from streams.deadletter import DeadLetterQueue, dead_letter_headers
-from streams.exceptions import DecodeError
+from streams.exceptions import DecodeError, TimestampInFuture
 from streams.metrics import ConsumerMetrics, JoinMetrics
 from streams.settings import Settings
 from streams.topics import Topics
@@ -87,6 +87,7 @@ class JoinAgent(PartitionedAgent[JoinState]):
         self.metrics = metrics
         self.ttl_ms = int(settings.join_ttl_s * 1000)
         self.max_bytes = settings.max_message_bytes
+        self.max_future_ms = int(settings.max_future_s * 1000)
 
     def new_state(self, partition: int) -> JoinState:
         """An empty buffer reading both topics from the start."""
@@ -100,31 +101,48 @@ class JoinAgent(PartitionedAgent[JoinState]):
         """Decode, join, emit; labels first so a batch holding both halves joins at once."""
         state = self.states[partition]
         results: list[Joined | Unjoined] = []
+        now = _now_ms()
+        # A producer's clock far ahead must not move the join's clock: that would
+        # expire everything waiting. Such record timestamps count as "now".
+        latest = now + self.max_future_ms
         for topic, decode in ((self.t.labels, decode_label), (self.t.samples, decode_sample)):
             batch = records.get(topic)
             if not batch:
                 continue
-            for record, event in await self.dlq.decode_all(batch, self._decoder(decode)):
+            for record, event in await self.dlq.decode_all(batch, self._decoder(decode, latest)):
                 stored = _Position(
                     record.topic, record.partition, record.offset, record.timestamp,
                     record.key, record.value, record.headers,
                 )  # fmt: skip
                 # the raw record rides along, so an unmatched one is dead-lettered unchanged
                 where = (record.partition, record.offset)
-                pending = Pending(event.id, (event, stored), where, record.timestamp)
+                at = record.timestamp if record.timestamp <= latest else now
+                pending = Pending(event.id, (event, stored), where, at)
                 if topic == self.t.samples:
                     results += state.buffer.add_sample(pending, event.label)
                 else:
                     results += state.buffer.add_label(pending)
             state.offsets[topic] = batch[-1].offset + 1
-            newest = max(r.timestamp for r in batch)
+            newest = max((r.timestamp for r in batch if r.timestamp <= latest), default=0)
             state.clocks[topic] = max(state.clocks.get(topic, 0), newest)
         await self._emit(state, results)
         self.metrics.pending.set(self._pending())
 
-    def _decoder(self, decode: Any) -> Any:
+    def _decoder(self, decode: Any, latest_ms: int) -> Any:
         max_bytes = self.max_bytes
-        return lambda raw: decode(raw, max_bytes)
+
+        def checked(raw: bytes) -> Any:
+            event = decode(raw, max_bytes)
+            if event.ts is not None and event.ts > latest_ms:
+                ahead = (event.ts - latest_ms) / 1000 + self.max_future_ms / 1000
+                msg = (
+                    f"$.ts is {ahead:,.0f} s ahead of this machine's clock; at most "
+                    f"{self.max_future_ms / 1000:g} s is accepted (EDDY_MAX_FUTURE_S)"
+                )
+                raise TimestampInFuture(msg)
+            return event
+
+        return checked
 
     async def on_idle(self) -> None:
         """Expire entries the other stream's clock has left behind by the TTL."""

@@ -11,41 +11,29 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from models.prequential import DriftFinding, LearnerConfig, Outcome, StreamLearner
+from models.join import RecentIds
+from models.prequential import (
+    DriftFinding,
+    LearnerConfig,
+    Outcome,
+    StreamLearner,
+    label_problem,
+)
 from streams.agents.base import PartitionedAgent
 from streams.codec import Example, decode_example, make_event, now_ms
 from streams.deadletter import DeadLetterQueue
+from streams.exceptions import UnlearnableLabel
 from streams.metrics import ConsumerMetrics, LearnerMetrics
 from streams.settings import Settings
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-class RecentIds:
-    """The last ``size`` ids seen, for dropping repeats; bounded memory."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._order: deque[str] = deque()
-        self._set: set[str] = set()
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._set
-
-    def add(self, item: str) -> None:
-        """Remember ``item``, forgetting the oldest beyond ``size``."""
-        self._order.append(item)
-        self._set.add(item)
-        if len(self._order) > self.size:
-            self._set.discard(self._order.popleft())
 
 
 @dataclass
@@ -106,6 +94,10 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
         decoded = await self.dlq.decode_all(batch, lambda raw: decode_example(raw, max_bytes))
         groups: dict[str, list[tuple[ConsumerRecord, Example]]] = {}
         for record, example in decoded:
+            problem = label_problem(self.config.task, example.label)
+            if problem is not None:
+                await self.dlq.send(record, UnlearnableLabel(problem))
+                continue
             if example.id in state.recent:
                 state.duplicates += 1
                 self.metrics.duplicates.labels(example.stream).inc()
