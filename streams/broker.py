@@ -202,6 +202,16 @@ class EmbeddedBroker:
         )
         raise BrokerError(msg)
 
+    @property
+    def exited(self) -> bool:
+        """Whether the broker was started and its process has ended since."""
+        return self._process is not None and self._process.poll() is not None
+
+    def restart(self) -> EmbeddedBroker:
+        """Start again on the same address (memory only: it comes back empty)."""
+        self.stop()
+        return self.start()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout``) and reap it."""
         process, self._process = self._process, None

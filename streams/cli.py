@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,8 +173,37 @@ def _setup_logging(level: str) -> None:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
-    # aiokafka logs every reconnect at ERROR; eddy reports outages itself.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # aiokafka logs every reconnect attempt at ERROR, hundreds a second during an
+    # outage; eddy's agents report outages themselves, so repeats are condensed.
+    aiokafka = logging.getLogger("aiokafka")
+    aiokafka.setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for h in logging.getLogger().handlers:
+        h.addFilter(RepeatFilter("aiokafka"))
+
+
+class RepeatFilter(logging.Filter):
+    """Let one record per (logger, message template) through every ``every_s`` seconds
+    from loggers under ``prefix``; the next one says how many were held back."""
+
+    def __init__(self, prefix: str, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.every_s = every_s
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last, held = self._last.get(key, (-self.every_s, 0))
+        if now - last < self.every_s:
+            self._last[key] = (last, held + 1)
+            return False
+        if held:
+            record.msg = f"{record.msg} [{held} similar messages in the last {self.every_s:.0f} s]"
+        self._last[key] = (now, 0)
+        return True
 
 
 def run_until_signalled(coro: Coroutine[Any, Any, T]) -> T:

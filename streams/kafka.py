@@ -7,8 +7,11 @@ TLS/SASL reach every producer, consumer and admin client alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -210,3 +213,40 @@ async def partition_end(settings: Settings, topic: str, partition: int) -> int:
         return (await end_offsets(consumer, [tp]))[tp]
     finally:
         await consumer.stop()
+
+
+async def watch_connectivity(
+    producer: AIOKafkaProducer,
+    where: str,
+    stop: asyncio.Event,
+    on_change: Callable[[bool], None] = lambda up: None,
+    every_s: float = 2.0,
+    role: str = "worker",
+) -> None:
+    """Ask the cluster for metadata every ``every_s``; log when Kafka goes and comes back.
+
+    aiokafka reconnects by itself; this makes an outage visible (one warning when it
+    starts, one line when it ends, with its length) and calls ``on_change``.
+    """
+    up, since = True, time.monotonic()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), every_s * 2)
+            reachable = True
+        except (KafkaError, OSError, TimeoutError):
+            reachable = False
+        if reachable != up:
+            elapsed = time.monotonic() - since
+            since = time.monotonic()
+            up = reachable
+            on_change(up)
+            if up:
+                log.warning("%s: Kafka is reachable again after %.0f s", role, elapsed)
+            else:
+                log.warning(
+                    "%s: Kafka at %s does not answer: agents wait and reconnect by "
+                    "themselves, then resume from their checkpoints",
+                    role, where,
+                )  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)

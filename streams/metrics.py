@@ -162,6 +162,8 @@ class ConsumerMetrics:
 
     consumed: Counter
     lag: Gauge
+    outages: Counter
+    kafka_up: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry = REGISTRY) -> ConsumerMetrics:
@@ -177,6 +179,17 @@ class ConsumerMetrics:
                 "eddy_consumer_lag",
                 "Records between an agent's next offset and the partition's high watermark.",
                 ["agent", "topic", "partition"],
+                registry=registry,
+            ),
+            kafka_up=Gauge(
+                "eddy_kafka_up",
+                "1 while the process's Kafka cluster answers metadata requests, else 0.",
+                registry=registry,
+            ),
+            outages=Counter(
+                "eddy_agent_outage_restarts",
+                "Restarts of an agent from its checkpoint after Kafka failed under it.",
+                ["agent"],
                 registry=registry,
             ),
         )

@@ -37,7 +37,7 @@ class BatchSender:
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self._open: dict[tuple[str, int], Any] = {}
-        self._in_flight: list[asyncio.Future[Any]] = []
+        self._in_flight: list[tuple[tuple[str, int], asyncio.Future[Any]]] = []
         self._round_robin = itertools.count()
 
     async def _partitions_of(self, topic: str) -> list[int]:
@@ -84,7 +84,7 @@ class BatchSender:
             batch.close()
             topic, partition = where
             self._in_flight.append(
-                await self.producer.send_batch(batch, topic, partition=partition)
+                (where, await self.producer.send_batch(batch, topic, partition=partition))
             )
 
     async def ship(self) -> None:
@@ -92,13 +92,30 @@ class BatchSender:
         for where in list(self._open):
             await self._ship(where)
         # forget acknowledged batches; failures stay for flush() to raise
-        self._in_flight = [f for f in self._in_flight if not _succeeded(f)]
+        self._in_flight = [(w, f) for w, f in self._in_flight if not _succeeded(f)]
+
+    def reset(self) -> None:
+        """Forget open and unacknowledged batches (after a delivery failure, the
+        agent replays from its checkpoint and sends them again) and the
+        partition counts (topics may have been recreated)."""
+        for _, future in self._in_flight:
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: no "never retrieved" warning
+            else:
+                future.cancel()
+        self._in_flight = []
+        self._open = {}
+        self._partitions = {}
 
     async def flush(self) -> None:
         """Send every open batch and wait until the broker has all of them."""
         await self.ship()
         in_flight, self._in_flight = self._in_flight, []
-        await asyncio.gather(*in_flight)
+        results = await asyncio.gather(*(f for _, f in in_flight), return_exceptions=True)
+        for ((topic, partition), _), result in zip(in_flight, results, strict=True):
+            if isinstance(result, BaseException):
+                result.add_note(f"while delivering a batch to {topic}[{partition}]")
+                raise result
 
 
 def _succeeded(future: asyncio.Future[Any]) -> bool:

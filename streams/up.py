@@ -13,9 +13,9 @@ import argparse
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -175,11 +175,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
         raise BrokerError(msg)
     for path in reset_stream_state(data_dir, everything=args.fresh):
         console.print(f"eddy up: removed {path} (state of an earlier run)")
-    broker_pid = None
+    broker: EmbeddedBroker | None = None
     with contextlib.ExitStack() as stack:
         if settings.bootstrap is None:
             broker = stack.enter_context(EmbeddedBroker())
-            broker_pid = broker.pid
             record_running_broker(data_dir, broker)
             stack.callback(lambda: broker_file(data_dir).unlink(missing_ok=True))
             # Tansu refuses InitProducerId, so producers run without idempotence.
@@ -201,8 +200,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
                       f"created) with prefix {settings.topic_prefix!r}")  # fmt: skip
         base = settings.metrics_port or DEFAULT_BASE_PORT
         demo = {"n": args.n, "rate": args.rate} if args.demo else None
-        about = {"bootstrap": settings.bootstrap, "broker_pid": broker_pid}
-        return _supervise(args, settings, child_specs(settings, base, demo), console, about)
+        specs = child_specs(settings, base, demo)
+        return _supervise(args, settings, specs, console, broker)
     return 0  # unreachable; keeps type checkers content
 
 
@@ -211,11 +210,12 @@ def _supervise(
     settings: Settings,
     specs: list[ChildSpec],
     console: Console,
-    about: dict[str, Any],
+    broker: EmbeddedBroker | None,
 ) -> int:
     logs = settings.data_dir / "logs"
     children = [Child(spec, logs / f"{spec.name}.log") for spec in specs]
     messages: list[str] = []
+    about = {"bootstrap": settings.bootstrap, "broker_pid": broker.pid if broker else None}
     supervisor = Supervisor(children, messages.append, about)
     status_path = settings.data_dir / "up.json"
     worker_port = children[0].spec.metrics_port
@@ -231,6 +231,9 @@ def _supervise(
             with Live(console=console, refresh_per_second=2, transient=False) as live:
                 while not received:
                     supervisor.step()
+                    if broker is not None and broker.exited:
+                        _restart_broker(broker, settings, messages.append)
+                        about["broker_pid"] = broker.pid
                     for message in messages:
                         live.console.print(f"[bold yellow]eddy up:[/] {message}")
                     messages.clear()
@@ -261,6 +264,25 @@ def _supervise(
     if args.demo:
         _summary(console, settings, figures, supervisor, args.n, outcome)
     return 1 if outcome == "timeout" else 0
+
+
+def _restart_broker(
+    broker: EmbeddedBroker, settings: Settings, report: Callable[[str], None]
+) -> None:
+    """The embedded broker died: bring it back on its address, with the topics.
+
+    It keeps everything in memory, so it comes back empty; the agents notice that
+    their checkpoints point into topics that are gone and read the new ones from
+    the start, keeping what they learned.
+    """
+    report(
+        f"the embedded broker (pid {broker.pid}) exited; its topics are gone (memory only). "
+        f"Restarting it on {broker.bootstrap} and recreating the topics; processes "
+        "reconnect by themselves"
+    )
+    broker.restart()
+    asyncio.run(create_topics(settings))
+    report(f"the embedded broker is back on {broker.bootstrap} (pid {broker.pid})")
 
 
 def _summary(

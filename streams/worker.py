@@ -22,7 +22,7 @@ from streams.agents.join import JoinAgent
 from streams.agents.learner import LearnerAgent
 from streams.dashboard import History, MetricsServer
 from streams.deadletter import DeadLetterQueue
-from streams.kafka import start_producer
+from streams.kafka import start_producer, watch_connectivity
 from streams.metrics import (
     ConsumerMetrics,
     EdgeMetrics,
@@ -93,6 +93,7 @@ async def run_worker(
     try:
         edge = EdgeMetrics.create(registry)
         consumed = ConsumerMetrics.create(registry)
+        consumed.kafka_up.set(1)
         # Headroom under the producer's request cap for a truncated value's headers.
         cap = settings.max_message_bytes - 16 * 1024
         join_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "join", cap)
@@ -123,7 +124,11 @@ async def run_worker(
             worker.learner.run(),
             worker.champions.run(),
             worker.history.run(worker.stopping),
-        )
+            watch_connectivity(
+                producer, settings.bootstrap or "the embedded broker", worker.stopping,
+                lambda up: consumed.kafka_up.set(1 if up else 0),
+            ),
+        )  # fmt: skip
         tasks = [asyncio.create_task(agent) for agent in agents]
         # One agent failing stops the other cleanly, then the failure propagates.
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

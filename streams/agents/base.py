@@ -10,22 +10,35 @@ outputs are at-least-once, and downstream drops repeats by id.
 
 Records are fetched in batches (``getmany``), never one by one: per-record
 dispatch is what limits faust agents here (see bench/README.md).
+
+Outages: when Kafka fails under an agent (a produce is not acknowledged, a
+broker goes away), the agent drops its in-memory state, waits (1 s doubling to
+30 s) and restarts from its last checkpoint, so nothing unacknowledged is
+counted as done; it logs each attempt and when it has resumed. A checkpoint
+also records the position, timestamp and key hash of the last record it
+reflects per topic: if that record is not there any more on restore (the topic
+was recreated, e.g. a memory-only broker restarted), the agent keeps its learned
+state and reads the new topic from its start instead of seeking past new data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
 
 from models import checkpoint
 from streams.kafka import end_offsets, make_consumer
@@ -36,6 +49,25 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+# (offset, timestamp, crc32 of the key) of the last record a checkpoint reflects.
+Position = tuple[int, int, int]
+
+
+@dataclass
+class Checkpointed(Generic[S]):
+    """What a checkpoint file holds: the state and the last record it reflects per topic."""
+
+    state: S
+    positions: dict[str, Position] = field(default_factory=dict)
+
+
+def position_of(record: ConsumerRecord) -> Position:
+    """A record's identity as a checkpoint remembers it."""
+    return (record.offset, record.timestamp, zlib.crc32(record.key or b""))
 
 
 class PartitionedAgent(ABC, Generic[S]):
@@ -69,6 +101,9 @@ class PartitionedAgent(ABC, Generic[S]):
         self.sender = BatchSender(producer)
         self.consumer: AIOKafkaConsumer | None = None
         self.ready = asyncio.Event()  # set once partitions are assigned and restored
+        self._positions: dict[int, dict[str, Position]] = {}
+        self.outages = 0  # restarts from a checkpoint after a Kafka failure
+        self._recovering = False
 
     # -- to implement ------------------------------------------------------------------------
 
@@ -79,6 +114,10 @@ class PartitionedAgent(ABC, Generic[S]):
     @abstractmethod
     def offsets_of(self, state: S) -> dict[str, int]:
         """``{topic: next offset to read}`` recorded in ``state``."""
+
+    @abstractmethod
+    def set_offset(self, state: S, topic: str, offset: int) -> None:
+        """Make ``state`` read ``topic`` from ``offset`` next (after a topic was recreated)."""
 
     @abstractmethod
     async def process(self, partition: int, records: dict[str, list[ConsumerRecord]]) -> None:
@@ -101,7 +140,8 @@ class PartitionedAgent(ABC, Generic[S]):
             return
         await self.sender.flush()  # outputs of these records are durable first
         for p in partitions:
-            size = await asyncio.to_thread(checkpoint.save, self.checkpoint_path(p), self.states[p])
+            saved = Checkpointed(self.states[p], dict(self._positions.get(p, {})))
+            size = await asyncio.to_thread(checkpoint.save, self.checkpoint_path(p), saved)
             self._since_checkpoint[p] = 0
             log.debug("%s: checkpointed partition %d (%d bytes)", self.name, p, size)
         self._last_checkpoint = time.monotonic()
@@ -125,16 +165,55 @@ class PartitionedAgent(ABC, Generic[S]):
         for p in sorted(partitions):
             path = self.checkpoint_path(p)
             if path.exists():
-                self.states[p] = await asyncio.to_thread(checkpoint.load, path)
-                offsets = self.offsets_of(self.states[p])
+                saved = await asyncio.to_thread(checkpoint.load, path)
+                if not isinstance(saved, Checkpointed):  # written before positions existed
+                    saved = Checkpointed(saved)
+                state, positions = saved.state, dict(saved.positions)
+                for topic in await self._recreated(p, positions):
+                    log.warning(
+                        "%s: %s[%d] is not the partition the checkpoint was taken on (the "
+                        "topic was recreated, or the broker lost its data): keeping the "
+                        "learned state, reading the partition from its start",
+                        self.name, topic, p,
+                    )  # fmt: skip
+                    self.set_offset(state, topic, 0)
+                    positions.pop(topic, None)
+                offsets = self.offsets_of(state)
                 for topic in self.topics:
-                    tp = TopicPartition(topic, p)
-                    self.consumer.seek(tp, offsets.get(topic, 0))
+                    self.consumer.seek(TopicPartition(topic, p), offsets.get(topic, 0))
                 log.info("%s: partition %d restored, resuming at %s", self.name, p, offsets)
             else:
-                self.states[p] = self.new_state(p)
+                state, positions = self.new_state(p), {}
                 await self._seek_start(p)
-            self._since_checkpoint[p] = 0
+            # Only now, with no await in between: the loop sees a partition whole or not at all.
+            self.states[p], self._positions[p], self._since_checkpoint[p] = state, positions, 0
+
+    async def _recreated(self, partition: int, positions: dict[str, Position]) -> list[str]:
+        """Topics whose last checkpointed record is no longer where it was."""
+        if not positions:
+            return []
+        consumer = make_consumer(
+            self.settings, "verify", enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        changed = []
+        try:
+            for topic, (offset, timestamp, key_crc) in positions.items():
+                tp = TopicPartition(topic, partition)
+                if (await end_offsets(consumer, [tp]))[tp] <= offset:
+                    changed.append(topic)  # the partition ends before that record
+                    continue
+                consumer.assign([tp])
+                consumer.seek(tp, offset)
+                batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+                records = batch.get(tp, [])
+                # A first record past ``offset`` means retention deleted it: same topic.
+                same = records and records[0].offset == offset
+                if same and position_of(records[0]) != (offset, timestamp, key_crc):
+                    changed.append(topic)
+        finally:
+            await consumer.stop()
+        return changed
 
     async def _seek_start(self, partition: int) -> None:
         assert self.consumer is not None
@@ -150,7 +229,41 @@ class PartitionedAgent(ABC, Generic[S]):
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`; checkpoint everything on the way out."""
+        """Consume until :meth:`stop`; after a Kafka failure, restart from the checkpoint."""
+        backoff = BACKOFF_FIRST_S
+        while True:
+            try:
+                await self._consume()
+                return
+            except KafkaError as ex:
+                if self._stopping.is_set():
+                    log.warning("%s: stopped while Kafka failed (%r); the last checkpoint "
+                                "stands", self.name, ex)  # fmt: skip
+                    return
+                self.outages += 1
+                if self.consumer_metrics is not None:
+                    self.consumer_metrics.outages.labels(self.name).inc()
+                where = "; ".join(getattr(ex, "__notes__", []))
+                log.warning(
+                    "%s: Kafka failed (%r%s): outputs since the last checkpoint may be "
+                    "unacknowledged, so the agent restarts from its last checkpoint in "
+                    "%.0f s (outage restart %d)",
+                    self.name, ex, f", {where}" if where else "", backoff, self.outages,
+                )  # fmt: skip
+                self.states.clear()
+                self._since_checkpoint.clear()
+                self._positions.clear()
+                self.sender.reset()
+                self.ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
+                if self._stopping.is_set():
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                self._recovering = True
+
+    async def _consume(self) -> None:
+        """One life of the consumer: from the checkpoint until stopped or Kafka fails."""
         self.consumer = make_consumer(
             self.settings,
             self.name,
@@ -167,6 +280,7 @@ class PartitionedAgent(ABC, Generic[S]):
         )
         self.consumer.subscribe(self.topics, listener=_Listener(self))
         await self.consumer.start()
+        kafka_failed = False
         try:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=5000)
@@ -178,14 +292,27 @@ class PartitionedAgent(ABC, Generic[S]):
                         continue  # revoked while the fetch was in flight
                     await self.process(partition, records)
                     self._since_checkpoint[partition] += sum(len(r) for r in records.values())
+                    positions = self._positions.setdefault(partition, {})
+                    for topic, rs in records.items():
+                        positions[topic] = position_of(rs[-1])
                 self._count(batch)
                 await self.on_idle()
                 await self.sender.ship()
                 await self._maybe_checkpoint()
+                if self._recovering and self.ready.is_set():
+                    self._recovering = False
+                    log.warning("%s: Kafka is back; resumed from the checkpoint", self.name)
+        except KafkaError:
+            kafka_failed = True  # the state holds unacknowledged work: never save it
+            raise
         finally:
-            if self._failure is None:
-                await self.save(list(self.states))
-            await self.consumer.stop()  # sends LeaveGroup, so a restart rejoins at once
+            try:
+                if self._failure is None and not kafka_failed:
+                    await self.save(list(self.states))
+            finally:
+                # Sends LeaveGroup, so a restart rejoins at once; bounded if Kafka is gone.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.consumer.stop(), 15)
         if self._failure is not None:
             raise self._failure
 

@@ -97,6 +97,10 @@ class JoinAgent(PartitionedAgent[JoinState]):
         """Next offsets of samples and labels."""
         return state.offsets
 
+    def set_offset(self, state: JoinState, topic: str, offset: int) -> None:
+        """Read ``topic`` from ``offset`` next."""
+        state.offsets[topic] = offset
+
     async def process(self, partition: int, records: dict[str, list[ConsumerRecord]]) -> None:
         """Decode, join, emit; labels first so a batch holding both halves joins at once."""
         state = self.states[partition]

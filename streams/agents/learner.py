@@ -79,6 +79,10 @@ class LearnerAgent(PartitionedAgent[LearnerState]):
         """Next offset of the examples partition."""
         return {self.t.examples: state.offset}
 
+    def set_offset(self, state: LearnerState, topic: str, offset: int) -> None:
+        """Read the examples partition from ``offset`` next."""
+        state.offset = offset
+
     def stream(self, name: str) -> StreamLearner | None:
         """The learner of stream ``name``, if this worker owns it."""
         for state in self.states.values():

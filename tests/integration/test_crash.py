@@ -33,7 +33,7 @@ def _start_worker(settings, log_path):
 def _learner_state(settings):
     path = settings.data_dir / "checkpoints" / f"{settings.topic_prefix}learner" / "p0.ckpt"
     try:
-        return checkpoint.load(path)
+        return checkpoint.load(path).state  # a streams.agents.base.Checkpointed
     except (FileNotFoundError, CheckpointError):
         return None
 
