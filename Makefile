@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.eddy-installed
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test test-chaos bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+test-chaos: $(STAMP)
+	$(BIN)/python -m pytest tests/chaos -m chaos -s
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -141,13 +141,13 @@ class Registry:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         card = dict(card, model=model, version=version, created=utc_now(), artifacts={})
-        for name, data in artifacts.items():
-            write_atomic(tmp / _check_name("artifact", name), data)
-            card["artifacts"][name] = _artifact_info(data)
-        write_atomic(tmp / "card.json", json.dumps(card, indent=2).encode())
         try:
+            for name, data in artifacts.items():
+                write_atomic(tmp / _check_name("artifact", name), data)
+                card["artifacts"][name] = _artifact_info(data)
+            write_atomic(tmp / "card.json", json.dumps(card, indent=2).encode())
             os.rename(tmp, folder / version)  # a version appears whole or not at all
-        except OSError as ex:
+        except OSError as ex:  # a full disk, a read-only mount: nothing half-written stays
             shutil.rmtree(tmp, ignore_errors=True)
             msg = f"could not register {model} {version}: {ex}"
             raise RegistryError(msg) from ex

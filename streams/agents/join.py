@@ -166,12 +166,17 @@ class JoinAgent(PartitionedAgent[JoinState]):
             self.metrics.unjoined_state.labels(reason).set(n)
 
     def _clock(self, state: JoinState, topic: str, partition: int, now: int) -> int:
-        # Caught up on this partition: whatever comes next is stamped after now.
+        # Caught up with the high watermark of the last fetch response: whatever comes
+        # next was stamped after that response. Not after *now*: under load that
+        # watermark is stale, and "now" expired samples whose labels were next in line
+        # (0.4% of a 12x burst in tests/chaos/test_load.py).
         clock = state.clocks.get(topic, 0)
         if self.consumer is not None:
-            highwater = self.consumer.highwater(TopicPartition(topic, partition))
+            tp = TopicPartition(topic, partition)
+            highwater = self.consumer.highwater(tp)
             if highwater is not None and state.offsets.get(topic, 0) >= highwater:
-                clock = max(clock, now)
+                polled = self.consumer.last_poll_timestamp(tp)
+                clock = max(clock, min(now, polled if polled is not None else now))
         return clock
 
     def _pending(self) -> int:
