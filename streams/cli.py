@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from streams.settings import (
     env_var,
     settings_reference,
 )
+from streams.supervisor import stop_signals
 from streams.topics import Topics, create_topics, topic_sizes
 
 log = logging.getLogger("eddy")
@@ -232,8 +233,7 @@ def run_until_signalled(coro: Coroutine[Any, Any, T]) -> T:
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     """Run the embedded broker until SIGTERM or Ctrl-C."""
-    stop = _signal_flag()
-    with EmbeddedBroker(port=args.port, host=args.host) as broker:
+    with stop_signals() as received, EmbeddedBroker(port=args.port, host=args.host) as broker:
         path = record_running_broker(settings.data_dir, broker)
         console.print(f"eddy: embedded Kafka broker (Tansu) ready on [bold]{broker.bootstrap}[/]")
         console.print(f"  other eddy commands in {Path.cwd()} find it through {path};")
@@ -241,29 +241,13 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
         console.print("  memory-only: topics vanish when it stops. Ctrl-C or SIGTERM stops it.")
         sys.stdout.flush()
         try:
-            stop()
+            while not received:
+                signal.pause()
         finally:
             with contextlib.suppress(FileNotFoundError):
                 broker_file(settings.data_dir).unlink()
     console.print("eddy: broker stopped")
     return 0
-
-
-def _signal_flag() -> Callable[[], None]:
-    """Return a function that blocks until SIGTERM or SIGINT arrives."""
-    received: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        received.append(signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-    def wait() -> None:
-        while not received:
-            signal.pause()
-
-    return wait
 
 
 def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from streams.exceptions import ConfigError
 
@@ -54,13 +55,18 @@ class Point:
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
-def read_registry(registry: CollectorRegistry) -> Samples:
-    """Every sample of ``registry`` by sample name (``eddy_examples_learned_total``…)."""
+def samples_of(families: Iterable[Metric]) -> Samples:
+    """Every sample of ``families`` by sample name (``eddy_examples_learned_total``…)."""
     out: Samples = {}
-    for family in registry.collect():
+    for family in families:
         for sample in family.samples:
             out.setdefault(sample.name, []).append((sample.labels, sample.value))
     return out
+
+
+def read_registry(registry: CollectorRegistry) -> Samples:
+    """Every sample of ``registry`` by sample name."""
+    return samples_of(registry.collect())
 
 
 def sum_samples(samples: Samples | None, name: str, **match: str) -> float:

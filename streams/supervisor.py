@@ -36,8 +36,8 @@ from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.broker import die_with_parent
-from streams.dashboard import Samples
+from streams.broker import die_with_parent, free_port
+from streams.dashboard import Samples, samples_of
 from streams.settings import Settings, settings_env
 
 log = logging.getLogger(__name__)
@@ -234,26 +234,19 @@ def scrape(port: int | None, timeout_s: float = 0.5) -> Samples | None:
             text = r.read().decode()
     except OSError:
         return None
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
+    return samples_of(text_string_to_metric_families(text))
 
 
-def free_port(preferred: int) -> int:
+def port_or_free(preferred: int) -> int:
     """``preferred`` if nothing listens there, else a free port the OS picks."""
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            # As the HTTP server will: a port in TIME_WAIT from an earlier run is free.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    msg = "no free TCP port"
-    raise OSError(msg)
+    with socket.socket() as s:
+        # As the HTTP server will: a port in TIME_WAIT from an earlier run is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
 
 
 def child_specs(settings: Settings, base_port: int, demo: dict[str, Any] | None) -> list[ChildSpec]:
@@ -263,7 +256,7 @@ def child_specs(settings: Settings, base_port: int, demo: dict[str, Any] | None)
     env["PYTHONUNBUFFERED"] = "1"
     specs = []
     for offset, name in enumerate(("worker", "retrainer", "exporter")):
-        port = free_port(base_port + offset)
+        port = port_or_free(base_port + offset)
         env_port = env | {"EDDY_METRICS_PORT": str(port)}
         specs.append(ChildSpec(name, eddy_argv(name), env_port, port))
     if demo is not None:
@@ -300,16 +293,6 @@ def reset_stream_state(data_dir: Path, everything: bool) -> list[Path]:
             shutil.rmtree(path)
             removed.append(path)
     return removed
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
-    """Poll ``condition`` until true or ``timeout_s`` passes; return whether it held."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval_s)
-    return condition()
 
 
 @contextlib.contextmanager

@@ -10,38 +10,33 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
+from streams.dashboard import sum_samples
+from streams.supervisor import eddy_argv, scrape
 from tests.integration.test_up import REPO, alive, eddy_env, wait_until
 
 
 def stream_examples(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return -1.0
-    found = re.search(r'^eddy_stream_examples\{stream="default"\} (\S+)$', text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    """Examples learned (from the worker's restored state); -1 while it does not answer."""
+    samples = scrape(port, timeout_s=2)
+    return -1.0 if samples is None else sum_samples(samples, "eddy_stream_examples")
 
 
 def produce(bootstrap: str, prefix: str, n: int) -> None:
-    cmd = [sys.executable, "-m", "streams.cli", "produce", "--dataset", "sea", "--n", str(n),
-           "--id-prefix", prefix, "--no-progress", "--bootstrap", bootstrap,
-           "--producer-idempotence", "off"]  # fmt: skip
+    cmd = eddy_argv(
+        "produce", "--dataset", "sea", "--n", str(n), "--id-prefix", prefix, "--no-progress",
+        "--bootstrap", bootstrap, "--producer-idempotence", "off",
+    )  # fmt: skip
     subprocess.run(cmd, cwd=REPO, env=eddy_env(), check=True, capture_output=True, timeout=120)
 
 
 def test_workers_ride_out_a_broker_restart_that_loses_every_topic(tmp_path: Path) -> None:
     data = tmp_path / "eddy-data"
     out = tmp_path / "up.out"
-    cmd = [sys.executable, "-m", "streams.cli", "up", "--partitions", "1", "--data-dir", str(data),
-           "--join-ttl-s", "2"]  # fmt: skip
+    cmd = eddy_argv("up", "--partitions", "1", "--data-dir", str(data), "--join-ttl-s", "2")
     with open(out, "wb") as sink:
         up = subprocess.Popen(cmd, cwd=REPO, env=eddy_env(), stdout=sink, stderr=sink)
     try:
@@ -89,15 +84,15 @@ def test_a_standalone_worker_reports_the_outage_and_resumes_on_the_new_broker(
     env = eddy_env() | {"EDDY_BOOTSTRAP": bootstrap, "EDDY_DATA_DIR": str(tmp_path / "data"),
                         "EDDY_PARTITIONS": "1", "EDDY_PRODUCER_IDEMPOTENCE": "off",
                         "EDDY_METRICS_PORT": str(metrics), "EDDY_JOIN_TTL_S": "2"}  # fmt: skip
-    topics = [sys.executable, "-m", "streams.cli", "topics", "create"]
+    topics = eddy_argv("topics", "create")
     broker = EmbeddedBroker(port=port).start()
     log = tmp_path / "worker.log"
     worker = None
     try:
         subprocess.run(topics, cwd=REPO, env=env, check=True, capture_output=True)
         with open(log, "wb") as sink:
-            worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO,
-                                      env=env, stdout=sink, stderr=sink)  # fmt: skip
+            worker = subprocess.Popen(eddy_argv("worker"), cwd=REPO, env=env, stdout=sink,
+                                      stderr=sink)  # fmt: skip
         produce(bootstrap, "before", 2000)
         wait_until(lambda: stream_examples(metrics) >= 2000, 90, "2,000 examples learned")
         broker.stop()

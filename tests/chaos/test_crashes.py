@@ -27,9 +27,10 @@ from streams.kafka import read_records
 from streams.producer import ProduceOptions, produce
 from streams.settings import Settings, settings_env
 from streams.sources import open_named
-from streams.supervisor import Child, ChildSpec, Supervisor, eddy_argv, wait_for
+from streams.supervisor import Child, ChildSpec, Supervisor, eddy_argv
 from streams.topics import Topics, create_topics
 from tests.integration.test_up import FAST
+from tests.integration.worker_helpers import holds_within
 
 N_PER_SEGMENT = 50_000
 
@@ -59,7 +60,9 @@ class Killer(threading.Thread):
 
     def wait_log(self, name: str, text: str, within: float) -> bool:
         child = self.children[name]
-        return wait_for(lambda: text in child.log_path.read_text(errors="replace"), within, 0.05)
+        return holds_within(
+            lambda: text in child.log_path.read_text(errors="replace"), within, 0.05
+        )
 
     def run(self) -> None:
         # The worker twice while the stream flows.
@@ -127,7 +130,7 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
                 return 0
             return learned + join.unjoined.get("sample_expired", 0)
 
-        assert wait_for(lambda: accounted() >= produced, 240, 1.0), accounted()
+        assert holds_within(lambda: accounted() >= produced, 240, 1.0), accounted()
         assert killer.done.wait(180), "the retrainer or exporter never started working"
         registry = Registry(settings.data_dir / "registry")
         events_topic = Topics(settings.topic_prefix).events
@@ -144,7 +147,7 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
             exported = {e.data["version"] for e in evs if e.type == "model.exported"}
             return len(versions) >= len(requests) > 0 and set(versions) <= exported
 
-        assert wait_for(settled, 300, 1.0), "the maintenance loop did not settle"
+        assert holds_within(settled, 300, 1.0), "the maintenance loop did not settle"
     finally:
         stop.set()
         keeper.join(5)

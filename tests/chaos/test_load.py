@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from streams.broker import free_port
+from streams.dashboard import sum_samples
 from streams.producer import ProduceOptions, produce
 from streams.settings import Settings, settings_env
 from streams.sources import open_named
+from streams.supervisor import eddy_argv
+from streams.supervisor import scrape as scrape_metrics
 from tests.integration.test_up import REPO, wait_until
 
 SUSTAINED_RATE = 1_000  # samples/s
@@ -27,19 +27,13 @@ BURST_N = 120_000  # as fast as the producer goes: ~12k samples/s here, 12x sust
 
 
 def scrape(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
+    """Each eddy metric summed over its labels, and the join's unmatched state by reason."""
+    samples = scrape_metrics(port, timeout_s=2)
+    if samples is None:
         return {}
-    out: dict[str, float] = {}
-    for name, labels, value in re.findall(
-        r"^(eddy_[a-z_]+)(\{[^}]*\})? (\S+)$", text, re.MULTILINE
-    ):
-        out[name] = out.get(name, 0.0) + float(value)
-        if name == "eddy_join_unmatched_state":
-            reason = re.search(r'reason="(\w+)"', labels).group(1)  # type: ignore[union-attr]
-            out[f"unmatched_{reason}"] = float(value)
+    out = {name: sum_samples(samples, name) for name in samples if name.startswith("eddy_")}
+    for labels, value in samples.get("eddy_join_unmatched_state", []):
+        out[f"unmatched_{labels['reason']}"] = value
     return out
 
 
@@ -55,7 +49,7 @@ def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: P
     env |= settings_env(settings) | {"EDDY_METRICS_PORT": str(port)}
     log = tmp_path / "worker.log"
     with open(log, "wb") as sink:
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO,
+        worker = subprocess.Popen(eddy_argv("worker"), cwd=REPO,
                                   env=env, stdout=sink, stderr=sink)  # fmt: skip
     samples: list[dict[str, float]] = []
     stop = threading.Event()

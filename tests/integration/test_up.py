@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from streams.dashboard import sum_samples
+from streams.supervisor import eddy_argv, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -108,8 +110,8 @@ class System:
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     data_dir = tmp_path_factory.mktemp("up") / "eddy-data"
     out = data_dir.parent / "up.out"
-    cmd = [sys.executable, "-m", "streams.cli", "up", "--demo", "--n", "12000", "--rate",
-           "1000", "--partitions", "1", "--data-dir", str(data_dir)]  # fmt: skip
+    cmd = eddy_argv("up", "--demo", "--n", "12000", "--rate", "1000", "--partitions", "1",
+                    "--data-dir", str(data_dir))  # fmt: skip
     with open(out, "wb") as sink:
         process = subprocess.Popen(cmd, cwd=REPO, env=eddy_env(), stdout=sink, stderr=sink)
     system = System(data_dir, process, out)
@@ -202,17 +204,10 @@ def test_a_killed_worker_is_reported_and_restarted(system: System) -> None:
 
     after = wait_until(restarted, 30, "the worker restarted")
     assert after["pid"] != before["pid"] and after["exit_codes"] == [-9]
-    # Its learned count comes back from the checkpoint (the counter itself restarts at 0).
-    metrics_url = f"http://127.0.0.1:{after['metrics_port']}/metrics"
 
+    # Its learned count comes back from the checkpoint (the counter itself restarts at 0).
     def examples() -> float:
-        try:
-            with urllib.request.urlopen(metrics_url, timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return 0.0
-        found = re.search(r'^eddy_stream_examples\{stream="default"\} (\S+)$', text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
+        return sum_samples(scrape(after["metrics_port"], timeout_s=2), "eddy_stream_examples")
 
     assert wait_until(examples, 60, "the restarted worker reporting its restored state") > 5000
     output = system.out.read_text()
@@ -237,9 +232,9 @@ def test_sigterm_stops_everything(system: System) -> None:
 
 def test_bounded_demo_accounts_for_every_sample(tmp_path: Path) -> None:
     """What `make demo` runs, smaller: it ends by itself with a summary that adds up."""
-    cmd = [sys.executable, "-m", "streams.cli", "up", "--demo", "--exit-when-done", "--fresh",
-           "--n", "6000", "--rate", "3000", "--partitions", "1", "--timeout", "240",
-           "--data-dir", str(tmp_path / "eddy-data")]  # fmt: skip
+    cmd = eddy_argv("up", "--demo", "--exit-when-done", "--fresh", "--n", "6000", "--rate",
+                    "3000", "--partitions", "1", "--timeout", "240",
+                    "--data-dir", str(tmp_path / "eddy-data"))  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, env=eddy_env(), capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     output = done.stdout + done.stderr

@@ -34,3 +34,13 @@ async def wait_for(condition: Callable[[], bool], within: float, what: str) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def holds_within(condition: Callable[[], bool], within: float, interval: float = 0.2) -> bool:
+    """Poll ``condition`` until true or ``within`` seconds pass; return whether it held."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
