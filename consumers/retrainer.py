@@ -189,7 +189,8 @@ class Retrainer(ControlConsumer):
                 "time_ms": [records[0].timestamp, records[-1].timestamp],
                 "examples": len(examples), "train": cut, "holdout": len(targets) - cut,
             },
-            "hyperparameters": self.params.as_dict() | {"strategy": best},
+            "hyperparameters": self.params.as_dict() | {"strategy": best,
+                                                         "epochs_run": candidate.epochs_run},
             "metrics": {"cv_" + k: v for k, v in tried.items()} | {
                 "holdout_" + comparison.metric: comparison.candidate},
             "comparison": comparison.as_dict(),

@@ -56,14 +56,22 @@ def vectorize(
 
 @dataclass
 class TrainParams:
-    """Hyperparameters of a batch model."""
+    """Hyperparameters of a batch model.
+
+    ``epochs`` is a ceiling: training stops once the loss on the most recent
+    ``validation`` fraction of the rows (held out of the fit) has not improved for
+    ``patience`` epochs, and keeps the weights of its best epoch. ``patience`` 0
+    trains every epoch on all rows.
+    """
 
     hidden: tuple[int, ...] = (256, 256)
     epochs: int = 30
     lr: float = 0.003
-    batch_size: int = 128
+    batch_size: int = 512
     weight_decay: float = 0.0
     seed: int = 42
+    patience: int = 3
+    validation: float = 0.1
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -74,6 +82,8 @@ class TrainParams:
             "batch_size": self.batch_size,
             "weight_decay": self.weight_decay,
             "seed": self.seed,
+            "patience": self.patience,
+            "validation": self.validation,
         }
 
 
@@ -88,6 +98,8 @@ class BatchModel:
     std: np.ndarray
     params: TrainParams
     net: nn.Module = field(repr=False)
+    epochs_run: int = 0  # epochs trained (early stopping may end before params.epochs)
+    validation_losses: list[float] = field(default_factory=list)  # per epoch, when stopping early
 
     def _logits(self, matrix: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(((matrix - self.mean) / self.std).astype(np.float32))
@@ -190,24 +202,49 @@ def train(
         std[std == 0] = 1.0
         net = _network(matrix.shape[1], 1 if classes is None else len(classes), params.hidden)
     x = torch.from_numpy(((matrix - mean) / std).astype(np.float32))
+    n_fit = len(y)
+    if params.patience > 0:
+        # The most recent rows validate: a window is a slice of a time series.
+        n_fit = min(len(y) - 1, max(1, int(len(y) * (1 - params.validation))))
     optimizer = torch.optim.Adam(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(params.seed)
-    net.train()
+    best_state, since_best, epochs_run = None, 0, 0
+    losses: list[float] = []
     for _ in range(params.epochs):
-        order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), params.batch_size):
+        net.train()
+        order = torch.randperm(n_fit, generator=generator)
+        for start in range(0, n_fit, params.batch_size):
             batch = order[start : start + params.batch_size]
-            out = net(x[batch])
-            if classes is None:
-                loss = nn.functional.mse_loss(out[:, 0], y[batch])
-            else:
-                loss = nn.functional.cross_entropy(out, y[batch])
+            loss = _loss(net(x[batch]), y[batch], classes is None)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        epochs_run += 1
+        if params.patience <= 0:
+            continue
+        with torch.no_grad():
+            val_loss = float(_loss(net.eval()(x[n_fit:]), y[n_fit:], classes is None))
+        losses.append(val_loss)
+        if val_loss <= min(losses):
+            since_best = 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            since_best += 1
+            if since_best >= params.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
     return BatchModel(
-        task, feature_names, classes, mean.astype(np.float32), std.astype(np.float32), params, net
-    )
+        task, feature_names, classes, mean.astype(np.float32), std.astype(np.float32), params,
+        net, epochs_run, losses,
+    )  # fmt: skip
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return nn.functional.mse_loss(out[:, 0], y)
+    return nn.functional.cross_entropy(out, y)
 
 
 def score(model: BatchModel, matrix: np.ndarray, targets: Sequence[Any]) -> float:

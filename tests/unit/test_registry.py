@@ -2,6 +2,7 @@ import itertools
 import json
 
 import pytest
+import torch
 
 from models.adoption import adopt
 from models.batch import TrainParams, train, vectorize
@@ -84,3 +85,21 @@ def test_the_online_torch_learner_adopts_a_matching_champion():
     assert [p.value for p in online.predict_many(xs)] == champion.predict(xs)
     adopted, why = adopt(TorchLearner("binary", hidden=0), champion)
     assert not adopted and "EDDY_RETRAIN_HIDDEN" in why
+
+
+def test_training_stops_early_on_the_validation_tail_and_keeps_its_best_epoch():
+    data = list(itertools.islice(open_named("sea", seed=4), 3000))
+    matrix, names = vectorize([x for x, _ in data])
+    targets = [y for _, y in data]
+    full = train(matrix, targets, "binary", names, TrainParams(hidden=(16,), epochs=12, patience=0))
+    assert full.epochs_run == 12
+    # patience 1 with a huge learning rate: validation loss soon stops improving
+    params = TrainParams(hidden=(16,), epochs=200, patience=1, lr=0.05)
+    early = train(matrix, targets, "binary", names, params)
+    assert 2 <= early.epochs_run < 200
+    fit_rows = int(len(targets) * (1 - params.validation))
+    y_tail = torch.tensor([early.classes.index(t) for t in targets[fit_rows:]])
+    kept = float(torch.nn.functional.cross_entropy(early._logits(matrix[fit_rows:]), y_tail))
+    losses = early.validation_losses
+    assert len(losses) == early.epochs_run and losses[-1] > min(losses)
+    assert kept == pytest.approx(min(losses), rel=1e-5)  # the best epoch's weights, not the last
