@@ -140,10 +140,9 @@ def compare_int8(
             )
     one = matrix[:1]
     batch = np.resize(matrix, (256, matrix.shape[1]))
-    timing = {
-        name: (_latency(sess, one, 2000), 256 / _latency(sess, batch, 200))
-        for name, sess in sessions.items()
-    }
+    b1 = _interleaved_latency(sessions, one, calls=500)
+    b256 = _interleaved_latency(sessions, batch, calls=50)
+    timing = {name: (b1[name], 256 / b256[name]) for name in sessions}
     return QuantizationReport(
         fp32_bytes=len(fp32), int8_bytes=len(int8), size_ratio=len(fp32) / len(int8),
         fp32_accuracy=quality["fp32"], int8_accuracy=quality["int8"],
@@ -154,10 +153,23 @@ def compare_int8(
     )  # fmt: skip
 
 
-def _latency(sess: Any, matrix: np.ndarray, rounds: int) -> float:
-    for _ in range(20):
-        run(sess, matrix)
-    started = time.perf_counter()
+def _interleaved_latency(
+    sessions: dict[str, Any], matrix: np.ndarray, calls: int, rounds: int = 9
+) -> dict[str, float]:
+    """Median seconds per call of each session on ``matrix``.
+
+    Rounds alternate between the sessions and the median round counts, so a burst
+    of load on a shared machine slows one round, not one artifact's whole figure.
+    """
+    matrix = matrix.astype(np.float32)
+    seconds: dict[str, list[float]] = {name: [] for name in sessions}
+    for sess in sessions.values():
+        for _ in range(20):
+            sess.run(None, {INPUT: matrix})
     for _ in range(rounds):
-        run(sess, matrix)
-    return (time.perf_counter() - started) / rounds
+        for name, sess in sessions.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                sess.run(None, {INPUT: matrix})
+            seconds[name].append((time.perf_counter() - started) / calls)
+    return {name: float(np.median(values)) for name, values in seconds.items()}
