@@ -38,14 +38,16 @@ from consumers.exporter import Exporter
 from consumers.retrainer import Retrainer, registry_of
 from consumers.service import run_consumer
 from models.join import JoinBuffer, Pending
+from models.prequential import StreamLearner
 from streams import sources
 from streams.broker import EmbeddedBroker
 from streams.codec import decode_event, make_event
 from streams.kafka import read_records, start_producer
 from streams.producer import ProduceOptions, produce
 from streams.settings import Settings
+from streams.supervisor import eddy_argv
 from streams.topics import Topics, create_topics
-from streams.worker import Worker, run_worker
+from streams.worker import Worker, learner_config, run_worker
 
 RIVER_MODELS = {"logreg": "LogisticRegression", "hoeffding": "HoeffdingTreeClassifier"}
 
@@ -74,6 +76,22 @@ def river_rate(model: str, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def learning_rate(settings: Settings, n: int) -> float:
+    """eddy's learning step alone, in process, on decoded examples: no Kafka, no codec.
+
+    The same work per example as the worker's (predict, learn, prequential metrics,
+    drift detection), in the worker's batch sizes; the ceiling of its end-to-end rate.
+    """
+    data = list(itertools.islice(sources.open_named("sea", seed=1), n))
+    learner = StreamLearner("default", learner_config(settings))
+    size = 5000 if learner.learner.per_example else settings.batch_size
+    started = time.perf_counter()
+    for i in range(0, n, size):
+        chunk = data[i : i + size]
+        learner.process([x for x, _ in chunk], [y for _, y in chunk])
+    return n / (time.perf_counter() - started)
+
+
 def ingest(broker: EmbeddedBroker, data_dir: str, n: int) -> list[dict[str, Any]]:
     rows = []
     for model in ("torch-linear", "logreg", "hoeffding"):
@@ -85,7 +103,9 @@ def ingest(broker: EmbeddedBroker, data_dir: str, n: int) -> list[dict[str, Any]
         )
         raw = asyncio.run(raw_rate(settings, Topics(settings.topic_prefix).samples, n))
         eddy = asyncio.run(worker_rate(settings, n))
-        row = {"model": model, "raw_per_s": raw, "eddy_per_s": eddy, "eddy_vs_raw": eddy / raw}
+        learn = learning_rate(settings, min(n, 50_000))
+        row = {"model": model, "raw_per_s": raw, "eddy_per_s": eddy, "eddy_vs_raw": eddy / raw,
+               "learn_only_per_s": learn, "eddy_vs_learn_only": eddy / learn}  # fmt: skip
         if model in RIVER_MODELS:
             row["river_per_s"] = river_rate(model, min(n, 50_000))
             row["eddy_vs_river"] = eddy / row["river_per_s"]
@@ -100,7 +120,20 @@ async def _latency(settings: Settings, n: int, rate: float) -> dict[str, float]:
     await asyncio.sleep(0)
     while not worker.learner.ready.is_set() or not worker.join.ready.is_set():
         await asyncio.sleep(0.05)
-    await produce(settings, sources.open_named("sea", seed=2), ProduceOptions(n=n, rate=rate))
+    # The producer is another process, as it is in production: in this one it would
+    # take turns with the worker on one event loop and add its own pauses.
+    producer = await asyncio.create_subprocess_exec(
+        *eddy_argv(
+            "produce", "--dataset", "sea", "--seed", "2", "--n", str(n), "--rate", str(rate),
+            "--no-progress", "--bootstrap", settings.bootstrap or "",
+            "--topic-prefix", settings.topic_prefix, "--partitions", str(settings.partitions),
+            "--producer-idempotence", "off",
+        ),
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    if await producer.wait() != 0:
+        msg = f"eddy produce exited with code {producer.returncode}"
+        raise RuntimeError(msg)
     while (s := worker.learner.stream("default")) is None or s.learned < n:
         await asyncio.sleep(0.05)
     worker.stop()
@@ -237,17 +270,24 @@ def main() -> None:
 def report(r: dict[str, Any]) -> None:
     print(f"eddy bench, {r['date']}, {r['machine']}")
     print(
-        f"\n{'ingest (1 partition, labels inline)':<38}{'raw/s':>10}{'eddy/s':>10}{'ratio':>8}{'River/s':>10}{'ratio':>8}"
+        f"\n{'ingest (1 partition, labels inline)':<36}{'raw/s':>9}{'eddy/s':>9}{'ratio':>7}"
+        f"{'learn/s':>9}{'ratio':>7}{'River/s':>9}{'ratio':>7}"
     )
     for row in r["ingest"]:
         river = (
-            f"{row['river_per_s']:>10,.0f}{row['eddy_vs_river']:>8.1%}"
+            f"{row['river_per_s']:>9,.0f}{row['eddy_vs_river']:>7.1%}"
             if "river_per_s" in row
             else ""
         )
         print(
-            f"{row['model']:<38}{row['raw_per_s']:>10,.0f}{row['eddy_per_s']:>10,.0f}{row['eddy_vs_raw']:>8.1%}{river}"
+            f"{row['model']:<36}{row['raw_per_s']:>9,.0f}{row['eddy_per_s']:>9,.0f}"
+            f"{row['eddy_vs_raw']:>7.1%}{row['learn_only_per_s']:>9,.0f}"
+            f"{row['eddy_vs_learn_only']:>7.1%}{river}"
         )
+    print(
+        "  raw: aiokafka read + orjson decode; learn: eddy's learning step in process, no "
+        "Kafka;\n  River: progressive_val_score (predict, learn, accuracy) in process"
+    )
     lat = r["latency"]
     print(
         f"\nlatency at {lat['offered_per_s']:,.0f}/s offered: sample->prediction p50 "

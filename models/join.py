@@ -66,6 +66,19 @@ class RecentIds:
         if len(self._order) > self.size:
             self._set.discard(self._order.popleft())
 
+    # Checkpoints hold the ids once, not twice: the set is rebuilt on load. The
+    # pickle runs on the event loop's thread, so its size is latency.
+    def __getstate__(self) -> tuple[int, list[str]]:
+        return (self.size, list(self._order))
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):  # a checkpoint written before this method existed
+            self.__dict__.update(state)
+            return
+        self.size, order = state
+        self._order = deque(order)
+        self._set = set(order)
+
 
 class JoinBuffer:
     """Pending samples and labels of one partition.

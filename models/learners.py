@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from river import forest, linear_model, optim, preprocessing, tree
 
@@ -23,9 +23,11 @@ from models.exceptions import ModelConfigError
 Features = dict[Any, float] | list[float]
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """A prediction: the label (or value) and, for classifiers, class probabilities."""
+class Prediction(NamedTuple):
+    """A prediction: the label (or value) and, for classifiers, class probabilities.
+
+    A named tuple, not a dataclass: one is made per example on the hot path.
+    """
 
     value: Any
     proba: dict[Any, float] | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from models.drift import DriftMonitor, DriftSignal
 from models.learners import Features, OnlineLearner, Prediction, make_learner
@@ -29,8 +29,7 @@ class LearnerConfig:
     metrics_window: int = 1000
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """One example's prediction (made before learning it) and its error."""
 
     prediction: Prediction

@@ -193,7 +193,10 @@ class Settings:
         _choice("earliest", "latest"),
     )
     fetch_max_wait_ms: int = _setting(
-        20, "Longest a fetch waits for data to fill it (latency vs. batch size).", _positive_int
+        10,
+        "Longest a fetch waits for data to fill it. Kafka answers as soon as data "
+        "comes; the embedded broker only when the wait ends, so it bounds each hop's latency.",
+        _positive_int,
     )
     session_timeout_ms: int = _setting(
         9000,
@@ -222,7 +225,12 @@ class Settings:
         _choice("warm", "scratch", "both"),
     )
     retrain_folds: int = _setting(3, "Folds of the cross-validation.", _positive_int)
-    retrain_epochs: int = _setting(30, "Epochs of batch training.", _positive_int)
+    retrain_epochs: int = _setting(
+        30,
+        "Most epochs of batch training; it stops earlier once the loss on the window's most "
+        "recent tenth has not improved for 3 epochs.",
+        _positive_int,
+    )
     retrain_hidden: str = _setting("256,256", "Hidden layer widths of the batch model.")
     promote_alpha: float = _setting(
         0.05, "Significance level a challenger must beat the champion at.", _fraction

@@ -73,3 +73,20 @@ def test_checkpoint_round_trip_and_refusal_of_altered_files(tmp_path):
     with pytest.raises(CheckpointError, match="not an eddy checkpoint"):
         checkpoint.load(path)
     assert [f.name for f in tmp_path.iterdir()] == ["state.ckpt"]  # no temp files left
+
+
+def test_recent_ids_survive_a_pickle_and_an_old_one_still_loads():
+    import pickle
+
+    from models.join import RecentIds
+
+    ids = RecentIds(3)
+    for i in "abcd":
+        ids.add(i)
+    back = pickle.loads(pickle.dumps(ids))
+    assert "a" not in back and all(i in back for i in "bcd")
+    back.add("e")
+    assert "b" not in back and "e" in back
+    old = RecentIds.__new__(RecentIds)
+    old.__setstate__({"size": 3, "_order": ids._order, "_set": ids._set})
+    assert "d" in old and "a" not in old

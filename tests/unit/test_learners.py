@@ -97,3 +97,17 @@ def test_torch_regression_tracks_the_target_scale():
         for y, p in zip(ys, learner.test_then_train([x for x, _ in batch], ys), strict=True):
             metrics.update(y, p.value)
     assert metrics.values("rolling")["r2"] > 0.6
+
+
+def test_the_torch_learners_fast_matrix_equals_the_general_one():
+    learner = TorchLearner("binary")
+    learner.learn_many([{"a": 1.0, "b": 2.0}], [True])  # known features: a, b
+    rows = [{"b": 4.0, "a": 3.0}, {"a": 5.0, "b": 6.0}]  # key order differs: same columns
+    assert learner._matrix(rows, grow=False).tolist() == [[3.0, 4.0], [5.0, 6.0]]
+    # a row with another name takes the general path: unknown names are skipped...
+    assert learner._matrix([{"a": 1.0, "c": 9.0}], grow=False).tolist() == [[1.0, 0.0]]
+    # ...or learned as a new column when growing
+    assert learner._matrix([{"a": 1.0, "c": 9.0}], grow=True).tolist() == [[1.0, 0.0, 9.0]]
+    positional = TorchLearner("binary")
+    positional.learn_many([[1.0, 2.0]], [True])
+    assert positional._matrix([[3.0, 4.0]], grow=False).tolist() == [[3.0, 4.0]]
