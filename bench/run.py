@@ -181,6 +181,9 @@ async def _maintenance(settings: Settings, window: int) -> dict[str, Any]:
         consumers.append(
             (asyncio.create_task(run_consumer(settings, kind, on_start=ready)), await ready)
         )
+    # Running services, as in production: not the seconds a consumer group takes to form.
+    for _, consumer in consumers:
+        await consumer.ready.wait()
     topics = Topics(settings.topic_prefix)
     request = make_event(
         "retrain.requested", "eddy/bench",

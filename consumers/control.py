@@ -51,6 +51,7 @@ class ControlConsumer(ABC):
         self.group = f"{settings.topic_prefix}{self.name}"
         self.source = f"eddy/{settings.topic_prefix}{self.name}"
         self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the group has given this consumer its partitions
         self._seen_path = settings.data_dir / "consumers" / f"{self.group}.handled.jsonl"
         self._seen = _load_seen(self._seen_path)
         self.handled = 0
@@ -85,6 +86,8 @@ class ControlConsumer(ABC):
         try:
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=50)
+                if consumer.assignment():
+                    self.ready.set()
                 for tp, records in batch.items():
                     for record in records:
                         if self._stopping.is_set():

@@ -22,6 +22,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from streams.exceptions import DecodeError
 
+_KEY_CACHE = 4096
+
 
 class RecordTooLarge(DecodeError):
     """A record is larger than a whole producer batch."""
@@ -39,6 +41,9 @@ class BatchSender:
         self._open: dict[tuple[str, int], Any] = {}
         self._in_flight: list[tuple[tuple[str, int], asyncio.Future[Any]]] = []
         self._round_robin = itertools.count()
+        # aiokafka's murmur2 is pure Python (a third of a send). Keys such as stream
+        # names repeat on every record; ids do not, so the cache stops growing.
+        self._key_partition: dict[tuple[str, bytes], int] = {}
 
     async def _partitions_of(self, topic: str) -> list[int]:
         parts = self._partitions.get(topic)
@@ -65,7 +70,11 @@ class BatchSender:
         elif key is None:
             partition = parts[next(self._round_robin) % len(parts)]
         else:
-            partition = self._partitioner(key, parts, parts)
+            partition = self._key_partition.get((topic, key))
+            if partition is None:
+                partition = self._partitioner(key, parts, parts)
+                if len(self._key_partition) < _KEY_CACHE:
+                    self._key_partition[(topic, key)] = partition
         where = (topic, partition)
         batch = self._open.get(where)
         if batch is None:
@@ -106,6 +115,7 @@ class BatchSender:
         self._in_flight = []
         self._open = {}
         self._partitions = {}
+        self._key_partition = {}
 
     async def flush(self) -> None:
         """Send every open batch and wait until the broker has all of them."""

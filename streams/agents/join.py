@@ -183,38 +183,44 @@ class JoinAgent(PartitionedAgent[JoinState]):
         return sum(len(s.buffer) for s in self.states.values())
 
     async def _emit(self, state: JoinState, results: list[Joined | Unjoined]) -> None:
-        for result in results:
-            if isinstance(result, Joined):
-                sample, stored = result.sample.payload
-                # a waiting label's payload is (Label, record); an inline label is the value
-                label = result.label[0].label if isinstance(result.label, tuple) else result.label
-                example = Example(
-                    id=sample.id,
-                    stream=sample.stream,
-                    features=sample.features,
-                    label=label,
-                    sample=(stored.partition, stored.offset),
-                    label_at=result.label_position,
-                    ts=sample.ts,
-                )
-                await self.sender.send(
-                    self.t.examples, encode_example(example), key=sample.stream.encode()
-                )
-                state.joined += 1
-                self.metrics.joined.inc()
-                if result.label_position is not None and sample.ts is not None:
-                    self.metrics.label_delay.observe(max(_now_ms() - sample.ts, 0) / 1000)
-            else:
-                _, stored = result.entry.payload
-                error = Unmatched(result.kind, result.reason, self.settings.join_ttl_s)
-                await self.sender.send(
-                    self.dlq.topic,
-                    value=stored.value,
-                    key=stored.key,
-                    headers=dead_letter_headers(stored, error, self.group),
-                )
-                state.unjoined[error.reason] = state.unjoined.get(error.reason, 0) + 1
-                self.metrics.unjoined.labels(result.kind, result.reason).inc()
+        joined = 0
+        try:
+            for result in results:
+                if isinstance(result, Joined):
+                    sample, stored = result.sample.payload
+                    # a waiting label's payload is (Label, record); an inline label is the value
+                    label = (
+                        result.label[0].label if isinstance(result.label, tuple) else result.label
+                    )
+                    example = Example(
+                        id=sample.id,
+                        stream=sample.stream,
+                        features=sample.features,
+                        label=label,
+                        sample=(stored.partition, stored.offset),
+                        label_at=result.label_position,
+                        ts=sample.ts,
+                    )
+                    await self.sender.send(
+                        self.t.examples, encode_example(example), key=sample.stream.encode()
+                    )
+                    joined += 1
+                    if result.label_position is not None and sample.ts is not None:
+                        self.metrics.label_delay.observe(max(_now_ms() - sample.ts, 0) / 1000)
+                else:
+                    _, stored = result.entry.payload
+                    error = Unmatched(result.kind, result.reason, self.settings.join_ttl_s)
+                    await self.sender.send(
+                        self.dlq.topic,
+                        value=stored.value,
+                        key=stored.key,
+                        headers=dead_letter_headers(stored, error, self.group),
+                    )
+                    state.unjoined[error.reason] = state.unjoined.get(error.reason, 0) + 1
+                    self.metrics.unjoined.labels(result.kind, result.reason).inc()
+        finally:  # counted once per batch: a counter's lock per example showed in profiles
+            state.joined += joined
+            self.metrics.joined.inc(joined)
 
 
 def _now_ms() -> int:
