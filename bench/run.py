@@ -195,13 +195,19 @@ async def _maintenance(settings: Settings, window: int) -> dict[str, Any]:
     sent = time.time()
     await producer.send_and_wait(topics.events, orjson.dumps(request))
     await producer.stop()
-    exported = None
-    while exported is None:
+    # Wait on the exporter itself: polling the topic with a new consumer each time
+    # took the GIL from the exporter's fp32/int8 timing thread.
+    exporter, deadline = consumers[1][1], time.monotonic() + 600
+    while exporter.handled < 1:
+        if time.monotonic() > deadline:
+            msg = "no model.exported within 10 minutes of the retrain request"
+            raise RuntimeError(msg)
         await asyncio.sleep(0.2)
-        for r in await read_records(settings, topics.events):
-            e = decode_event(r.value)
-            if e.type == "model.exported":
-                exported = e
+    exported = next(
+        e
+        for e in (decode_event(r.value) for r in await read_records(settings, topics.events))
+        if e.type == "model.exported"
+    )
     seconds = datetime.fromisoformat(exported.time.replace("Z", "+00:00")).timestamp() - sent
     for task, consumer in consumers:
         consumer.stop()
