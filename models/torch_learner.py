@@ -143,8 +143,6 @@ class TorchLearner:
 
     def predict_many(self, xs: Sequence[Features]) -> list[Prediction]:
         """Predict a mini-batch with the current weights."""
-        if self.net is None:
-            return self._predict(np.zeros((len(xs), 0), dtype=np.float32))
         return self._predict(self._matrix(xs, grow=False))
 
     def _predict(self, matrix: np.ndarray) -> list[Prediction]:

@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -192,7 +192,7 @@ def decode_sample(raw: bytes, max_bytes: int = 1_048_576) -> Sample:
     obj = load_json(raw, max_bytes)
     _require_object(obj, ("id", "features"), ("id", "features", "ts", "label", "stream"))
     stream = obj.get("stream", "default")
-    if not (isinstance(stream, str) and len(stream) <= 128 and _valid_name(stream)):
+    if not (isinstance(stream, str) and _valid_name(stream)):
         _fail(
             "$.stream",
             f"must be 1-128 letters, digits, '.', '_' or '-' (not starting with '.' or '-'), "
@@ -228,7 +228,7 @@ def decode_example(raw: bytes, max_bytes: int = 1_048_576) -> Example:
         ("id", "stream", "features", "label", "sample", "label_at", "ts"),
     )
     stream = obj["stream"]
-    if not (isinstance(stream, str) and len(stream) <= 128 and _valid_name(stream)):
+    if not (isinstance(stream, str) and _valid_name(stream)):
         _fail("$.stream", f"must be a stream name, got {_brief(stream)}")
     label_at = obj.get("label_at")
     return Example(
@@ -378,9 +378,15 @@ def _as_set(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
-@cache
 def _valid_name(name: str) -> bool:
-    # Streams are few and repeat on every event: the regex runs once per name.
+    # Longer names cannot match; checked first so that they never enter the cache.
+    return len(name) <= 128 and _matches_name(name)
+
+
+@lru_cache(maxsize=1024)
+def _matches_name(name: str) -> bool:
+    # Streams are few and repeat on every event: the regex runs once per name. Bounded
+    # in count (the names come from the input) and, above, in length.
     return _NAME.fullmatch(name) is not None
 
 
