@@ -24,10 +24,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streams.codec import ControlEvent, DecodeError, decode_event, make_event
-from streams.kafka import make_consumer
+from streams.kafka import close_client, getmany_until, make_consumer
 from streams.metrics import ControlMetrics
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import Topics, wait_for_topics
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ class ControlConsumer(ABC):
         return event
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`."""
+        """Consume until :meth:`stop` (once every eddy topic exists)."""
+        if not await wait_for_topics(self.producer, self.topics.all(), self.name, self._stopping):
+            return
         consumer = make_consumer(
             self.settings, self.name, self.topics.events, group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
@@ -85,7 +87,7 @@ class ControlConsumer(ABC):
         await consumer.start()
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=200, max_records=50)
+                batch = await getmany_until(consumer, self._stopping, 200, 50)
                 if consumer.assignment():
                     self.ready.set()
                 for tp, records in batch.items():
@@ -93,11 +95,16 @@ class ControlConsumer(ABC):
                         if self._stopping.is_set():
                             return
                         await self._one(record.value)
-                        await consumer.commit(
-                            {TopicPartition(tp.topic, tp.partition): record.offset + 1}
-                        )
+                        offsets = {TopicPartition(tp.topic, tp.partition): record.offset + 1}
+                        try:
+                            # Bounded: without a coordinator aiokafka retries for good.
+                            await asyncio.wait_for(consumer.commit(offsets), 10)
+                        except TimeoutError:
+                            log.warning("%s: commit of offset %d timed out; the event is "
+                                        "recorded as handled, a redelivery is skipped",
+                                        self.name, record.offset + 1)  # fmt: skip
         finally:
-            await consumer.stop()
+            await close_client(consumer)
 
     async def _one(self, raw: bytes) -> None:
         try:

@@ -25,7 +25,7 @@ from models.export import run, session
 from models.registry import Registry, RegistryError
 from streams.codec import DecodeError, decode_event
 from streams.exceptions import BadSignature, UnsignedEvent
-from streams.kafka import end_offsets, make_consumer
+from streams.kafka import close_client, end_offsets, make_consumer
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -105,7 +105,7 @@ class HotSwapClient:
                     await self._on_event(record.value)
         finally:
             self._ready.set()
-            await consumer.stop()
+            await close_client(consumer)
 
     async def _on_event(self, raw: bytes) -> None:
         try:

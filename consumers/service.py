@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.control import ControlConsumer
 from streams.dashboard import MetricsServer
-from streams.kafka import start_producer
+from streams.kafka import close_client, start_producer
 from streams.metrics import ControlMetrics, process_metrics
 from streams.settings import Settings
 
@@ -45,7 +45,7 @@ async def run_consumer(
         log.info("%s: consuming %s", kind.name, consumer.topics.events)
         await consumer.run()
     finally:
-        await producer.stop()
+        await close_client(producer)
         if server is not None:
             server.stop()
     log.info("%s: stopped cleanly", kind.name)

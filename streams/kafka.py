@@ -14,15 +14,41 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiokafka.admin.client
+import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.broker import resolve_bootstrap
 from streams.exceptions import BrokerError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class _MetadataRequestWithoutAutoCreation(MetadataRequest):
+    """A metadata request that never asks the broker to create the topics it names.
+
+    aiokafka has no ``allow.auto.create.topics`` option (KIP-361) and always sets
+    the flag, so on a broker that allows auto creation (Apache Kafka's default;
+    Tansu always) a worker started before ``eddy topics create``, or reconnecting
+    to a broker that lost its topics, created them with the broker's default
+    partition count: the join's co-partitioning and the single-partition events
+    topic were then wrong for good, and ``eddy topics create`` refused them.
+    Swapped in for the two aiokafka modules that build metadata requests; every
+    eddy client comes from this module, so importing it is enough.
+    """
+
+    def __init__(
+        self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
+    ) -> None:
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+aiokafka.client.MetadataRequest = _MetadataRequestWithoutAutoCreation  # type: ignore[misc]
+aiokafka.admin.client.MetadataRequest = _MetadataRequestWithoutAutoCreation  # type: ignore[misc]
 
 
 def client_options(settings: Settings, role: str) -> dict[str, Any]:
@@ -121,6 +147,48 @@ def _unreachable(options: dict[str, Any], ex: Exception) -> BrokerError:
         "check --bootstrap / EDDY_BOOTSTRAP and that the broker is running"
     )
     return BrokerError(msg)
+
+
+async def getmany_until(
+    consumer: AIOKafkaConsumer, stop: asyncio.Event, timeout_ms: int, max_records: int
+) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """``consumer.getmany(timeout_ms=…, max_records=…)``, or ``{}`` once ``stop`` is set.
+
+    aiokafka's ``getmany`` ignores its timeout while the group rebalances, and a
+    rebalance lasts as long as the group cannot form (a broker back without the
+    topics it had): a consumer loop built on it alone would not notice SIGTERM.
+    """
+    if stop.is_set():
+        return {}
+    fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not fetch.done():
+            fetch.cancel()  # records it had not handed over stay in aiokafka's buffer
+    return fetch.result() if fetch.done() and not fetch.cancelled() else {}
+
+
+async def close_client(client: AIOKafkaConsumer | AIOKafkaProducer, within_s: float = 5.0) -> None:
+    """Stop a consumer (leaving its group) or producer in at most ``within_s``; never raises.
+
+    For the end of long-running loops and processes, which must end even with Kafka
+    gone: a LeaveGroup then waits for a coordinator forever, a producer's flush for
+    its request timeout, and aiokafka's fetcher re-raises the cancellation of its own
+    pending fetch as ``CancelledError``. A cancellation of the caller still propagates.
+    Whatever a producer had not delivered by then is lost: callers checkpoint only
+    acknowledged work.
+    """
+    try:
+        await asyncio.wait_for(client.stop(), within_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception as ex:  # noqa: BLE001 - the process is leaving; say why, go on
+        log.debug("%s did not stop cleanly (%r)", type(client).__name__, ex)
 
 
 async def end_offsets(

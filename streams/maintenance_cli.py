@@ -15,7 +15,7 @@ from models.registry import Registry, RegistryError
 from streams.codec import make_event
 from streams.kafka import start_producer
 from streams.settings import KAFKA_SETTINGS, Settings, add_settings_arguments
-from streams.topics import Topics
+from streams.topics import Topics, require_topics
 
 console = Console()
 
@@ -165,9 +165,10 @@ async def _announce(
         signing_key=settings.event_signing_key,
     )  # fmt: skip
     producer = await start_producer(settings, "cli")
+    events = Topics(settings.topic_prefix).events
     try:
-        await producer.send_and_wait(Topics(settings.topic_prefix).events, orjson.dumps(event),
-                                     key=subject.encode())  # fmt: skip
+        await require_topics(producer, [events])
+        await producer.send_and_wait(events, orjson.dumps(event), key=subject.encode())
     finally:
         await producer.stop()
     return event

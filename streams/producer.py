@@ -21,7 +21,7 @@ from typing import Any
 from streams.codec import Label, Sample, encode_label, encode_sample, now_ms
 from streams.kafka import start_producer
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import Topics, require_topics
 
 # How many sends may be in flight before we wait for their acknowledgements.
 _IN_FLIGHT = 2000
@@ -105,6 +105,7 @@ async def produce(
         labels += 1
 
     try:
+        await require_topics(producer, [topics.samples, topics.labels])
         for i, (x, y) in enumerate(itertools.islice(examples, options.n)):
             if options.rate:
                 await _pace(started, i, options.rate)

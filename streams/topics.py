@@ -8,12 +8,16 @@ each, so that their events keep a single total order.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streams.exceptions import TopicError
 from streams.kafka import end_offsets, make_consumer, start_admin
@@ -79,6 +83,10 @@ class Topics:
         known = short in DATA_TOPICS or short in SINGLE_PARTITION_TOPICS
         return short if topic.startswith(self.prefix) and known else "other"
 
+    def all(self) -> list[str]:
+        """Every eddy topic name."""
+        return [getattr(self, name) for name in (*DATA_TOPICS, *SINGLE_PARTITION_TOPICS)]
+
     def partition_counts(self, data_partitions: int) -> dict[str, int]:
         """Every topic's full name with the partition count it is created with."""
         counts = {getattr(self, name): data_partitions for name in DATA_TOPICS}
@@ -114,13 +122,68 @@ async def create_topics(settings: Settings) -> dict[str, str]:
     for topic, have in existing.items():
         if have != wanted[topic]:
             msg = (
-                f"topic {topic!r} exists with {have} partitions but eddy needs {wanted[topic]}; "
+                f"topic {topic!r} exists with {have} partitions but eddy needs {wanted[topic]} "
+                "(a topic some client created on first use gets the broker's default count); "
                 "delete it, or set --partitions / EDDY_PARTITIONS to match"
             )
             raise TopicError(msg)
     for topic, what in result.items():
         log.info("topic %s: %s (%d partitions)", topic, what, wanted[topic])
     return result
+
+
+_CREATE_THEM = (
+    "create them with `eddy topics create` (eddy's clients never create topics on first "
+    "use: the broker's default partition count would break the join)"
+)
+
+
+async def missing_topics(producer: AIOKafkaProducer, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` the cluster does not have, sorted (one metadata request)."""
+    metadata = await producer.client.fetch_all_metadata()
+    return sorted(set(names) - metadata.topics())
+
+
+async def require_topics(producer: AIOKafkaProducer, names: Iterable[str]) -> None:
+    """Raise :class:`TopicError` naming every one of ``names`` that does not exist."""
+    missing = await missing_topics(producer, names)
+    if missing:
+        msg = f"topic(s) {', '.join(missing)} do not exist; {_CREATE_THEM}"
+        raise TopicError(msg)
+
+
+async def wait_for_topics(
+    producer: AIOKafkaProducer,
+    names: Iterable[str],
+    role: str,
+    stop: asyncio.Event,
+    poll_s: float = 1.0,
+    remind_s: float = 30.0,
+) -> bool:
+    """Wait until every one of ``names`` exists; False if ``stop`` was set first.
+
+    For services that may start before the topics are created (a compose file
+    starting everything at once): one warning naming what is missing, repeated
+    every ``remind_s``, and one line once they are there. An unreachable broker
+    counts as not there yet.
+    """
+    wanted, started, reminded = list(names), time.monotonic(), None
+    while not stop.is_set():
+        try:
+            missing = await asyncio.wait_for(missing_topics(producer, wanted), poll_s * 5)
+            why = f"topic(s) {', '.join(missing)}; {_CREATE_THEM}"
+        except (KafkaError, OSError, TimeoutError) as ex:
+            missing, why = wanted, f"Kafka to answer a metadata request ({ex!r})"
+        if not missing:
+            if reminded is not None:
+                log.info("%s: topics present after %.0f s", role, time.monotonic() - started)
+            return True
+        if reminded is None or time.monotonic() - reminded >= remind_s:
+            reminded = time.monotonic()
+            log.warning("%s: waiting for %s", role, why)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_s)
+    return False
 
 
 def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:

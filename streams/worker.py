@@ -14,6 +14,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from models.learners import make_learner
@@ -23,7 +24,7 @@ from streams.agents.join import JoinAgent
 from streams.agents.learner import LearnerAgent
 from streams.dashboard import History, MetricsServer
 from streams.deadletter import DeadLetterQueue
-from streams.kafka import start_producer, watch_connectivity
+from streams.kafka import close_client, start_producer, watch_connectivity
 from streams.metrics import (
     ConsumerMetrics,
     EdgeMetrics,
@@ -33,9 +34,13 @@ from streams.metrics import (
     process_metrics,
 )
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import Topics, wait_for_topics
 
 log = logging.getLogger(__name__)
+
+# How long a stopping worker waits for its agents' final checkpoints (milliseconds
+# when Kafka answers) before it gives up on them; `eddy up` kills a child after 20 s.
+STOP_GRACE_S = 10.0
 
 
 def learner_config(settings: Settings) -> LearnerConfig:
@@ -121,31 +126,52 @@ async def run_worker(
             "worker: topics %s*, model %s (%s), drift detector %s",
             settings.topic_prefix, config.model, config.task, config.detector,
         )  # fmt: skip
-        agents = (
-            worker.join.run(),
-            worker.learner.run(),
-            worker.champions.run(),
-            worker.history.run(worker.stopping),
-            watch_connectivity(
-                producer, settings.bootstrap or "the embedded broker", worker.stopping,
-                lambda up: consumed.kafka_up.set(1 if up else 0),
-            ),
-        )  # fmt: skip
-        # torch and River leave ~240,000 objects that every full collection would
-        # walk: a ~150 ms pause in the middle of the stream, the worst of its p99
-        # latency (bench/README.md). They live as long as the process: freeze them.
-        gc.collect()
-        gc.freeze()
-        tasks = [asyncio.create_task(agent) for agent in agents]
-        # One agent failing stops the other cleanly, then the failure propagates.
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        worker.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in tasks:
-            if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        if await wait_for_topics(producer, topics.all(), "worker", worker.stopping):
+            await _run_agents(worker, producer, settings, consumed)
     finally:
-        await producer.stop()
+        await close_client(producer)
         if server is not None:
             server.stop()
     log.info("worker: stopped cleanly")
+
+
+async def _run_agents(
+    worker: Worker, producer: AIOKafkaProducer, settings: Settings, consumed: ConsumerMetrics
+) -> None:
+    """Run every agent until one fails or the worker stops; re-raise a failure."""
+    agents = (
+        worker.join.run(),
+        worker.learner.run(),
+        worker.champions.run(),
+        worker.history.run(worker.stopping),
+        watch_connectivity(
+            producer, settings.bootstrap or "the embedded broker", worker.stopping,
+            lambda up: consumed.kafka_up.set(1 if up else 0),
+        ),
+    )  # fmt: skip
+    # torch and River leave ~240,000 objects that every full collection would
+    # walk: a ~150 ms pause in the middle of the stream, the worst of its p99
+    # latency (bench/README.md). They live as long as the process: freeze them.
+    gc.collect()
+    gc.freeze()
+    tasks = [asyncio.create_task(agent) for agent in agents]
+    # A stop, or one agent failing, stops them all; then a failure propagates.
+    stop_asked = asyncio.create_task(worker.stopping.wait())
+    await asyncio.wait([*tasks, stop_asked], return_when=asyncio.FIRST_COMPLETED)
+    stop_asked.cancel()
+    worker.stop()
+    _, stuck = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+    if stuck:
+        # Waiting on a Kafka that does not answer (a send waits up to its request
+        # timeout, 40 s): stop without the final checkpoint; the last one stands.
+        log.warning(
+            "worker: %d task(s) still waiting on Kafka %.0f s after stop; stopping them "
+            "without a final checkpoint (they resume from the last one)",
+            len(stuck), STOP_GRACE_S,
+        )  # fmt: skip
+        for task in stuck:
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

@@ -41,7 +41,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
 from models import checkpoint
-from streams.kafka import end_offsets, make_consumer
+from streams.kafka import close_client, end_offsets, getmany_until, make_consumer
 from streams.metrics import ConsumerMetrics
 from streams.sender import BatchSender
 from streams.settings import Settings
@@ -52,6 +52,7 @@ S = TypeVar("S")
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
+COMMIT_TIMEOUT_S = 5.0
 
 # (offset, timestamp, crc32 of the key) of the last record a checkpoint reflects.
 Position = tuple[int, int, int]
@@ -154,7 +155,9 @@ class PartitionedAgent(ABC, Generic[S]):
             }
             if offsets:
                 try:
-                    await self.consumer.commit(offsets)
+                    # Bounded: aiokafka retries a commit for as long as the group has no
+                    # coordinator, which would hold up a shutdown indefinitely.
+                    await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
                 except Exception as ex:  # noqa: BLE001 - commits are advisory here
                     log.debug(
                         "%s: commit failed (%r); the checkpoint holds the offsets", self.name, ex
@@ -283,7 +286,7 @@ class PartitionedAgent(ABC, Generic[S]):
         kafka_failed = False
         try:
             while not self._stopping.is_set():
-                batch = await self.consumer.getmany(timeout_ms=100, max_records=5000)
+                batch = await getmany_until(self.consumer, self._stopping, 100, 5000)
                 by_partition: dict[int, dict[str, list[ConsumerRecord]]] = {}
                 for tp, records in batch.items():
                     by_partition.setdefault(tp.partition, {})[tp.topic] = records
@@ -302,8 +305,10 @@ class PartitionedAgent(ABC, Generic[S]):
                 if self._recovering and self.ready.is_set():
                     self._recovering = False
                     log.warning("%s: Kafka is back; resumed from the checkpoint", self.name)
-        except KafkaError:
-            kafka_failed = True  # the state holds unacknowledged work: never save it
+        except (KafkaError, asyncio.CancelledError):
+            # Kafka failed, or the worker gave up waiting for it at shutdown: the state
+            # may hold unacknowledged work, so never save it.
+            kafka_failed = True
             raise
         finally:
             try:
@@ -311,8 +316,7 @@ class PartitionedAgent(ABC, Generic[S]):
                     await self.save(list(self.states))
             finally:
                 # Sends LeaveGroup, so a restart rejoins at once; bounded if Kafka is gone.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.consumer.stop(), 15)
+                await close_client(self.consumer)
         if self._failure is not None:
             raise self._failure
 

@@ -25,7 +25,7 @@ from models.batch import BatchModel
 from models.registry import Registry, RegistryError
 from streams.agents.learner import LearnerAgent
 from streams.codec import DecodeError, decode_event
-from streams.kafka import end_offsets, make_consumer
+from streams.kafka import close_client, end_offsets, make_consumer
 from streams.metrics import CONTROL_EVENT_TYPES, ModelEventMetrics
 from streams.settings import Settings
 from streams.topics import Topics
@@ -86,7 +86,7 @@ class ChampionFollower:
                 for record in batch.get(tp, []):
                     self._on_event(record.value, record.timestamp / 1000, record.offset >= end)
         finally:
-            await consumer.stop()
+            await close_client(consumer)
 
     def _on_event(self, raw: bytes, at: float, act: bool = True) -> None:
         try:

@@ -8,12 +8,18 @@ learn the new data while keeping what they had learned.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from streams.broker import EmbeddedBroker, free_port
 from streams.dashboard import sum_samples
 from streams.supervisor import eddy_argv, scrape
 from tests.integration.test_up import REPO, alive, eddy_env, wait_until
@@ -73,38 +79,84 @@ def test_workers_ride_out_a_broker_restart_that_loses_every_topic(tmp_path: Path
         assert up.wait(90) == 0
 
 
+@dataclass
+class StandaloneWorker:
+    """An `eddy worker` process on an embedded broker of its own, topics created."""
+
+    broker: EmbeddedBroker
+    env: dict[str, str]
+    metrics: int
+    log: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def create_topics(self) -> None:
+        done = subprocess.run(eddy_argv("topics", "create"), cwd=REPO, env=self.env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, f"eddy topics create failed:\n{done.stderr[-3000:]}"
+
+    def lose_the_broker(self) -> None:
+        self.broker.stop()
+        wait_until(lambda: "does not answer" in self.log.read_text(), 30, "the outage reported")
+
+
+@contextlib.contextmanager
+def standalone_worker(tmp_path: Path) -> Iterator[StandaloneWorker]:
+    port, metrics = free_port("127.0.0.1"), free_port("127.0.0.1")
+    env = eddy_env() | {"EDDY_BOOTSTRAP": f"127.0.0.1:{port}",
+                        "EDDY_DATA_DIR": str(tmp_path / "data"), "EDDY_PARTITIONS": "1",
+                        "EDDY_PRODUCER_IDEMPOTENCE": "off", "EDDY_METRICS_PORT": str(metrics),
+                        "EDDY_JOIN_TTL_S": "2"}  # fmt: skip
+    w = StandaloneWorker(EmbeddedBroker(port=port).start(), env, metrics, tmp_path / "worker.log")
+    try:
+        w.create_topics()
+        with open(w.log, "wb") as sink:
+            w.process = subprocess.Popen(eddy_argv("worker"), cwd=REPO, env=env, stdout=sink,
+                                         stderr=sink)  # fmt: skip
+        yield w
+    finally:
+        if w.process is not None and w.process.poll() is None:
+            w.process.send_signal(signal.SIGTERM)
+            try:
+                w.process.wait(60)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait()
+        w.broker.stop()
+
+
 def test_a_standalone_worker_reports_the_outage_and_resumes_on_the_new_broker(
     tmp_path: Path,
 ) -> None:
     """`eddy worker` against a broker that is gone for a while, then back empty."""
-    from streams.broker import EmbeddedBroker, free_port
+    with standalone_worker(tmp_path) as w:
+        produce(w.bootstrap, "before", 2000)
+        wait_until(lambda: stream_examples(w.metrics) >= 2000, 90, "2,000 examples learned")
+        w.lose_the_broker()
+        w.broker.start()
+        w.create_topics()
+        produce(w.bootstrap, "after", 2000)
+        wait_until(lambda: stream_examples(w.metrics) >= 4000, 180, "4,000 examples learned")
+        assert stream_examples(w.metrics) == 4000 and w.process.poll() is None
+        assert "Kafka is reachable again after" in w.log.read_text()
 
-    port, metrics = free_port("127.0.0.1"), free_port("127.0.0.1")
-    bootstrap = f"127.0.0.1:{port}"
-    env = eddy_env() | {"EDDY_BOOTSTRAP": bootstrap, "EDDY_DATA_DIR": str(tmp_path / "data"),
-                        "EDDY_PARTITIONS": "1", "EDDY_PRODUCER_IDEMPOTENCE": "off",
-                        "EDDY_METRICS_PORT": str(metrics), "EDDY_JOIN_TTL_S": "2"}  # fmt: skip
-    topics = eddy_argv("topics", "create")
-    broker = EmbeddedBroker(port=port).start()
-    log = tmp_path / "worker.log"
-    worker = None
-    try:
-        subprocess.run(topics, cwd=REPO, env=env, check=True, capture_output=True)
-        with open(log, "wb") as sink:
-            worker = subprocess.Popen(eddy_argv("worker"), cwd=REPO, env=env, stdout=sink,
-                                      stderr=sink)  # fmt: skip
-        produce(bootstrap, "before", 2000)
-        wait_until(lambda: stream_examples(metrics) >= 2000, 90, "2,000 examples learned")
-        broker.stop()
-        wait_until(lambda: "does not answer" in log.read_text(), 30, "the outage reported")
-        broker.start()
-        subprocess.run(topics, cwd=REPO, env=env, check=True, capture_output=True)
-        produce(bootstrap, "after", 2000)
-        wait_until(lambda: stream_examples(metrics) >= 4000, 180, "4,000 examples learned")
-        assert stream_examples(metrics) == 4000 and worker.poll() is None
-        assert "Kafka is reachable again after" in log.read_text()
-    finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(60)
-        broker.stop()
+
+@pytest.mark.parametrize("broker", ["gone", "back without topics"])
+def test_sigterm_stops_a_worker_whose_broker_is_lost(tmp_path: Path, broker: str) -> None:
+    """Stopping must not wait on Kafka: a rebalance that cannot finish (the topics are
+    gone), a commit or LeaveGroup without a coordinator, a send nobody acknowledges.
+    Each of these once kept the worker running after SIGTERM, for good."""
+    with standalone_worker(tmp_path) as w:
+        produce(w.bootstrap, "before", 500)
+        wait_until(lambda: stream_examples(w.metrics) >= 500, 90, "500 examples learned")
+        w.lose_the_broker()
+        if broker == "back without topics":
+            w.broker.start()
+            wait_until(lambda: "reachable again" in w.log.read_text(), 30, "Kafka back")
+        w.process.send_signal(signal.SIGTERM)
+        # `eddy up` kills a child 20 s after SIGTERM; the worker gives up on Kafka after 10.
+        assert w.process.wait(40) == 0
+        assert "worker: stopped cleanly" in w.log.read_text()

@@ -41,3 +41,63 @@ def test_unreachable_broker_is_a_clear_error(tmp_path):
     s = Settings(bootstrap=f"127.0.0.1:{free_port()}", data_dir=tmp_path)
     with pytest.raises(BrokerError, match="could not connect to Kafka"):
         asyncio.run(create_topics(s))
+
+
+def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
+    """Tansu (like Kafka by default) creates a topic a metadata request names, with
+    its default partition count, unless the request says not to: eddy's clients say so."""
+    from aiokafka.errors import KafkaError
+
+    from streams.kafka import start_admin, start_producer
+
+    s = Settings(bootstrap=broker.bootstrap, topic_prefix="tc3.", partitions=1, data_dir=tmp_path)
+    topics = Topics("tc3.")
+
+    async def name_them() -> set[str]:
+        producer = await start_producer(s)
+        try:
+            with pytest.raises((KafkaError, TimeoutError)):  # it waits for the topic to appear
+                await asyncio.wait_for(producer.send_and_wait(topics.metrics, b"{}"), 5)
+        finally:
+            await producer.stop()
+        admin = await start_admin(s)
+        try:
+            described = await admin.describe_topics([topics.samples])
+            assert described[0]["error_code"] != 0
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    existing = asyncio.run(name_them())
+    assert not {topics.samples, topics.metrics} & existing
+    # So `eddy topics create` afterwards gets them with the partitions asked for.
+    assert asyncio.run(topic_sizes(s)) == {}
+    assert set(asyncio.run(create_topics(s)).values()) == {"created"}
+
+
+def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_path):
+    from streams.kafka import start_producer
+    from streams.topics import require_topics, wait_for_topics
+
+    s = Settings(bootstrap=broker.bootstrap, topic_prefix="tc4.", partitions=1, data_dir=tmp_path)
+    names = Topics("tc4.").all()
+
+    async def scenario() -> tuple[bool, bool]:
+        producer = await start_producer(s)
+        try:
+            with pytest.raises(TopicError, match=r"tc4\.events.*`eddy topics create`"):
+                await require_topics(producer, names)
+            stop = asyncio.Event()
+            stop.set()
+            stopped = await wait_for_topics(producer, names, "test", stop)
+            waiting = asyncio.create_task(wait_for_topics(producer, names, "test", asyncio.Event()))
+            await asyncio.sleep(0)  # it has looked once and found nothing
+            assert not waiting.done()
+            await create_topics(s)
+            found = await asyncio.wait_for(waiting, 30)
+            await require_topics(producer, names)  # no error now
+            return stopped, found
+        finally:
+            await producer.stop()
+
+    assert asyncio.run(scenario()) == (False, True)
