@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
     assert set(asyncio.run(create_topics(s)).values()) == {"created"}
 
 
-def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_path):
+def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_path, caplog):
     from streams.kafka import start_producer
     from streams.topics import require_topics, wait_for_topics
 
@@ -91,8 +92,11 @@ def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_p
             stop.set()
             stopped = await wait_for_topics(producer, names, "test", stop)
             waiting = asyncio.create_task(wait_for_topics(producer, names, "test", asyncio.Event()))
-            await asyncio.sleep(0)  # it has looked once and found nothing
-            assert not waiting.done()
+            deadline = time.monotonic() + 30
+            while "test: waiting for topic(s) tc4." not in caplog.text:  # it looked, said so
+                assert not waiting.done() and time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.05)
+            assert "`eddy topics create`" in caplog.text and not waiting.done()
             await create_topics(s)
             found = await asyncio.wait_for(waiting, 30)
             await require_topics(producer, names)  # no error now
