@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY models models
 COPY streams streams
 COPY consumers consumers
+COPY eddy eddy
 COPY schemas schemas
 RUN pip install --no-cache-dir .
 ENV EDDY_DATA_DIR=/data

@@ -20,8 +20,8 @@ import uuid
 
 import orjson
 
-from streams.broker import EmbeddedBroker, die_with_parent
-from streams.settings import Settings
+from eddy.streams.broker import EmbeddedBroker, die_with_parent
+from eddy.streams.settings import Settings
 
 
 async def fill(bootstrap: str, topic: str, n: int) -> None:

@@ -34,20 +34,20 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.worker_rate import raw_rate, worker_rate
-from consumers.exporter import Exporter
-from consumers.retrainer import Retrainer, registry_of
-from consumers.service import run_consumer
-from models.join import JoinBuffer, Pending
-from models.prequential import StreamLearner
-from streams import sources
-from streams.broker import EmbeddedBroker
-from streams.codec import decode_event, make_event
-from streams.kafka import read_records, start_producer
-from streams.producer import ProduceOptions, produce
-from streams.settings import Settings
-from streams.supervisor import eddy_argv
-from streams.topics import Topics, create_topics
-from streams.worker import Worker, learner_config, run_worker
+from eddy.consumers.exporter import Exporter
+from eddy.consumers.retrainer import Retrainer, registry_of
+from eddy.consumers.service import run_consumer
+from eddy.models.join import JoinBuffer, Pending
+from eddy.models.prequential import StreamLearner
+from eddy.streams import sources
+from eddy.streams.broker import EmbeddedBroker
+from eddy.streams.codec import decode_event, make_event
+from eddy.streams.kafka import read_records, start_producer
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.settings import Settings
+from eddy.streams.supervisor import eddy_argv
+from eddy.streams.topics import Topics, create_topics
+from eddy.streams.worker import Worker, learner_config, run_worker
 
 RIVER_MODELS = {"logreg": "LogisticRegression", "hoeffding": "HoeffdingTreeClassifier"}
 

@@ -21,12 +21,12 @@ import uuid
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams import sources
-from streams.broker import EmbeddedBroker
-from streams.producer import ProduceOptions, produce
-from streams.settings import Settings
-from streams.topics import Topics, create_topics
-from streams.worker import Worker, run_worker
+from eddy.streams import sources
+from eddy.streams.broker import EmbeddedBroker
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics, create_topics
+from eddy.streams.worker import Worker, run_worker
 
 
 async def raw_rate(settings: Settings, topic: str, n: int) -> float:

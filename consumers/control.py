@@ -23,11 +23,11 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from streams.codec import ControlEvent, DecodeError, decode_event, make_event
-from streams.kafka import close_client, getmany_until, make_consumer
-from streams.metrics import ControlMetrics
-from streams.settings import Settings
-from streams.topics import Topics, wait_for_topics
+from eddy.streams.codec import ControlEvent, DecodeError, decode_event, make_event
+from eddy.streams.kafka import close_client, getmany_until, make_consumer
+from eddy.streams.metrics import ControlMetrics
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics, wait_for_topics
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from consumers.control import ControlConsumer
-from consumers.retrainer import registry_of
-from models.batch import BatchModel
-from models.export import compare_int8, prune, quantize_int8, to_onnx
-from models.registry import RegistryError
-from streams.codec import ControlEvent
+from eddy.consumers.control import ControlConsumer
+from eddy.consumers.retrainer import registry_of
+from eddy.models.batch import BatchModel
+from eddy.models.export import compare_int8, prune, quantize_int8, to_onnx
+from eddy.models.registry import RegistryError
+from eddy.streams.codec import ControlEvent
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from models.batch import BatchModel, vectorize
-from models.export import run, session
-from models.registry import Registry, RegistryError
-from streams.codec import DecodeError, decode_event
-from streams.exceptions import BadSignature, UnsignedEvent
-from streams.kafka import close_client, end_offsets, make_consumer
-from streams.settings import Settings
-from streams.topics import Topics
+from eddy.models.batch import BatchModel, vectorize
+from eddy.models.export import run, session
+from eddy.models.registry import Registry, RegistryError
+from eddy.streams.codec import DecodeError, decode_event
+from eddy.streams.exceptions import BadSignature, UnsignedEvent
+from eddy.streams.kafka import close_client, end_offsets, make_consumer
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import numpy as np
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
-from consumers.control import ControlConsumer
-from models.batch import BatchModel, TrainParams, cross_validate, train, vectorize
-from models.evaluation import compare
-from models.registry import Registry, RegistryError
-from streams.codec import ControlEvent, DecodeError, decode_example
-from streams.kafka import partition_end, read_range
-from streams.settings import Settings
+from eddy.consumers.control import ControlConsumer
+from eddy.models.batch import BatchModel, TrainParams, cross_validate, train, vectorize
+from eddy.models.evaluation import compare
+from eddy.models.registry import Registry, RegistryError
+from eddy.streams.codec import ControlEvent, DecodeError, decode_example
+from eddy.streams.kafka import partition_end, read_range
+from eddy.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """An example serving process: the hot-swap client behind a tiny prediction loop.
 
-Run ``python -m consumers.serve_example --bootstrap HOST:PORT`` next to a running
+Run ``python -m eddy.consumers.serve_example --bootstrap HOST:PORT`` next to a running
 eddy; it prints the served version and a prediction every second, and swaps to
 each new servable model as it is exported. Ctrl-C stops it.
 """
@@ -13,9 +13,9 @@ import contextlib
 import logging
 import sys
 
-from consumers.hotswap import HotSwapClient
-from models.registry import RegistryError
-from streams.settings import Settings, add_settings_arguments
+from eddy.consumers.hotswap import HotSwapClient
+from eddy.models.registry import RegistryError
+from eddy.streams.settings import Settings, add_settings_arguments
 
 
 async def serve(settings: Settings, model: str) -> None:

@@ -9,11 +9,11 @@ import signal
 import torch
 from prometheus_client import CollectorRegistry
 
-from consumers.control import ControlConsumer
-from streams.dashboard import MetricsServer
-from streams.kafka import close_client, start_producer
-from streams.metrics import ControlMetrics, process_metrics
-from streams.settings import Settings
+from eddy.consumers.control import ControlConsumer
+from eddy.streams.dashboard import MetricsServer
+from eddy.streams.kafka import close_client, start_producer
+from eddy.streams.metrics import ControlMetrics, process_metrics
+from eddy.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.exceptions import EddyError
+from eddy.models.exceptions import EddyError
 
 Features = dict[Any, float] | list[float]
 

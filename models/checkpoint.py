@@ -16,7 +16,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from models.exceptions import EddyError
+from eddy.models.exceptions import EddyError
 
 MAGIC = b"EDDY-CHECKPOINT-1\n"
 

@@ -24,7 +24,7 @@ from typing import Any
 from river import drift
 from river.drift import binary
 
-from models.exceptions import ModelConfigError
+from eddy.models.exceptions import ModelConfigError
 
 DETECTORS = ("adwin", "page_hinkley", "kswin", "ddm")
 

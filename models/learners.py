@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 from river import forest, linear_model, optim, preprocessing, tree
 
-from models.exceptions import ModelConfigError
+from eddy.models.exceptions import ModelConfigError
 
 Features = dict[Any, float] | list[float]
 
@@ -120,7 +120,7 @@ def _river(factory: Callable[[dict[str, Any]], Any]) -> Callable[[str, dict[str,
 
 def _torch(hidden: int) -> Callable[[str, dict[str, Any]], OnlineLearner]:
     def build(task: str, params: dict[str, Any]) -> OnlineLearner:
-        from models.torch_learner import TorchLearner
+        from eddy.models.torch_learner import TorchLearner
 
         return TorchLearner(task=task, hidden=params.get("hidden", hidden), **_torch_params(params))
 

@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from models.drift import DriftMonitor, DriftSignal
-from models.learners import Features, OnlineLearner, Prediction, make_learner
-from models.metrics import PrequentialMetrics
+from eddy.models.drift import DriftMonitor, DriftSignal
+from eddy.models.learners import Features, OnlineLearner, Prediction, make_learner
+from eddy.models.metrics import PrequentialMetrics
 
 
 @dataclass

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import write_atomic
-from models.exceptions import EddyError
+from eddy.models.checkpoint import write_atomic
+from eddy.models.exceptions import EddyError
 
 ALIASES = ("champion", "challenger")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.learners import Features, Prediction
+from eddy.models.learners import Features, Prediction
 
 
 class TorchLearner:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from streams.exceptions import BrokerError
+from eddy.streams.exceptions import BrokerError
 
 log = logging.getLogger(__name__)
 

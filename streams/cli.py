@@ -1,6 +1,6 @@
 """The ``eddy`` command line.
 
-Every command reads :class:`~streams.settings.Settings` from ``EDDY_*`` variables
+Every command reads :class:`~eddy.streams.settings.Settings` from ``EDDY_*`` variables
 and its flags; every command that talks to Kafka takes ``--bootstrap`` (or uses
 the embedded broker that ``eddy broker`` recorded in the data directory).
 """
@@ -30,20 +30,20 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from models.exceptions import EddyError
-from models.learners import CATALOGUE
-from streams import maintenance_cli, sources, up
-from streams.broker import EmbeddedBroker, broker_file, record_running_broker
-from streams.producer import ProduceOptions, ProduceReport, produce
-from streams.settings import (
+from eddy.models.exceptions import EddyError
+from eddy.models.learners import CATALOGUE
+from eddy.streams import maintenance_cli, sources, up
+from eddy.streams.broker import EmbeddedBroker, broker_file, record_running_broker
+from eddy.streams.producer import ProduceOptions, ProduceReport, produce
+from eddy.streams.settings import (
     KAFKA_SETTINGS,
     Settings,
     add_settings_arguments,
     env_var,
     settings_reference,
 )
-from streams.supervisor import stop_signals
-from streams.topics import Topics, create_topics, topic_sizes
+from eddy.streams.supervisor import stop_signals
+from eddy.streams.topics import Topics, create_topics, topic_sizes
 
 log = logging.getLogger("eddy")
 T = TypeVar("T")
@@ -358,7 +358,7 @@ def _print_report(report: ProduceReport) -> None:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or Ctrl-C; it checkpoints and leaves cleanly."""
-    from streams.worker import run_worker
+    from eddy.streams.worker import run_worker
 
     asyncio.run(run_worker(settings, handle_signals=True))
     return 0
@@ -387,7 +387,7 @@ def cmd_catalogue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    """Run eddy's processes supervised; see :mod:`streams.up`."""
+    """Run eddy's processes supervised; see :mod:`eddy.streams.up`."""
     return up.cmd_up(args, settings, console)
 
 

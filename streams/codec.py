@@ -6,7 +6,7 @@ on the hot path, where a generic validator costs more than the whole rest of the
 pipeline, so they go through hand-written checks that mirror their schemas; the
 test suite proves the two agree on generated inputs (``tests/unit/test_codec.py``).
 
-Every failure raises a :class:`~streams.exceptions.DecodeError` whose message says
+Every failure raises a :class:`~eddy.streams.exceptions.DecodeError` whose message says
 what was wrong and where; nothing else escapes a decoder.
 """
 
@@ -29,7 +29,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from streams.exceptions import (
+from eddy.streams.exceptions import (
     BadSignature,
     DecodeError,
     InvalidJSON,
@@ -38,7 +38,7 @@ from streams.exceptions import (
     UnsignedEvent,
 )
 
-SCHEMA_PACKAGE = "schemas"
+SCHEMA_PACKAGE = "eddy.schemas"
 CONTROL_EVENT_TYPES = (
     "drift.detected",
     "retrain.requested",

@@ -29,7 +29,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
-from streams.exceptions import ConfigError
+from eddy.streams.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class History:
     """A bounded series of :class:`Point` sampled from a registry.
 
     ``events`` returns the control events to show (see
-    :class:`~streams.agents.champions.SeenEvent`); it is called from the HTTP
+    :class:`~eddy.streams.agents.champions.SeenEvent`); it is called from the HTTP
     thread, so it must return a copy.
     """
 

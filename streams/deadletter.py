@@ -23,8 +23,8 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer
 
-from streams.exceptions import DecodeError
-from streams.metrics import EdgeMetrics
+from eddy.streams.exceptions import DecodeError
+from eddy.streams.metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
 

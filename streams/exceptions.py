@@ -1,6 +1,6 @@
 """Errors of the streaming side: configuration, broker, topics and decoding."""
 
-from models.exceptions import EddyError
+from eddy.models.exceptions import EddyError
 
 
 class ConfigError(EddyError):

@@ -1,4 +1,4 @@
-"""Kafka clients built from :class:`~streams.settings.Settings`.
+"""Kafka clients built from :class:`~eddy.streams.settings.Settings`.
 
 One place turns settings into aiokafka options, so that bootstrap, client id and
 TLS/SASL reach every producer, consumer and admin client alike.
@@ -21,9 +21,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from streams.broker import resolve_bootstrap
-from streams.exceptions import BrokerError
-from streams.settings import Settings
+from eddy.streams.broker import resolve_bootstrap
+from eddy.streams.exceptions import BrokerError
+from eddy.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from models.registry import Registry, RegistryError
-from streams.codec import make_event
-from streams.kafka import start_producer
-from streams.settings import KAFKA_SETTINGS, Settings, add_settings_arguments
-from streams.topics import Topics, require_topics
+from eddy.models.registry import Registry, RegistryError
+from eddy.streams.codec import make_event
+from eddy.streams.kafka import start_producer
+from eddy.streams.settings import KAFKA_SETTINGS, Settings, add_settings_arguments
+from eddy.streams.topics import Topics, require_topics
 
 console = Console()
 
@@ -148,9 +148,9 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
     """Run the retrainer or the exporter until SIGTERM."""
-    from consumers.exporter import Exporter
-    from consumers.retrainer import Retrainer
-    from consumers.service import run_consumer
+    from eddy.consumers.exporter import Exporter
+    from eddy.consumers.retrainer import Retrainer
+    from eddy.consumers.service import run_consumer
 
     kind = {"retrainer": Retrainer, "exporter": Exporter}[args.consumer]
     asyncio.run(run_consumer(settings, kind, handle_signals=True))

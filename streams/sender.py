@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.exceptions import DecodeError
+from eddy.streams.exceptions import DecodeError
 
 _KEY_CACHE = 4096
 

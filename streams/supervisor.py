@@ -36,9 +36,9 @@ from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.broker import die_with_parent, free_port
-from streams.dashboard import Samples, samples_of
-from streams.settings import Settings, settings_env
+from eddy.streams.broker import die_with_parent, free_port
+from eddy.streams.dashboard import Samples, samples_of
+from eddy.streams.settings import Settings, settings_env
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def child_specs(settings: Settings, base_port: int, demo: dict[str, Any] | None)
 
 def eddy_argv(*args: str) -> list[str]:
     """The command line of ``eddy <args>`` in this interpreter."""
-    return [sys.executable, "-m", "streams.cli", *args]
+    return [sys.executable, "-m", "eddy.streams.cli", *args]
 
 
 def reset_stream_state(data_dir: Path, everything: bool) -> list[Path]:

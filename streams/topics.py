@@ -19,9 +19,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from streams.exceptions import TopicError
-from streams.kafka import end_offsets, make_consumer, start_admin
-from streams.settings import Settings
+from eddy.streams.exceptions import TopicError
+from eddy.streams.kafka import end_offsets, make_consumer, start_admin
+from eddy.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

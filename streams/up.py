@@ -1,6 +1,6 @@
 """The ``eddy up`` command: broker, topics, supervised processes, live status, summary.
 
-See :mod:`streams.supervisor` for the supervision contract. ``--demo`` adds a
+See :mod:`eddy.streams.supervisor` for the supervision contract. ``--demo`` adds a
 producer of a drifting synthetic stream with delayed labels; with
 ``--exit-when-done`` (what ``make demo`` runs) the command stops once every
 produced sample is learned or expired and the maintenance loop has answered
@@ -22,12 +22,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from models.registry import Registry
-from streams.broker import EmbeddedBroker, broker_file, find_running_broker, record_running_broker
-from streams.dashboard import Samples, sum_samples
-from streams.exceptions import BrokerError
-from streams.settings import Settings
-from streams.supervisor import (
+from eddy.models.registry import Registry
+from eddy.streams.broker import (
+    EmbeddedBroker,
+    broker_file,
+    find_running_broker,
+    record_running_broker,
+)
+from eddy.streams.dashboard import Samples, sum_samples
+from eddy.streams.exceptions import BrokerError
+from eddy.streams.settings import Settings
+from eddy.streams.supervisor import (
     Child,
     ChildSpec,
     Supervisor,
@@ -37,7 +42,7 @@ from streams.supervisor import (
     stop_signals,
     write_status_file,
 )
-from streams.topics import create_topics
+from eddy.streams.topics import create_topics
 
 DEFAULT_BASE_PORT = 9100
 

@@ -1,5 +1,5 @@
 """The worker process: the join and learner agents, a producer, and an HTTP endpoint
-with Prometheus ``/metrics`` and the live dashboard (:mod:`streams.dashboard`).
+with Prometheus ``/metrics`` and the live dashboard (:mod:`eddy.streams.dashboard`).
 
 SIGTERM or SIGINT asks both agents to finish their batch, checkpoint and leave
 their groups; nothing is cancelled mid-batch, so a checkpoint never holds a
@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from models.learners import make_learner
-from models.prequential import LearnerConfig
-from streams.agents.champions import ChampionFollower
-from streams.agents.join import JoinAgent
-from streams.agents.learner import LearnerAgent
-from streams.dashboard import History, MetricsServer
-from streams.deadletter import DeadLetterQueue
-from streams.kafka import close_client, start_producer, watch_connectivity
-from streams.metrics import (
+from eddy.models.learners import make_learner
+from eddy.models.prequential import LearnerConfig
+from eddy.streams.agents.champions import ChampionFollower
+from eddy.streams.agents.join import JoinAgent
+from eddy.streams.agents.learner import LearnerAgent
+from eddy.streams.dashboard import History, MetricsServer
+from eddy.streams.deadletter import DeadLetterQueue
+from eddy.streams.kafka import close_client, start_producer, watch_connectivity
+from eddy.streams.metrics import (
     ConsumerMetrics,
     EdgeMetrics,
     JoinMetrics,
@@ -33,8 +33,8 @@ from streams.metrics import (
     ModelEventMetrics,
     process_metrics,
 )
-from streams.settings import Settings
-from streams.topics import Topics, wait_for_topics
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics, wait_for_topics
 
 log = logging.getLogger(__name__)
 

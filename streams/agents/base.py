@@ -2,7 +2,7 @@
 together with the offsets it reflects, and a batch loop.
 
 Delivery contract: an agent's state for a partition is saved atomically with the
-next offset to read (see :mod:`models.checkpoint`), and only after everything the
+next offset to read (see :mod:`eddy.models.checkpoint`), and only after everything the
 agent produced from those records is acknowledged by the broker. On start and on
 every reassignment the state is restored and consumption resumes at the saved
 offset, so each input record changes the state exactly once, across crashes;
@@ -40,11 +40,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
-from models import checkpoint
-from streams.kafka import close_client, end_offsets, getmany_until, make_consumer
-from streams.metrics import ConsumerMetrics
-from streams.sender import BatchSender
-from streams.settings import Settings
+from eddy.models import checkpoint
+from eddy.streams.kafka import close_client, end_offsets, getmany_until, make_consumer
+from eddy.streams.metrics import ConsumerMetrics
+from eddy.streams.sender import BatchSender
+from eddy.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ champion of each stream and when it was last exported.
 
 On ``model.promoted`` (alias champion) or ``model.rolled_back`` for a stream this
 worker learns, the champion's batch model is loaded from the registry (its
-SHA-256 verified) and handed to :func:`models.adoption.adopt`. Either way the
+SHA-256 verified) and handed to :func:`eddy.models.adoption.adopt`. Either way the
 outcome goes to the maintenance log. Adoption happens between two batches of the
 learner, in the same event loop, so no batch sees a half-swapped model.
 """
@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
-from models.adoption import adopt
-from models.batch import BatchModel
-from models.registry import Registry, RegistryError
-from streams.agents.learner import LearnerAgent
-from streams.codec import DecodeError, decode_event
-from streams.kafka import close_client, end_offsets, make_consumer
-from streams.metrics import CONTROL_EVENT_TYPES, ModelEventMetrics
-from streams.settings import Settings
-from streams.topics import Topics
+from eddy.models.adoption import adopt
+from eddy.models.batch import BatchModel
+from eddy.models.registry import Registry, RegistryError
+from eddy.streams.agents.learner import LearnerAgent
+from eddy.streams.codec import DecodeError, decode_event
+from eddy.streams.kafka import close_client, end_offsets, make_consumer
+from eddy.streams.metrics import CONTROL_EVENT_TYPES, ModelEventMetrics
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics
 
 log = logging.getLogger(__name__)
 

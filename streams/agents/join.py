@@ -1,7 +1,7 @@
 """The join agent: samples ⋈ labels by event id → examples, keyed by model stream.
 
 Samples and labels are co-partitioned (same key, same partition count), so each
-partition number is joined on its own, with a :class:`models.join.JoinBuffer`.
+partition number is joined on its own, with a :class:`~eddy.models.join.JoinBuffer`.
 
 The join's TTL runs in event time: each topic's clock is the newest record
 timestamp read from it, and the wall clock once the agent has read all there is
@@ -19,14 +19,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from models.join import JoinBuffer, Joined, Pending, Unjoined
-from streams.agents.base import PartitionedAgent
-from streams.codec import Example, decode_label, decode_sample, encode_example
-from streams.deadletter import DeadLetterQueue, dead_letter_headers
-from streams.exceptions import DecodeError, TimestampInFuture
-from streams.metrics import ConsumerMetrics, JoinMetrics
-from streams.settings import Settings
-from streams.topics import Topics
+from eddy.models.join import JoinBuffer, Joined, Pending, Unjoined
+from eddy.streams.agents.base import PartitionedAgent
+from eddy.streams.codec import Example, decode_label, decode_sample, encode_example
+from eddy.streams.deadletter import DeadLetterQueue, dead_letter_headers
+from eddy.streams.exceptions import DecodeError, TimestampInFuture
+from eddy.streams.metrics import ConsumerMetrics, JoinMetrics
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics
 
 
 class Unmatched(DecodeError):

@@ -17,21 +17,21 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from models.join import RecentIds
-from models.prequential import (
+from eddy.models.join import RecentIds
+from eddy.models.prequential import (
     DriftFinding,
     LearnerConfig,
     Outcome,
     StreamLearner,
     label_problem,
 )
-from streams.agents.base import PartitionedAgent
-from streams.codec import Example, decode_example, make_event, now_ms
-from streams.deadletter import DeadLetterQueue
-from streams.exceptions import UnlearnableLabel
-from streams.metrics import ConsumerMetrics, LearnerMetrics
-from streams.settings import Settings
-from streams.topics import Topics
+from eddy.streams.agents.base import PartitionedAgent
+from eddy.streams.codec import Example, decode_example, make_event, now_ms
+from eddy.streams.deadletter import DeadLetterQueue
+from eddy.streams.exceptions import UnlearnableLabel
+from eddy.streams.metrics import ConsumerMetrics, LearnerMetrics
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics
 
 log = logging.getLogger(__name__)
 

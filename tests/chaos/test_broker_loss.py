@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, free_port
-from streams.dashboard import sum_samples
-from streams.supervisor import eddy_argv, scrape
+from eddy.streams.broker import EmbeddedBroker, free_port
+from eddy.streams.dashboard import sum_samples
+from eddy.streams.supervisor import eddy_argv, scrape
 from tests.integration.test_up import REPO, alive, eddy_env, wait_until
 
 

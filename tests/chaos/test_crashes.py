@@ -20,15 +20,15 @@ from typing import Any
 
 import pytest
 
-from models import checkpoint
-from models.registry import Registry
-from streams.codec import decode_event
-from streams.kafka import read_records
-from streams.producer import ProduceOptions, produce
-from streams.settings import Settings, settings_env
-from streams.sources import open_named
-from streams.supervisor import Child, ChildSpec, Supervisor, eddy_argv
-from streams.topics import Topics, create_topics
+from eddy.models import checkpoint
+from eddy.models.registry import Registry
+from eddy.streams.codec import decode_event
+from eddy.streams.kafka import read_records
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.settings import Settings, settings_env
+from eddy.streams.sources import open_named
+from eddy.streams.supervisor import Child, ChildSpec, Supervisor, eddy_argv
+from eddy.streams.topics import Topics, create_topics
 from tests.integration.test_up import FAST
 from tests.integration.worker_helpers import holds_within
 

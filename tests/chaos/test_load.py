@@ -12,13 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from streams.broker import free_port
-from streams.dashboard import sum_samples
-from streams.producer import ProduceOptions, produce
-from streams.settings import Settings, settings_env
-from streams.sources import open_named
-from streams.supervisor import eddy_argv
-from streams.supervisor import scrape as scrape_metrics
+from eddy.streams.broker import free_port
+from eddy.streams.dashboard import sum_samples
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.settings import Settings, settings_env
+from eddy.streams.sources import open_named
+from eddy.streams.supervisor import eddy_argv
+from eddy.streams.supervisor import scrape as scrape_metrics
 from tests.integration.test_up import REPO, wait_until
 
 SUSTAINED_RATE = 1_000  # samples/s
@@ -41,7 +41,7 @@ def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: P
     settings = settings.with_overrides({"topic_prefix": "load." + settings.topic_prefix,
                                         "partitions": 1, "join_ttl_s": 3.0,
                                         "producer_idempotence": "off"})  # fmt: skip
-    from streams.topics import create_topics
+    from eddy.streams.topics import create_topics
 
     asyncio.run(create_topics(settings))
     port = free_port()

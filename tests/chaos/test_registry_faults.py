@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import models.registry as registry_module
-from models.checkpoint import write_atomic
-from models.registry import Registry, RegistryError
+import eddy.models.registry as registry_module
+from eddy.models.checkpoint import write_atomic
+from eddy.models.registry import Registry, RegistryError
 
 CARD = {"task": "binary", "gate": {"promoted": True}}
 

@@ -12,12 +12,12 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers.hotswap import HotSwapClient
-from consumers.retrainer import Retrainer
-from streams.codec import decode_event, event_signature, make_event
-from streams.exceptions import BadSignature, UnsignedEvent
-from streams.kafka import client_options, make_consumer
-from streams.settings import Settings
+from eddy.consumers.hotswap import HotSwapClient
+from eddy.consumers.retrainer import Retrainer
+from eddy.streams.codec import decode_event, event_signature, make_event
+from eddy.streams.exceptions import BadSignature, UnsignedEvent
+from eddy.streams.kafka import client_options, make_consumer
+from eddy.streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "s3cret-signing-key"
@@ -76,7 +76,7 @@ def test_sasl_ssl_options_reach_consumers_and_admin_clients(
 
 
 def test_sasl_without_credentials_is_a_clear_error() -> None:
-    from streams.exceptions import ConfigError
+    from eddy.streams.exceptions import ConfigError
 
     with pytest.raises(ConfigError, match="EDDY_SASL_USERNAME"):
         Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN")

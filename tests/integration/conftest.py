@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord
 
-from streams.broker import EmbeddedBroker
-from streams.kafka import read_records
-from streams.settings import Settings
-from streams.topics import create_topics
+from eddy.streams.broker import EmbeddedBroker
+from eddy.streams.kafka import read_records
+from eddy.streams.settings import Settings
+from eddy.streams.topics import create_topics
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams import sources
-from streams.producer import ProduceOptions, produce
-from streams.settings import Settings
-from streams.topics import Topics, create_topics, topic_sizes
+from eddy.streams import sources
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics, create_topics, topic_sizes
 
 # Confluent Platform 7.6 is Apache Kafka 3.6 in KRaft mode (faust is reported broken on 4.x).
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"

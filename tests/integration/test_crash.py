@@ -13,17 +13,17 @@ import time
 import pytest
 from river import evaluate, linear_model, metrics
 
-from models import checkpoint
-from models.checkpoint import CheckpointError
-from streams import sources
-from streams.producer import ProduceOptions, produce
-from streams.topics import create_topics
+from eddy.models import checkpoint
+from eddy.models.checkpoint import CheckpointError
+from eddy.streams import sources
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.topics import create_topics
 
 N = 50_000
 
 
 def _start_worker(settings, log_path):
-    command = [sys.executable, "-m", "streams.cli", "worker"]
+    command = [sys.executable, "-m", "eddy.streams.cli", "worker"]
     command += ["--bootstrap", settings.bootstrap, "--topic-prefix", settings.topic_prefix]
     command += ["--partitions", "1", "--data-dir", str(settings.data_dir), "--model", "logreg"]
     command += ["--checkpoint-every", "3000", "--checkpoint-interval-s", "1"]

@@ -5,8 +5,8 @@ import asyncio
 import orjson
 from prometheus_client import CollectorRegistry
 
-from streams.codec import decode_sample
-from streams.deadletter import (
+from eddy.streams.codec import decode_sample
+from eddy.streams.deadletter import (
     H_EXCEPTION_CLASS,
     H_EXCEPTION_MESSAGE,
     H_OFFSET,
@@ -15,9 +15,9 @@ from streams.deadletter import (
     H_TOPIC,
     DeadLetterQueue,
 )
-from streams.kafka import make_consumer, start_producer
-from streams.metrics import EdgeMetrics
-from streams.topics import Topics
+from eddy.streams.kafka import make_consumer, start_producer
+from eddy.streams.metrics import EdgeMetrics
+from eddy.streams.topics import Topics
 from tests.integration.conftest import read_topic
 
 GOOD = [orjson.dumps({"id": f"g{i}", "features": {"x": i}}) for i in range(5)]
@@ -84,7 +84,7 @@ def test_bad_samples_are_dead_lettered_with_reason_and_origin(settings):
         assert headers[H_PARTITION] == "0"
         assert headers[H_OFFSET] == str(offset)
         assert headers[H_REASON] == reason
-        assert headers[H_EXCEPTION_CLASS].startswith("streams.exceptions.")
+        assert headers[H_EXCEPTION_CLASS].startswith("eddy.streams.exceptions.")
         assert headers[H_EXCEPTION_MESSAGE]
         assert headers["trace"] == f"t{offset}"  # the producer's own headers are kept
         assert record.key == b"k"

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 from river import evaluate, linear_model, metrics
 
-from streams import sources
-from streams.codec import decode_event
-from streams.producer import ProduceOptions, produce
-from streams.topics import Topics, create_topics
+from eddy.streams import sources
+from eddy.streams.codec import decode_event
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import running_worker, wait_for
 

@@ -7,15 +7,15 @@ import contextlib
 
 import orjson
 
-from consumers.exporter import Exporter
-from consumers.hotswap import HotSwapClient
-from consumers.retrainer import Retrainer, registry_of
-from consumers.service import run_consumer
-from streams import sources
-from streams.codec import decode_event, make_event, schema_errors
-from streams.kafka import start_producer
-from streams.producer import ProduceOptions, produce
-from streams.topics import Topics, create_topics
+from eddy.consumers.exporter import Exporter
+from eddy.consumers.hotswap import HotSwapClient
+from eddy.consumers.retrainer import Retrainer, registry_of
+from eddy.consumers.service import run_consumer
+from eddy.streams import sources
+from eddy.streams.codec import decode_event, make_event, schema_errors
+from eddy.streams.kafka import start_producer
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import running_worker, wait_for
 

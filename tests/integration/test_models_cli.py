@@ -2,10 +2,10 @@
 
 import asyncio
 
-from models.registry import Registry
-from streams.cli import main
-from streams.codec import decode_event
-from streams.topics import Topics
+from eddy.models.registry import Registry
+from eddy.streams.cli import main
+from eddy.streams.codec import decode_event
+from eddy.streams.topics import Topics
 from tests.integration.conftest import read_topic
 
 

@@ -7,17 +7,17 @@ import sys
 
 import orjson
 
-from streams import sources
-from streams.codec import decode_label, decode_sample
-from streams.producer import ProduceOptions, produce
-from streams.topics import Topics
+from eddy.streams import sources
+from eddy.streams.codec import decode_label, decode_sample
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.topics import Topics
 from tests.integration.conftest import read_topic
 
 
 def test_labels_arrive_late_and_dropped_ones_are_counted(settings):
     settings = settings.with_overrides({"topic_prefix": settings.topic_prefix + "one."})
     settings = settings.with_overrides({"partitions": 1})
-    from streams.topics import create_topics
+    from eddy.streams.topics import create_topics
 
     asyncio.run(create_topics(settings))
     options = ProduceOptions(n=2000, label_delay=50, label_drop=0.05, seed=3, id_prefix="run")
@@ -73,7 +73,7 @@ def test_the_produce_command_sends_a_file(settings, tmp_path):
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "eddy.streams.cli",
             "produce",
             "--file",
             str(data),
@@ -105,7 +105,7 @@ def test_the_produce_command_refuses_an_endless_stream_without_n(settings):
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "eddy.streams.cli",
             "produce",
             "--dataset",
             "sea",

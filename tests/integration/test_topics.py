@@ -3,9 +3,9 @@ import time
 
 import pytest
 
-from streams.exceptions import BrokerError, TopicError
-from streams.settings import Settings
-from streams.topics import Topics, create_topics, topic_sizes
+from eddy.streams.exceptions import BrokerError, TopicError
+from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics, create_topics, topic_sizes
 
 
 def test_topics_are_created_with_explicit_partitions_and_idempotently(broker, tmp_path):
@@ -37,7 +37,7 @@ def test_no_broker_configured_says_how_to_get_one(tmp_path):
 
 
 def test_unreachable_broker_is_a_clear_error(tmp_path):
-    from streams.broker import free_port
+    from eddy.streams.broker import free_port
 
     s = Settings(bootstrap=f"127.0.0.1:{free_port()}", data_dir=tmp_path)
     with pytest.raises(BrokerError, match="could not connect to Kafka"):
@@ -49,7 +49,7 @@ def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
     its default partition count, unless the request says not to: eddy's clients say so."""
     from aiokafka.errors import KafkaError
 
-    from streams.kafka import start_admin, start_producer
+    from eddy.streams.kafka import start_admin, start_producer
 
     s = Settings(bootstrap=broker.bootstrap, topic_prefix="tc3.", partitions=1, data_dir=tmp_path)
     topics = Topics("tc3.")
@@ -77,8 +77,8 @@ def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
 
 
 def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_path, caplog):
-    from streams.kafka import start_producer
-    from streams.topics import require_topics, wait_for_topics
+    from eddy.streams.kafka import start_producer
+    from eddy.streams.topics import require_topics, wait_for_topics
 
     s = Settings(bootstrap=broker.bootstrap, topic_prefix="tc4.", partitions=1, data_dir=tmp_path)
     names = Topics("tc4.").all()

@@ -7,8 +7,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-from streams.settings import Settings
-from streams.worker import Worker, run_worker
+from eddy.streams.settings import Settings
+from eddy.streams.worker import Worker, run_worker
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,4 @@
-from streams.cli import main
+from eddy.streams.cli import main
 
 
 def test_catalogue_lists_the_online_models(capsys):

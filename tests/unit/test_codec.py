@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.codec import (
+from eddy.streams.codec import (
     MAX_TIMESTAMP_MS,
     Label,
     Sample,
@@ -19,7 +19,7 @@ from streams.codec import (
     make_event,
     schema_errors,
 )
-from streams.exceptions import DecodeError, InvalidJSON, MessageTooLarge, SchemaViolation
+from eddy.streams.exceptions import DecodeError, InvalidJSON, MessageTooLarge, SchemaViolation
 
 # -- examples ------------------------------------------------------------------------------
 

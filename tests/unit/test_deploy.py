@@ -19,8 +19,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streams import metrics
-from streams.settings import Settings, env_var
+from eddy.streams import metrics
+from eddy.streams.settings import Settings, env_var
 
 REPO = Path(__file__).resolve().parents[2]
 PROMTOOL = shutil.which("promtool")

@@ -2,10 +2,10 @@ import itertools
 
 import pytest
 
-from models.drift import DriftMonitor
-from models.exceptions import ModelConfigError
-from models.prequential import LearnerConfig, StreamLearner
-from streams.sources import open_named
+from eddy.models.drift import DriftMonitor
+from eddy.models.exceptions import ModelConfigError
+from eddy.models.prequential import LearnerConfig, StreamLearner
+from eddy.streams.sources import open_named
 
 
 def _run(detector, seed, n=20_000, drift_at=10_000):

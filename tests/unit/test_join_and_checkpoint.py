@@ -1,8 +1,8 @@
 import pytest
 
-from models import checkpoint
-from models.checkpoint import CheckpointError
-from models.join import JoinBuffer, Joined, Pending, Unjoined
+from eddy.models import checkpoint
+from eddy.models.checkpoint import CheckpointError
+from eddy.models.join import JoinBuffer, Joined, Pending, Unjoined
 
 
 def p(i, t=0):
@@ -78,7 +78,7 @@ def test_checkpoint_round_trip_and_refusal_of_altered_files(tmp_path):
 def test_recent_ids_survive_a_pickle_and_an_old_one_still_loads():
     import pickle
 
-    from models.join import RecentIds
+    from eddy.models.join import RecentIds
 
     ids = RecentIds(3)
     for i in "abcd":

@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 
-from models.exceptions import ModelConfigError
-from models.learners import CATALOGUE, make_learner
-from models.metrics import PrequentialMetrics
-from models.torch_learner import TorchLearner
-from streams.sources import open_named
+from eddy.models.exceptions import ModelConfigError
+from eddy.models.learners import CATALOGUE, make_learner
+from eddy.models.metrics import PrequentialMetrics
+from eddy.models.torch_learner import TorchLearner
+from eddy.streams.sources import open_named
 
 SOURCE = {"binary": "sea", "multiclass": "led", "regression": "friedman"}
 CASES = [(name, task) for name, spec in CATALOGUE.items() for task in spec.tasks]

@@ -4,12 +4,12 @@ import json
 import pytest
 import torch
 
-from models.adoption import adopt
-from models.batch import TrainParams, train, vectorize
-from models.evaluation import compare, mcnemar_p
-from models.registry import Registry, RegistryError
-from models.torch_learner import TorchLearner
-from streams.sources import open_named
+from eddy.models.adoption import adopt
+from eddy.models.batch import TrainParams, train, vectorize
+from eddy.models.evaluation import compare, mcnemar_p
+from eddy.models.registry import Registry, RegistryError
+from eddy.models.torch_learner import TorchLearner
+from eddy.streams.sources import open_named
 
 
 def test_versions_are_numbered_whole_and_hashed(tmp_path):

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.exceptions import ConfigError
-from streams.settings import Settings, add_settings_arguments
+from eddy.streams.exceptions import ConfigError
+from eddy.streams.settings import Settings, add_settings_arguments
 
 
 def test_defaults_work_without_any_environment():
