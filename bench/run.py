@@ -62,7 +62,7 @@ def fresh(broker: EmbeddedBroker, data_dir: str, **overrides: Any) -> Settings:
         producer_idempotence="off",
         **overrides,
     )
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings.kafka, settings.topics))
     return settings
 
 
@@ -84,7 +84,7 @@ def learning_rate(settings: Settings, n: int) -> float:
     """
     data = list(itertools.islice(sources.open_named("sea", seed=1), n))
     learner = StreamLearner("default", learner_config(settings))
-    size = 5000 if learner.learner.per_example else settings.batch_size
+    size = 5000 if learner.learner.per_example else settings.learning.batch_size
     started = time.perf_counter()
     for i in range(0, n, size):
         chunk = data[i : i + size]
@@ -101,7 +101,7 @@ def ingest(broker: EmbeddedBroker, data_dir: str, n: int) -> list[dict[str, Any]
                 settings, sources.open_named("sea", seed=1), ProduceOptions(n=n, inline_labels=True)
             )
         )
-        raw = asyncio.run(raw_rate(settings, Topics(settings.topic_prefix).samples, n))
+        raw = asyncio.run(raw_rate(settings, Topics(settings.topics.prefix).samples, n))
         eddy = asyncio.run(worker_rate(settings, n))
         learn = learning_rate(settings, min(n, 50_000))
         row = {"model": model, "raw_per_s": raw, "eddy_per_s": eddy, "eddy_vs_raw": eddy / raw,
@@ -125,8 +125,8 @@ async def _latency(settings: Settings, n: int, rate: float) -> dict[str, float]:
     producer = await asyncio.create_subprocess_exec(
         *eddy_argv(
             "produce", "--dataset", "sea", "--seed", "2", "--n", str(n), "--rate", str(rate),
-            "--no-progress", "--bootstrap", settings.bootstrap or "",
-            "--topic-prefix", settings.topic_prefix, "--partitions", str(settings.partitions),
+            "--no-progress", "--bootstrap", settings.kafka.bootstrap or "",
+            "--topic-prefix", settings.topics.prefix, "--partitions", str(settings.topics.partitions),
             "--producer-idempotence", "off",
         ),
         stdout=asyncio.subprocess.DEVNULL,
@@ -138,7 +138,7 @@ async def _latency(settings: Settings, n: int, rate: float) -> dict[str, float]:
         await asyncio.sleep(0.05)
     worker.stop()
     await task
-    topics = Topics(settings.topic_prefix)
+    topics = Topics(settings.topics.prefix)
     samples = {
         orjson.loads(r.value)["id"]: r.timestamp
         for r in await read_records(settings, topics.samples)
@@ -167,7 +167,9 @@ async def _maintenance(settings: Settings, window: int) -> dict[str, Any]:
     # The worker's own drift events would ask for a post-drift window still to come;
     # this measures one request over a window that is already in Kafka.
     stream = sources.open_named("sea", seed=3, variant=0, drift_at=window // 2, drift_to=3)
-    await produce(settings, stream, ProduceOptions(n=window, inline_labels=True))
+    await produce(
+        settings.kafka, settings.topics.prefix, stream, ProduceOptions(n=window, inline_labels=True)
+    )
     started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_worker(settings, on_start=started))
     worker = await started
@@ -184,7 +186,7 @@ async def _maintenance(settings: Settings, window: int) -> dict[str, Any]:
     # Running services, as in production: not the seconds a consumer group takes to form.
     for _, consumer in consumers:
         await consumer.ready.wait()
-    topics = Topics(settings.topic_prefix)
+    topics = Topics(settings.topics.prefix)
     request = make_event(
         "retrain.requested", "eddy/bench",
         {"stream": "default", "reason": "manual",

@@ -30,7 +30,9 @@ from eddy.streams.worker import Worker, run_worker
 
 
 async def raw_rate(settings: Settings, topic: str, n: int) -> float:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False
+    )
     await consumer.start()
     tp = TopicPartition(topic, 0)
     consumer.assign([tp])
@@ -90,10 +92,17 @@ def main() -> None:
                 model=model,
                 producer_idempotence="off",
             )
-            asyncio.run(create_topics(settings))
+            asyncio.run(create_topics(settings.kafka, settings.topics))
             options = ProduceOptions(n=args.n, inline_labels=True)
-            asyncio.run(produce(settings, sources.open_named("sea", seed=1), options))
-            raw = asyncio.run(raw_rate(settings, Topics(settings.topic_prefix).samples, args.n))
+            asyncio.run(
+                produce(
+                    settings.kafka,
+                    settings.topics.prefix,
+                    sources.open_named("sea", seed=1),
+                    options,
+                )
+            )
+            raw = asyncio.run(raw_rate(settings, Topics(settings.topics.prefix).samples, args.n))
             rows.append((f"aiokafka read + decode ({model} run)", raw, raw))
             rows.append(
                 (

@@ -19,7 +19,6 @@ import numpy as np
 import orjson
 
 from eddy.consumers.control import ControlConsumer
-from eddy.consumers.retrainer import registry_of
 from eddy.models.batch import BatchModel
 from eddy.models.export import compare_int8, prune, quantize_int8, to_onnx
 from eddy.models.registry import RegistryError
@@ -37,22 +36,20 @@ class Exporter(ControlConsumer):
     name = "exporter"
     types = ("model.updated",)
 
-    def __init__(self, settings: Any, producer: Any, metrics: Any = None) -> None:
-        super().__init__(settings, producer, metrics)
-        self.registry = registry_of(settings)
-
     async def handle(self, event: ControlEvent) -> None:
         """Export once per version; re-announce if it was exported before a crash."""
         model, version = event.data["model"], event.data["version"]
-        v = self.registry.get(model, version)
+        await self.registry.sync()
+        mirror = self.registry.mirror
+        v = mirror.get(model, version)
         if INT8 not in v.card.get("artifacts", {}):
-            if not all(self.registry.verify(model, version).values()):
+            if not all(mirror.verify(model, version).values()):
                 msg = f"{model} {version} fails its checksums; refusing to export it"
                 raise RegistryError(msg)
             started = time.monotonic()
             report, artifacts, passed, reason = await asyncio.to_thread(self._export, v)
             report["seconds"] = round(time.monotonic() - started, 3)
-            v = self.registry.add_artifacts(
+            v = await self.registry.add_artifacts(
                 model, version, artifacts,
                 {"quantization": report, "export_gate": {"passed": passed, "reason": reason}},
             )  # fmt: skip
@@ -60,8 +57,8 @@ class Exporter(ControlConsumer):
             self.metrics.size_ratio.labels(model).set(report["size_ratio"])
             self.metrics.accuracy_delta.labels(model).set(report["accuracy_delta"])
             result = "servable" if passed else f"not servable: {reason}"
-            self.registry.log("export", model, version, f"model.updated {event.id}", result)
-        champion = self.registry.aliases(model).get("champion") == version
+            await self.registry.log("export", model, version, f"model.updated {event.id}", result)
+        champion = mirror.aliases(model).get("champion") == version
         gate = v.card["export_gate"]
         servable = gate["passed"] and champion
         info = v.card["artifacts"][INT8]
@@ -83,22 +80,17 @@ class Exporter(ControlConsumer):
         model = BatchModel.from_bytes(v.artifact("model.pt").read_bytes())
         holdout = orjson.loads(v.artifact("holdout.json").read_bytes())
         matrix = np.asarray(holdout["X"], dtype=np.float32)
-        amount = self.settings.export_prune
+        amount = self.settings.maintenance.export_prune
         prune(model, amount)
         fp32 = to_onnx(model)
         int8 = quantize_int8(fp32)
         report = compare_int8(model, fp32, int8, matrix, holdout["y"], amount)
         loss = report.accuracy_delta if report.metric == "mae" else -report.accuracy_delta
-        if report.size_ratio < self.settings.export_min_ratio:
-            passed, reason = (
-                False,
-                f"size ratio {report.size_ratio:.2f} < {self.settings.export_min_ratio}",
-            )
-        elif loss > self.settings.export_max_delta:
-            passed, reason = (
-                False,
-                f"{report.metric} worse by {loss:.4f} > {self.settings.export_max_delta}",
-            )
+        m = self.settings.maintenance
+        if report.size_ratio < m.export_min_ratio:
+            passed, reason = False, f"size ratio {report.size_ratio:.2f} < {m.export_min_ratio}"
+        elif loss > m.export_max_delta:
+            passed, reason = False, f"{report.metric} worse by {loss:.4f} > {m.export_max_delta}"
         else:
             passed, reason = True, "size and accuracy within the gate"
         return report.as_dict(), {FP32: fp32, INT8: int8}, passed, reason

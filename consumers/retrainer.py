@@ -1,12 +1,17 @@
 """The retrainer: ``retrain.requested`` → batch training → a registered version → ``model.updated``.
 
-For a drift, the window is the ``retrain_window`` examples from the drift point
-on (waiting up to ``retrain_wait_s`` for them); otherwise the event's offsets or
-the most recent examples. The window's most recent ``retrain_holdout`` is held
-out; candidates (fine-tuning the champion, from scratch, or both, compared by
-cross-validation) are trained on the rest, the winner is compared with the
-champion on the held-out slice (McNemar or paired bootstrap), registered with
-its card, and promoted only when the gate passes.
+The window is read from the examples topic (what the stream's learner learned, in
+order): for a drift, the ``retrain_window`` examples learned after the request came
+(waiting up to ``retrain_wait_s`` for them; the examples learned since the drift are
+included); for a manual or scheduled request, the most recent ``last_n``. The
+window's most recent ``retrain_holdout`` is held out; candidates (fine-tuning the
+champion, from scratch, or both, compared by cross-validation) are trained on the
+rest, the winner is compared with the champion on the held-out slice (McNemar or a
+paired bootstrap), registered with its card, and promoted only when the gate passes.
+
+A request that cannot be served (no such stream, fewer than
+``retrain_min_examples`` examples in time, one class only) is refused and recorded
+(see :mod:`eddy.consumers.control`); the next request is served as usual.
 """
 
 from __future__ import annotations
@@ -19,22 +24,19 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka.partitioner import DefaultPartitioner
 
 from eddy.consumers.control import ControlConsumer
 from eddy.models.batch import BatchModel, TrainParams, cross_validate, train, vectorize
 from eddy.models.evaluation import compare
-from eddy.models.registry import Registry, RegistryError
-from eddy.streams.codec import ControlEvent, DecodeError, decode_example
+from eddy.models.registry import RegistryError
+from eddy.streams.codec import ControlEvent, DecodeError, decode_example, valid_stream_name
 from eddy.streams.kafka import partition_end, read_range
-from eddy.streams.settings import Settings
+from eddy.streams.partitioning import partition_of
 
 log = logging.getLogger(__name__)
 
-
-def registry_of(settings: Settings) -> Registry:
-    """The registry under the data directory."""
-    return Registry(settings.data_dir / "registry")
+# Examples learned between a drift and the retrainer reading its request: included.
+_SINCE_DRIFT = 2000
 
 
 class Retrainer(ControlConsumer):
@@ -42,34 +44,39 @@ class Retrainer(ControlConsumer):
 
     name = "retrainer"
     types = ("retrain.requested",)
+    dead_letters = True  # the one group that dead-letters garbage on the events topic
 
-    def __init__(self, settings: Settings, producer: Any, metrics: Any = None) -> None:
-        super().__init__(settings, producer, metrics)
-        self.registry = registry_of(settings)
-        hidden = tuple(int(h) for h in settings.retrain_hidden.split(",") if h.strip())
-        self.params = TrainParams(hidden=hidden, epochs=settings.retrain_epochs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        m = self.settings.maintenance
+        self.params = TrainParams(hidden=tuple(m.retrain_hidden), epochs=m.retrain_epochs)
 
     async def handle(self, event: ControlEvent) -> None:
         """Train, compare, register, maybe promote, announce; idempotent by event id."""
         model = event.data["stream"]
+        if not valid_stream_name(model):
+            msg = f"{model!r} is not a stream name"
+            raise RegistryError(msg)
+        await self.registry.sync()
         done = self._version_for(model, event.id)
         if done is None:
             started = time.monotonic()
             window = await self._window(event)
             card, artifacts, promote = await asyncio.to_thread(self._train, model, event, window)
             card["seconds"] = round(time.monotonic() - started, 3)
-            version = self.registry.register(model, card, artifacts)
-            self.registry.log(
+            version = await self.registry.register(model, card, artifacts)
+            await self.registry.log(
                 "retrain", model, version.version, why=f"{event.data['reason']} ({event.id})",
                 result="promoted" if promote else f"kept champion: {card['gate']['reason']}",
+                seconds=card["seconds"],
             )  # fmt: skip
             self.metrics.results.labels(self.name, "promoted" if promote else "kept_champion").inc()
             if promote:
-                previous = self.registry.set_alias(model, "champion", version.version)
-                self.registry.log("promote", model, version.version, "gate passed", "champion",
-                                  previous=previous)  # fmt: skip
+                previous = await self.registry.set_alias(model, "champion", version.version)
+                await self.registry.log("promote", model, version.version, "gate passed",
+                                        "champion", previous=previous)  # fmt: skip
             done = version.version
-        version = self.registry.get(model, done)
+        version = self.registry.mirror.get(model, done)
         card = version.card
         updated = await self.emit(
             "model.updated",
@@ -98,79 +105,103 @@ class Retrainer(ControlConsumer):
         )
 
     def _version_for(self, model: str, trigger: str) -> str | None:
-        for version in reversed(self.registry.versions(model)):
-            if self.registry.get(model, version).card.get("trigger_event_id") == trigger:
+        mirror = self.registry.mirror
+        for version in reversed(mirror.versions(model)):
+            if mirror.get(model, version).card.get("trigger_event_id") == trigger:
                 return version
         return None
 
     async def _window(self, event: ControlEvent) -> dict[str, Any]:
         data = event.data
+        stream = data["stream"]
         topic = self.topics.examples
-        size = self.settings.retrain_window
+        m = self.settings.maintenance
+        partition = partition_of(stream, self.settings.topics.partitions)
+        end = await partition_end(self.settings.kafka, topic, partition)
         window = data.get("window") or {}
         if window.get("offsets"):
             r = window["offsets"][0]
-            partition, start, end = r["partition"], r["start"], r["end"]
+            partition, start, stop = r["partition"], r["start"], r["end"]
+            records = await read_range(self.settings.kafka, topic, partition, start, stop,
+                                       within=m.retrain_wait_s)  # fmt: skip
+            examples = self._of_stream(records, stream)
+        elif data["reason"] in ("drift", "feature_drift"):
+            start = max(0, end - _SINCE_DRIFT)
+            examples = await self._wait_for(stream, partition, start, m.retrain_window)
         else:
-            partition = data.get("position", {}).get("partition")
-            if partition is None:
-                parts = sorted(await self.producer.partitions_for(topic))
-                partition = DefaultPartitioner()(data["stream"].encode(), parts, parts)
-            if data["reason"] == "drift" and "offset" in data.get("position", {}):
-                start = data["position"]["offset"]
-                end = start + size
-            else:
-                end = await partition_end(self.settings, topic, partition)
-                start = max(0, end - window.get("last_n", size))
-        records = await read_range(
-            self.settings, topic, partition, start, end, within=self.settings.retrain_wait_s
-        )
-        examples = []
-        for record in records:
-            try:
-                example = decode_example(record.value, self.settings.max_message_bytes)
-            except DecodeError:
-                continue  # the learner dead-letters these; the window just skips them
-            if example.stream == data["stream"]:
-                examples.append((record, example))
-        if len(examples) < self.settings.retrain_min_examples:
+            size = window.get("last_n", m.retrain_window)
+            start = max(0, end - size)
+            records = await read_range(self.settings.kafka, topic, partition, start, end,
+                                       within=m.retrain_wait_s)  # fmt: skip
+            examples = self._of_stream(records, stream)[-size:]
+        if len(examples) < m.retrain_min_examples:
             msg = (
-                f"retrain window {topic}[{partition}] {start}-{end} holds {len(examples)} examples "
-                f"of {data['stream']!r}, fewer than EDDY_RETRAIN_MIN_EXAMPLES "
-                f"({self.settings.retrain_min_examples})"
+                f"retrain window {topic}[{partition}] from offset {start} holds "
+                f"{len(examples)} examples of {stream!r}, fewer than EDDY_RETRAIN_MIN_EXAMPLES "
+                f"({m.retrain_min_examples})"
             )
             raise RegistryError(msg)
         return {"topic": topic, "partition": partition, "examples": examples}
 
+    async def _wait_for(
+        self, stream: str, partition: int, start: int, size: int
+    ) -> list[tuple[Any, Any]]:
+        """The first ``size`` examples of ``stream`` from ``start`` on, waiting up to
+        ``retrain_wait_s`` for them to be learned."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.maintenance.retrain_wait_s
+        examples: list[tuple[Any, Any]] = []
+        position = start
+        while len(examples) < size and loop.time() < deadline and not self._stopping.is_set():
+            end = await partition_end(self.settings.kafka, self.topics.examples, partition)
+            if end > position:
+                records = await read_range(self.settings.kafka, self.topics.examples, partition,
+                                           position, end, within=30)  # fmt: skip
+                examples += self._of_stream(records, stream)
+                position = records[-1].offset + 1 if records else end
+            else:
+                await asyncio.sleep(0.5)
+        return examples[:size]
+
+    def _of_stream(self, records: list[Any], stream: str) -> list[tuple[Any, Any]]:
+        out = []
+        for record in records:
+            try:
+                example = decode_example(record.value, self.settings.kafka.max_message_bytes)
+            except DecodeError:
+                continue  # nothing but eddy writes this topic; skip what does not decode
+            if example.stream == stream:
+                out.append((record, example))
+        return out
+
     def _train(
         self, model: str, event: ControlEvent, window: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, bytes], bool]:
+        m = self.settings.maintenance
         examples = window["examples"]
         champion = self._champion(model)
         names = champion[1].feature_names if champion else None
         matrix, names = vectorize([e.features for _, e in examples], names)
         targets = [e.label for _, e in examples]
-        task = self.settings.task
-        cut = int(len(targets) * (1 - self.settings.retrain_holdout))
+        task = self._task(model, champion)
+        cut = int(len(targets) * (1 - m.retrain_holdout))
         train_x, train_y, hold_x, hold_y = matrix[:cut], targets[:cut], matrix[cut:], targets[cut:]
         strategies = {"warm": ["warm"], "scratch": ["scratch"], "both": ["warm", "scratch"]}
         tried: dict[str, float] = {}
-        for strategy in strategies[self.settings.retrain_strategy]:
+        for strategy in strategies[m.retrain_strategy]:
             warm = champion[1] if (strategy == "warm" and champion) else None
             if strategy == "warm" and warm is None:
                 continue
-            scores = cross_validate(
-                train_x, train_y, task, names, self.params, self.settings.retrain_folds, warm
-            )
+            scores = cross_validate(train_x, train_y, task, names, self.params, m.retrain_folds,
+                                    warm)  # fmt: skip
             tried[strategy] = float(np.mean(scores))
-        best = max(tried, key=tried.get) if tried else "scratch"
+        best = max(tried, key=tried.__getitem__) if tried else "scratch"
         warm = champion[1] if (best == "warm" and champion) else None
         candidate = train(train_x, train_y, task, names, self.params, warm)
         champion_predictions = champion[1].predict_matrix(hold_x) if champion else None
         comparison = compare(
-            task, hold_y, candidate.predict_matrix(hold_x), champion_predictions,
-            self.settings.promote_alpha,
-        )  # fmt: skip
+            task, hold_y, candidate.predict_matrix(hold_x), champion_predictions, m.promote_alpha
+        )
         promote = comparison.significant if champion else True
         reason = (
             "no champion yet" if not champion
@@ -194,18 +225,31 @@ class Retrainer(ControlConsumer):
             "metrics": {"cv_" + k: v for k, v in tried.items()} | {
                 "holdout_" + comparison.metric: comparison.candidate},
             "comparison": comparison.as_dict(),
-            "gate": {"promoted": promote, "reason": reason, "alpha": self.settings.promote_alpha},
+            "gate": {"promoted": promote, "reason": reason, "alpha": m.promote_alpha},
         }  # fmt: skip
         holdout = {"feature_names": names, "X": hold_x.tolist(), "y": hold_y}
         artifacts = {"model.pt": candidate.to_bytes(), "holdout.json": orjson.dumps(holdout)}
         return card, artifacts, promote
 
-    def _champion(self, model: str) -> tuple[str, BatchModel] | None:
+    def _task(self, model: str, champion: tuple[str, BatchModel] | None) -> str:
+        """The stream's task: its champion's, else its online model's (as the worker
+        published it), else its [streams] table's, else the default."""
+        if champion is not None:
+            return champion[1].task
         try:
-            version = self.registry.get(model, "champion")
+            return str(self.registry.mirror.get(model, "online").card["task"])
+        except (RegistryError, KeyError):
+            pass
+        table = self.settings.streams.get(model, {})
+        return str(table.get("task", self.settings.learning.task))
+
+    def _champion(self, model: str) -> tuple[str, BatchModel] | None:
+        mirror = self.registry.mirror
+        try:
+            version = mirror.get(model, "champion")
         except RegistryError:
             return None
-        if not all(self.registry.verify(model, version.version).values()):
+        if not all(mirror.verify(model, version.version).values()):
             msg = f"{model} champion {version.version} fails its checksums; refusing to load it"
             raise RegistryError(msg)
         return version.version, BatchModel.from_bytes(version.artifact("model.pt").read_bytes())

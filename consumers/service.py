@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 
-import torch
 from prometheus_client import CollectorRegistry
 
 from eddy.consumers.control import ControlConsumer
@@ -25,16 +24,16 @@ async def run_consumer(
     handle_signals: bool = False,
 ) -> None:
     """Run ``kind`` until stopped; SIGTERM finishes the current event first."""
-    torch.set_num_threads(1)  # one core for training; the other serves the worker
     registry = CollectorRegistry()
     process_metrics(registry)
     metrics = ControlMetrics.create(registry)
-    producer = await start_producer(settings, kind.name)
+    producer = await start_producer(settings.kafka, kind.name)
     server: MetricsServer | None = None
     try:
-        consumer = kind(settings, producer, metrics)
-        if settings.metrics_port:
-            server = MetricsServer(settings.metrics_port, registry).start()
+        consumer = kind(settings, producer, metrics, registry)
+        obs = settings.observability
+        if obs.metrics_port:
+            server = MetricsServer(obs.metrics_port, registry, host=obs.metrics_host).start()
             log.info("%s: metrics on :%d/metrics", kind.name, server.port)
         if handle_signals:
             loop = asyncio.get_running_loop()

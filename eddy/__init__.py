@@ -1,8 +1,50 @@
 """eddy: streaming online learning on Kafka.
 
-Importing eddy changes nothing in the host process: no logging set-up, no patched
-libraries, no threads or event loops. Process-wide tuning happens only in eddy's own
-entry points (the ``eddy`` command).
+Learn from live Kafka streams with your own River or PyTorch models: predictions when
+samples arrive, delayed-label prequential evaluation, drift detection on the error and
+on the features, and the maintenance loop (retrain, quantize, hot-swap) around it.
+
+>>> import eddy
+>>> from river import linear_model, preprocessing
+>>> app = eddy.App(eddy.KafkaConfig("localhost:9092"), prefix="fraud.")
+>>> _ = app.stream("cards", model=preprocessing.StandardScaler() | linear_model.LogisticRegression())
+>>> _ = app.stream("merchants", model="hoeffding")
+>>> sorted(app.streams)
+['cards', 'merchants']
+
+``app.run()`` then runs it against Kafka; :mod:`eddy.testing` runs the same code
+without a broker. Importing eddy changes nothing in the host process: no logging
+set-up, no patched libraries, no threads or event loops. Process-wide tuning happens
+only in eddy's own entry points (the ``eddy`` command).
 """
 
-__all__: list[str] = []
+from eddy.models.learners import TorchModel, register_model
+from eddy.models.prequential import StreamSpec
+from eddy.streams.app import App
+from eddy.streams.settings import (
+    JoinConfig,
+    KafkaConfig,
+    LearningConfig,
+    MaintenanceConfig,
+    ObservabilityConfig,
+    Secret,
+    Settings,
+    StateConfig,
+    TopicConfig,
+)
+
+__all__ = [
+    "App",
+    "JoinConfig",
+    "KafkaConfig",
+    "LearningConfig",
+    "MaintenanceConfig",
+    "ObservabilityConfig",
+    "Secret",
+    "Settings",
+    "StateConfig",
+    "StreamSpec",
+    "TopicConfig",
+    "TorchModel",
+    "register_model",
+]

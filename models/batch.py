@@ -31,15 +31,25 @@ def vectorize(
     rows: Sequence[Features], feature_names: list[str] | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """Rows of features as a float32 matrix; columns follow ``feature_names`` (or are
-    discovered in order of first appearance). Missing features are 0."""
+    discovered in order of first appearance). Missing features are 0; text features
+    are one-hot columns ``name=value`` (a value not among the columns is all 0);
+    booleans are 0/1.
+
+    >>> vectorize([{"x": 2.0, "color": "red", "ok": True}, {"x": 1.0, "color": "blue"}])
+    (array([[2., 1., 1., 0.],
+           [1., 0., 0., 1.]], dtype=float32), ['x', 'color=red', 'ok', 'color=blue'])
+    """
     names = list(feature_names) if feature_names is not None else []
     index = {n: i for i, n in enumerate(names)}
     grow = feature_names is None
     cells: list[tuple[int, int, float]] = []
     for i, row in enumerate(rows):
         items = row.items() if isinstance(row, dict) else enumerate(row)
-        for key, value in items:
-            name = str(key)
+        for key, raw in items:
+            if isinstance(raw, str):
+                name, value = f"{key}={raw}", 1.0
+            else:
+                name, value = str(key), raw
             j = index.get(name)
             if j is None:
                 if not grow:

@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from river import drift
+from river import base, drift
 from river.drift import binary
 
 from eddy.models.exceptions import ModelConfigError
@@ -64,18 +64,31 @@ class DriftMonitor:
 
     def __init__(
         self,
-        detector: str = "adwin",
+        detector: Any = "adwin",
         min_examples: int = 500,
         cooldown: int = 1000,
         seed: int = 42,
         recent_window: int = 200,
     ) -> None:
-        self.detector_name = detector
         self.min_examples = min_examples
         self.cooldown = cooldown
-        self._detector = make_detector(detector, seed)
-        self._native_warning = hasattr(self._detector, "warning_detected")
-        self._warning = None if self._native_warning else make_detector(detector, seed, True)
+        if isinstance(detector, str):
+            self.detector_name = detector
+            self._detector = make_detector(detector, seed)
+            self._native_warning = hasattr(self._detector, "warning_detected")
+            self._warning = None if self._native_warning else make_detector(detector, seed, True)
+        elif isinstance(detector, base.DriftDetector):
+            # The user's detector with their thresholds: its own warning level, if any.
+            self.detector_name = type(detector).__name__
+            self._detector = detector.clone()
+            self._native_warning = hasattr(self._detector, "warning_detected")
+            self._warning = None
+        else:
+            msg = (
+                f"a drift detector is a name ({', '.join(DETECTORS)}) or a River drift "
+                f"detector, got {type(detector).__name__}"
+            )
+            raise ModelConfigError(msg)
         self._pristine = (copy.deepcopy(self._detector), copy.deepcopy(self._warning))
         self.count = 0
         self.drifts = 0

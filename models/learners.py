@@ -1,240 +1,444 @@
-"""Online learners chosen by name: River pipelines and eddy's PyTorch mini-batch learner.
+"""Online learners behind one interface: River estimators and pipelines, eddy's PyTorch
+mini-batch learner, and the catalogue of named models.
 
-Every learner offers the same small interface (:class:`OnlineLearner`):
-``predict_many`` then ``learn_many`` over a mini-batch. River learners do this
-one example at a time inside the batch (predict x_i, then learn x_i, then
-predict x_{i+1}…), which is exactly River's own test-then-train order; the
-PyTorch learner predicts the whole mini-batch and then takes one SGD step on
-its mean gradient, which is *not* the same as per-example learning (River
-issue #1912) and is declared by ``per_example = False``.
+A model is given as a River estimator or pipeline (cloned per stream), a
+:class:`~eddy.models.torch_learner.TorchModel` (a PyTorch module factory with its
+optimizer and loss), or the name of a catalogue entry; :func:`make_learner` turns any
+of them into an :class:`OnlineLearner` for one stream. The catalogue's entries are
+factories registered with :func:`register_model`, the same way users may add theirs.
+
+The guard: an example whose learning raises, or that leaves the model predicting
+non-finite values, is refused (returned as :class:`Refused` with a reason code) and the
+model keeps its state from before that example. River learners keep a *safe point* (a
+pickle of the model, refreshed every few hundred examples) and the examples learned
+since; a failure restores the safe point and re-learns those examples without the
+culprit. Learning is deterministic, so the result is exactly the model that would have
+learned every other example.
 """
 
 from __future__ import annotations
 
+import math
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from river import forest, linear_model, optim, preprocessing, tree
+from river import base, compose, forest, linear_model, optim, preprocessing, tree
 
 from eddy.models.exceptions import ModelConfigError
 
-Features = dict[Any, float] | list[float]
+Features = dict[Any, Any] | list[float]
+
+# Reason codes of refused examples (dead-letter reasons, documented in the README).
+LEARN_ERROR = "learn_error"  # learning the example raised
+NON_FINITE = "non_finite"  # learning the example left the model with non-finite outputs
 
 
 class Prediction(NamedTuple):
     """A prediction: the label (or value) and, for classifiers, class probabilities.
 
-    A named tuple, not a dataclass: one is made per example on the hot path.
+    ``value`` is ``None`` when the model cannot predict yet (nothing learned); such a
+    prediction is not scored, as River's ``progressive_val_score`` does not score it.
     """
 
     value: Any
     proba: dict[Any, float] | None = None
 
+    @property
+    def empty(self) -> bool:
+        """No answer: nothing to score (River's rule: ``None`` or ``{}``)."""
+        return self.value is None
+
+
+class Refused(NamedTuple):
+    """An example the learner did not learn, with a reason code and a message."""
+
+    ref: Any  # what the caller passed with the example (to dead-letter it)
+    reason: str
+    message: str
+
 
 class OnlineLearner(Protocol):
     """What the learner agent needs of a model."""
 
-    name: str
     task: str
-    per_example: bool
+    per_example: bool  # learns each example on its own (River) or in mini-batches (torch)
     predict_seconds: float  # time spent predicting so far (for latency metrics)
 
     def predict_many(self, xs: Sequence[Features]) -> list[Prediction]:
-        """Predict a mini-batch (River learners: per example, interleaved with learning)."""
+        """Predict with the current state; never learns."""
         ...
 
-    def test_then_train(self, xs: Sequence[Features], ys: Sequence[Any]) -> list[Prediction]:
-        """Predict each example before learning it; return the predictions."""
+    def learn_many(self, xs: Sequence[Features], ys: Sequence[Any], refs: Sequence[Any]) -> None:
+        """Learn the examples in order; refused ones are collected for :meth:`take_refused`."""
+        ...
+
+    def take_refused(self) -> list[Refused]:
+        """Examples refused since the last call (by learning, or found by a later check)."""
         ...
 
 
-def as_dict(x: Features) -> dict[Any, float]:
+def as_dict(x: Features) -> dict[Any, Any]:
     """River wants dicts: a dense vector becomes ``{0: x0, 1: x1, …}``."""
     return x if isinstance(x, dict) else dict(enumerate(x))
+
+
+def finite_prediction(p: Prediction) -> bool:
+    """Whether a prediction holds only finite numbers (labels may be anything)."""
+    if p.proba:
+        return all(isinstance(v, float | int) and math.isfinite(v) for v in p.proba.values())
+    if isinstance(p.value, float):
+        return math.isfinite(p.value)
+    return True
 
 
 class RiverLearner:
     """A River estimator behind eddy's interface; predictions equal River's own.
 
     For classifiers the label is ``max(proba, key=proba.get)``, which is what
-    River's ``Classifier.predict_one`` returns, so the probabilities and the
-    label come from one call.
+    River's ``Classifier.predict_one`` returns, so probabilities and label come from
+    one call. See the module docstring for the guard.
     """
 
     per_example = True
+    # Safe points: at least this many examples apart, and far enough apart that
+    # pickling the model costs about 2% of learning time.
+    SAFE_MIN = 64
+    SAFE_MAX = 20_000
+    SAFE_SHARE = 0.02
 
-    def __init__(self, name: str, task: str, estimator: Any) -> None:
-        self.name = name
+    def __init__(self, task: str, estimator: Any) -> None:
         self.task = task
         self.estimator = estimator
         self._classifier = task != "regression"
         self.predict_seconds = 0.0
+        self._init_guard()
 
-    def _predict(self, x: dict[Any, float]) -> Prediction:
+    def _init_guard(self) -> None:
+        self._safe: bytes | None = None
+        self._replay: list[tuple[Any, Any, Any]] = []
+        self._safe_every = self.SAFE_MIN
+        self._learn_seconds = 0.0
+        self._refused: list[Refused] = []
+
+    # The guard's buffers are not state: a restored learner takes a fresh safe point.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"task": self.task, "estimator": self.estimator}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.task = state["task"]
+        self.estimator = state["estimator"]
+        self._classifier = self.task != "regression"
+        self.predict_seconds = 0.0
+        self._init_guard()
+
+    def _predict(self, x: dict[Any, Any]) -> Prediction:
         if self._classifier:
             proba = self.estimator.predict_proba_one(x)
             return Prediction(max(proba, key=proba.get) if proba else None, proba)
         return Prediction(self.estimator.predict_one(x))
 
     def predict_many(self, xs: Sequence[Features]) -> list[Prediction]:
-        """Predict without learning."""
-        return [self._predict(as_dict(x)) for x in xs]
-
-    def test_then_train(self, xs: Sequence[Features], ys: Sequence[Any]) -> list[Prediction]:
-        """Predict then learn, one example at a time (River's prequential order).
-
-        ``predict_seconds`` accumulates the time spent predicting.
-        """
+        """Predict without learning; a non-finite answer triggers the guard's repair."""
+        started = time.perf_counter()
         out = []
-        learn = self.estimator.learn_one
-        clock = time.perf_counter
-        spent = 0.0
-        for x, y in zip(xs, ys, strict=True):
+        for x in xs:
             xd = as_dict(x)
-            started = clock()
-            out.append(self._predict(xd))
-            spent += clock() - started
-            learn(xd, y)
-        self.predict_seconds += spent
+            try:
+                p = self._predict(xd)
+            except Exception:  # noqa: BLE001 - a broken model state; repaired below
+                p = Prediction(math.nan)
+            if not finite_prediction(p):
+                self._repair()
+                p = self._predict_or_none(xd)
+            out.append(p)
+        self.predict_seconds += time.perf_counter() - started
         return out
+
+    def _predict_or_none(self, x: dict[Any, Any]) -> Prediction:
+        try:
+            p = self._predict(x)
+        except Exception:  # noqa: BLE001 - the model cannot answer for this input
+            return Prediction(None, {} if self._classifier else None)
+        return p if finite_prediction(p) else Prediction(None, {} if self._classifier else None)
+
+    def learn_many(self, xs: Sequence[Features], ys: Sequence[Any], refs: Sequence[Any]) -> None:
+        """Learn each example in order; one that raises is refused and undone."""
+        started = time.perf_counter()
+        learn = self.estimator.learn_one
+        for x, y, ref in zip(xs, ys, refs, strict=True):
+            if self._safe is None or len(self._replay) >= self._safe_every:
+                self._take_safe_point()
+                learn = self.estimator.learn_one
+            xd = as_dict(x)
+            try:
+                learn(xd, y)
+            except Exception as ex:  # noqa: BLE001 - whatever the model raises is this example's
+                self._restore([])
+                learn = self.estimator.learn_one
+                self._refused.append(Refused(ref, LEARN_ERROR, f"{type(ex).__name__}: {ex}"))
+                continue
+            self._replay.append((xd, y, ref))
+        self._learn_seconds += time.perf_counter() - started
+
+    def take_refused(self) -> list[Refused]:
+        """Examples refused since the last call."""
+        out, self._refused = self._refused, []
+        return out
+
+    # -- the guard ---------------------------------------------------------------------------
+
+    def _take_safe_point(self) -> None:
+        # Check the recent examples first: a model already broken must not become the
+        # point every later failure returns to.
+        if self._safe is not None and not all(
+            finite_prediction(self._predict_or_nan(x)) for x, _, _ in self._replay[-8:]
+        ):
+            self._repair()
+        started = time.perf_counter()
+        self._safe = pickle.dumps(self.estimator, protocol=pickle.HIGHEST_PROTOCOL)
+        spent = time.perf_counter() - started
+        if self._replay and self._learn_seconds > 0:
+            per_example = self._learn_seconds / max(len(self._replay), 1)
+            wanted = spent / (self.SAFE_SHARE * per_example)
+            self._safe_every = int(min(self.SAFE_MAX, max(self.SAFE_MIN, wanted)))
+        self._replay = []
+        self._learn_seconds = 0.0
+
+    def _predict_or_nan(self, x: dict[Any, Any]) -> Prediction:
+        try:
+            return self._predict(x)
+        except Exception:  # noqa: BLE001 - counts as a broken model
+            return Prediction(math.nan)
+
+    def _restore(self, skip: list[int]) -> None:
+        """Back to the safe point, then re-learn the examples since (except ``skip``)."""
+        assert self._safe is not None
+        self.estimator = pickle.loads(self._safe)
+        kept = [item for i, item in enumerate(self._replay) if i not in skip]
+        for x, y, _ in kept:
+            self.estimator.learn_one(x, y)
+        self._replay = kept
+
+    def _repair(self) -> None:
+        """The model answers with non-finite values: find the examples since the safe
+        point that caused it, refuse them, and rebuild the model without them."""
+        if self._safe is None:
+            return
+        culprits: list[int] = []
+        self.estimator = pickle.loads(self._safe)
+        for i, (x, y, ref) in enumerate(self._replay):
+            before = pickle.dumps(self.estimator, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                self.estimator.learn_one(x, y)
+                ok = finite_prediction(self._predict(x))
+            except Exception:  # noqa: BLE001 - counts as non-finite
+                ok = False
+            if not ok:
+                culprits.append(i)
+                self.estimator = pickle.loads(before)
+                self._refused.append(
+                    Refused(ref, NON_FINITE, "learning it left the model with non-finite outputs")
+                )
+        self._replay = [item for i, item in enumerate(self._replay) if i not in set(culprits)]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model in the catalogue."""
+    """A catalogue entry: a factory of model objects for a task."""
 
     name: str
     tasks: tuple[str, ...]
     description: str
-    build: Callable[[str, dict[str, Any]], OnlineLearner]
+    factory: Callable[[str], Any]  # task -> River estimator or TorchModel
 
 
-def _river(factory: Callable[[dict[str, Any]], Any]) -> Callable[[str, dict[str, Any]], Any]:
-    def build(task: str, params: dict[str, Any]) -> OnlineLearner:
-        return RiverLearner("", task, factory(params))
-
-    return build
+CATALOGUE: dict[str, ModelSpec] = {}
 
 
-def _torch(hidden: int) -> Callable[[str, dict[str, Any]], OnlineLearner]:
-    def build(task: str, params: dict[str, Any]) -> OnlineLearner:
-        from eddy.models.torch_learner import TorchLearner
+def register_model(
+    name: str, factory: Callable[[str], Any], tasks: Sequence[str], description: str
+) -> None:
+    """Add a named model to the catalogue (what ``model="name"`` and ``EDDY_MODEL`` use).
 
-        return TorchLearner(task=task, hidden=params.get("hidden", hidden), **_torch_params(params))
-
-    return build
-
-
-def _torch_params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if k in ("lr", "seed", "weight_decay")}
+    ``factory(task)`` returns a River estimator or pipeline, or a
+    :class:`~eddy.models.torch_learner.TorchModel`.
+    """
+    CATALOGUE[name] = ModelSpec(name, tuple(tasks), description, factory)
 
 
-def _lr(params: dict[str, Any], default: float = 0.01) -> optim.SGD:
-    return optim.SGD(params.get("lr", default))
+@dataclass(frozen=True)
+class TorchModel:
+    """A PyTorch model for a stream, learned by mini-batch SGD on standardized features.
+
+    ``module(n_features, n_outputs)`` builds your ``nn.Module`` (``None``: eddy's own
+    linear model, or an MLP with one ``hidden`` layer, that grows as features and
+    classes appear). ``optimizer(parameters)`` builds your optimizer (``None``: plain
+    SGD with ``lr`` and ``weight_decay``); ``loss(outputs, targets)`` is your loss
+    (``None``: cross-entropy for classes, MSE for regression). With your own module,
+    the input columns are the features of the first mini-batch (sorted; text features
+    one-hot as ``name=value``) and the classes are ``classes`` (binary: False, True);
+    later new features are ignored and unknown classes refused. Factories are
+    configuration, not state: they are not checkpointed, so give the same ones to
+    every worker (module-level functions, as for any model eddy pickles).
+    """
+
+    module: Callable[[int, int], Any] | None = None
+    hidden: int = 0
+    optimizer: Callable[[Any], Any] | None = None
+    loss: Callable[[Any, Any], Any] | None = None
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    seed: int = 42
+    classes: tuple[Any, ...] | None = None
 
 
-CATALOGUE: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in [
-        ModelSpec(
+def make_learner(model: Any, task: str, batch_size: int = 256) -> OnlineLearner:
+    """An :class:`OnlineLearner` for one stream from a catalogue name, a River estimator
+    or pipeline (cloned: each stream learns its own), or a :class:`TorchModel`.
+
+    Errors say what is allowed.
+    """
+    if isinstance(model, str):
+        spec = CATALOGUE.get(model)
+        if spec is None:
+            msg = f"unknown model {model!r}; known: {', '.join(CATALOGUE)} (see `eddy catalogue`)"
+            raise ModelConfigError(msg)
+        if task not in spec.tasks:
+            msg = f"model {model!r} does {', '.join(spec.tasks)}, not {task!r}: set the task"
+            raise ModelConfigError(msg)
+        model = spec.factory(task)
+    if isinstance(model, TorchModel):
+        from eddy.models.torch_learner import TorchLearner  # torch loads only when used
+
+        return TorchLearner(task, model, batch_size)
+    if isinstance(model, base.Estimator):
+        _check_river_task(model, task)
+        return RiverLearner(task, model.clone())
+    msg = (
+        f"a model must be a catalogue name, a River estimator or pipeline, or an "
+        f"eddy.TorchModel; got {type(model).__name__}"
+    )
+    raise ModelConfigError(msg)
+
+
+def describe(model: Any) -> str:
+    """A short name of a model for logs, metrics and cards."""
+    if isinstance(model, str):
+        return model
+    if isinstance(model, base.Estimator):
+        return str(model).replace("\n", " ")[:120]
+    return type(model).__name__
+
+
+def _check_river_task(model: base.Estimator, task: str) -> None:
+    # A River pipeline is an instance of its last step's kind.
+    if task == "regression" and not isinstance(model, base.Regressor):
+        msg = f"task regression needs a River regressor; {describe(model)} is not one"
+        raise ModelConfigError(msg)
+    if task != "regression" and not isinstance(model, base.Classifier):
+        msg = f"task {task} needs a River classifier; {describe(model)} is not one"
+        raise ModelConfigError(msg)
+    if task == "multiclass" and not getattr(model, "_multiclass", True):
+        msg = f"{describe(model)} learns two classes only; use task binary or a multiclass model"
+        raise ModelConfigError(msg)
+
+
+# -- the catalogue -------------------------------------------------------------------------------
+
+
+def _numbers_and_categories(numeric: Any) -> Any:
+    """``numeric`` on the number features, one-hot on the text ones; on numbers-only
+    data it computes exactly what ``numeric`` alone does."""
+    return compose.TransformerUnion(
+        compose.SelectType(int, float) | numeric,
+        compose.SelectType(str) | preprocessing.OneHotEncoder(),
+    )
+
+
+def _register_catalogue() -> None:
+    lr = 0.01
+    entries: list[tuple[str, tuple[str, ...], str, Callable[[str], Any]]] = [
+        (
             "logreg",
             ("binary",),
-            "River LogisticRegression, raw features (SGD, lr 0.01)",
-            _river(lambda p: linear_model.LogisticRegression(optimizer=_lr(p))),
+            "River LogisticRegression, raw features (SGD, lr 0.01); numbers only",
+            lambda task: linear_model.LogisticRegression(optimizer=optim.SGD(lr)),
         ),
-        ModelSpec(
+        (
             "scaled-logreg",
             ("binary",),
-            "River StandardScaler | LogisticRegression",
-            _river(
-                lambda p: (
-                    preprocessing.StandardScaler()
-                    | linear_model.LogisticRegression(optimizer=_lr(p))
-                )
+            "River StandardScaler | LogisticRegression; text features one-hot encoded",
+            lambda task: (
+                _numbers_and_categories(preprocessing.StandardScaler())
+                | linear_model.LogisticRegression(optimizer=optim.SGD(lr))
             ),
         ),
-        ModelSpec(
+        (
             "softmax",
             ("binary", "multiclass"),
-            "River StandardScaler | SoftmaxRegression",
-            _river(
-                lambda p: (
-                    preprocessing.StandardScaler()
-                    | linear_model.SoftmaxRegression(optimizer=_lr(p))
-                )
+            "River StandardScaler | SoftmaxRegression; text features one-hot encoded",
+            lambda task: (
+                _numbers_and_categories(preprocessing.StandardScaler())
+                | linear_model.SoftmaxRegression(optimizer=optim.SGD(lr))
             ),
         ),
-        ModelSpec(
+        (
             "hoeffding",
             ("binary", "multiclass"),
-            "River HoeffdingTreeClassifier",
-            _river(lambda p: tree.HoeffdingTreeClassifier(grace_period=p.get("grace_period", 200))),
+            "River HoeffdingTreeClassifier (numbers and text natively)",
+            lambda task: tree.HoeffdingTreeClassifier(grace_period=200),
         ),
-        ModelSpec(
+        (
             "hat",
             ("binary", "multiclass"),
             "River HoeffdingAdaptiveTreeClassifier",
-            _river(lambda p: tree.HoeffdingAdaptiveTreeClassifier(seed=p.get("seed", 42))),
+            lambda task: tree.HoeffdingAdaptiveTreeClassifier(seed=42),
         ),
-        ModelSpec(
+        (
             "arf",
             ("binary", "multiclass"),
             "River ARFClassifier (10 trees)",
-            _river(
-                lambda p: forest.ARFClassifier(
-                    n_models=p.get("n_models", 10), seed=p.get("seed", 42)
-                )
-            ),
+            lambda task: forest.ARFClassifier(n_models=10, seed=42),
         ),
-        ModelSpec(
+        (
             "linreg",
             ("regression",),
-            "River LinearRegression, raw features (SGD, lr 0.01)",
-            _river(lambda p: linear_model.LinearRegression(optimizer=_lr(p))),
+            "River LinearRegression, raw features (SGD, lr 0.01); numbers only",
+            lambda task: linear_model.LinearRegression(optimizer=optim.SGD(lr)),
         ),
-        ModelSpec(
+        (
             "scaled-linreg",
             ("regression",),
-            "River StandardScaler | LinearRegression",
-            _river(
-                lambda p: (
-                    preprocessing.StandardScaler() | linear_model.LinearRegression(optimizer=_lr(p))
-                )
+            "River StandardScaler | LinearRegression; text features one-hot encoded",
+            lambda task: (
+                _numbers_and_categories(preprocessing.StandardScaler())
+                | linear_model.LinearRegression(optimizer=optim.SGD(lr))
             ),
         ),
-        ModelSpec(
+        (
             "hoeffding-reg",
             ("regression",),
             "River HoeffdingTreeRegressor",
-            _river(lambda p: tree.HoeffdingTreeRegressor()),
+            lambda task: tree.HoeffdingTreeRegressor(),
         ),
-        ModelSpec(
+        (
             "torch-linear",
             ("binary", "multiclass", "regression"),
-            "PyTorch linear model, mini-batch SGD on standardized features",
-            _torch(hidden=0),
+            "PyTorch linear model, mini-batch SGD on standardized features (text one-hot)",
+            lambda task: TorchModel(hidden=0),
         ),
-        ModelSpec(
+        (
             "torch-mlp",
             ("binary", "multiclass", "regression"),
-            "PyTorch MLP (one hidden layer of 32), mini-batch SGD",
-            _torch(hidden=32),
+            "PyTorch MLP (one hidden layer of 32), mini-batch SGD (text one-hot)",
+            lambda task: TorchModel(hidden=32),
         ),
     ]
-}
+    for name, tasks, description, factory in entries:
+        register_model(name, factory, tasks, description)
 
 
-def make_learner(name: str, task: str, params: dict[str, Any] | None = None) -> OnlineLearner:
-    """Build a learner by catalogue name for ``task``; errors list what is allowed."""
-    spec = CATALOGUE.get(name)
-    if spec is None:
-        msg = f"unknown model {name!r}; known: {', '.join(CATALOGUE)} (see `eddy models`)"
-        raise ModelConfigError(msg)
-    if task not in spec.tasks:
-        msg = f"model {name!r} does {', '.join(spec.tasks)}, not {task!r}: set EDDY_TASK / --task"
-        raise ModelConfigError(msg)
-    learner = spec.build(task, dict(params or {}))
-    learner.name = name
-    return learner
+_register_catalogue()

@@ -25,6 +25,11 @@ TASKS = ("binary", "multiclass", "regression")
 Scored = tuple[Any, Any, dict[Any, float] | None]  # (y_true, y_pred, proba)
 
 
+def metric_names(task: str) -> tuple[str, ...]:
+    """The metrics eddy keeps for ``task`` (a stream may keep a subset)."""
+    return tuple(_metric_factories(task))
+
+
 def _metric_factories(task: str) -> dict[str, Callable[[], metrics.base.Metric]]:
     if task == "binary":
         return {
@@ -57,11 +62,13 @@ class MetricSet:
     ``cumulative=True`` leaves out the rolling-only metrics.
     """
 
-    def __init__(self, task: str, cumulative: bool = False) -> None:
+    def __init__(
+        self, task: str, cumulative: bool = False, names: tuple[str, ...] | None = None
+    ) -> None:
         factories = {
             n: m
             for n, m in _metric_factories(task).items()
-            if not (cumulative and n in _ROLLING_ONLY)
+            if not (cumulative and n in _ROLLING_ONLY) and (names is None or n in names)
         }
         self._cm = metrics.ConfusionMatrix() if task != "regression" else None
         labelled = [n for n in factories if n not in _PROBABILISTIC]
@@ -71,9 +78,11 @@ class MetricSet:
             self._by_label = [factories[n]() for n in labelled]
         self._by_proba = [m() for n, m in factories.items() if n in _PROBABILISTIC]
         self._names = labelled + [n for n in factories if n in _PROBABILISTIC]
+        self.n = 0
 
     def update(self, y_true: Any, y_pred: Any, proba: dict[Any, float] | None) -> None:
         """Score one example (probabilistic metrics only when probabilities exist)."""
+        self.n += 1
         if self._cm is not None:
             self._cm.update(y_true, y_pred)
         else:
@@ -88,16 +97,20 @@ class MetricSet:
         return (self._by_label + self._by_proba)[self._names.index(name)]
 
     def values(self) -> dict[str, float | None]:
-        """Current values (``None`` until a metric is defined)."""
+        """Current values (``None`` until a metric is defined, and with nothing scored)."""
+        if not getattr(self, "n", 1):
+            return dict.fromkeys(self._names)
         return {
             name: _finite(metric.get())
             for name, metric in zip(self._names, self._by_label + self._by_proba, strict=True)
         }
 
     @classmethod
-    def over(cls, task: str, scored: Iterable[Scored]) -> MetricSet:
+    def over(
+        cls, task: str, scored: Iterable[Scored], names: tuple[str, ...] | None = None
+    ) -> MetricSet:
         """A fresh set fed ``scored``."""
-        out = cls(task)
+        out = cls(task, names=names)
         for y_true, y_pred, proba in scored:
             out.update(y_true, y_pred, proba)
         return out
@@ -117,11 +130,18 @@ class PrequentialMetrics:
     (0.6666666666666666, 0.5, 3)
     """
 
-    def __init__(self, task: str, window: int = 1000, keep: int | None = None) -> None:
+    def __init__(
+        self,
+        task: str,
+        window: int = 1000,
+        keep: int | None = None,
+        names: tuple[str, ...] | None = None,
+    ) -> None:
         self.task = task
         self.window = window
+        self.names = names
         self.count = 0
-        self.cumulative = MetricSet(task, cumulative=True)
+        self.cumulative = MetricSet(task, cumulative=True, names=names)
         # Recent scored examples: the rolling window, plus what drift reports look back on.
         self.recent: deque[Scored] = deque(maxlen=max(window, keep or 0))
 
@@ -141,7 +161,8 @@ class PrequentialMetrics:
         """Metrics over the ``n`` examples before the most recent ``skip`` ones."""
         recent = list(self.recent)
         end = len(recent) - skip
-        return MetricSet.over(self.task, recent[max(end - n, 0) : max(end, 0)]).values()
+        names = getattr(self, "names", None)
+        return MetricSet.over(self.task, recent[max(end - n, 0) : max(end, 0)], names).values()
 
     def snapshot(self) -> dict[str, Any]:
         """Cumulative and rolling values, and the example count."""

@@ -1,36 +1,91 @@
-"""Test-then-train for one model stream: predict, score, learn, watch for drift.
+"""One model stream's learning state: predict when samples arrive, score and learn when
+labels do, watch the error for drift.
 
-:class:`StreamLearner` is the whole learning state of one model stream (model,
-metrics, drift monitor, counters), so that checkpointing it together with the
-input offsets it reflects is one pickle.
+:class:`StreamLearner` is the whole learning state of one stream (model, metrics,
+drift monitor, counters), so checkpointing it with the input offsets it reflects is
+one pickle. Its configuration, :class:`StreamSpec`, is not state: a restored learner
+is bound to its stream's spec again (:meth:`StreamLearner.bind`).
+
+Delayed-label prequential evaluation: a sample is predicted when it arrives, by the
+model as it is then; when its label arrives, that *served* prediction is scored and
+the model learns the example. With labels ``d`` samples late this is exactly River's
+``progressive_val_score(..., delay=d)``; an example whose served prediction is empty
+(the model could not answer yet) is learned but not scored, as River does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from eddy.models.drift import DriftMonitor, DriftSignal
-from eddy.models.learners import Features, OnlineLearner, Prediction, make_learner
-from eddy.models.metrics import PrequentialMetrics
+from eddy.models.exceptions import ModelConfigError
+from eddy.models.learners import (
+    Features,
+    OnlineLearner,
+    Prediction,
+    Refused,
+    TorchModel,
+    describe,
+    make_learner,
+)
+from eddy.models.metrics import PrequentialMetrics, metric_names
+
+TASKS = ("binary", "multiclass", "regression")
 
 
-@dataclass
-class LearnerConfig:
-    """How a stream learns: model, task, drift detection and metric window."""
+@dataclass(frozen=True)
+class StreamSpec:
+    """How one stream learns.
 
-    model: str = "scaled-logreg"
+    ``model`` is a catalogue name, a River estimator or pipeline, or a ``TorchModel``;
+    ``detector`` a name (adwin, page_hinkley, kswin, ddm) or a River drift detector;
+    ``metrics`` a subset of the task's metrics (``None``: all of them).
+    """
+
+    model: Any = "scaled-logreg"
     task: str = "binary"
-    params: dict[str, Any] = field(default_factory=dict)
-    detector: str = "adwin"
+    detector: Any = "adwin"
+    metrics: tuple[str, ...] | None = None
     drift_min_examples: int = 1000
     drift_cooldown: int = 2000
     metrics_window: int = 1000
+    batch_size: int = 256
+    score_at_label_time: bool = False
+    feature_drift: bool = True  # watch features and predictions at sample time
+    feature_drift_retrain: bool = False  # a feature drift also requests a retrain
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            msg = f"task must be one of {', '.join(TASKS)}, got {self.task!r}"
+            raise ModelConfigError(msg)
+        if self.metrics is not None:
+            known = metric_names(self.task)
+            unknown = [m for m in self.metrics if m not in known]
+            if unknown or not self.metrics:
+                msg = f"metrics {unknown or '[]'} are not kept for {self.task}; known: {known}"
+                raise ModelConfigError(msg)
+
+    @property
+    def model_name(self) -> str:
+        """A short name of the model for logs, metrics and cards."""
+        return describe(self.model)
+
+
+class LabelledItem(NamedTuple):
+    """An example to learn: features, label, the prediction served for it (``None`` if
+    none was), and the caller's reference (to dead-letter it if it is refused)."""
+
+    x: Features
+    y: Any
+    served: Prediction | None
+    ref: Any
 
 
 class Outcome(NamedTuple):
-    """One example's prediction (made before learning it) and its error."""
+    """One example's scored prediction and its error (for the drift detector)."""
 
     prediction: Prediction
     error: float
@@ -42,50 +97,133 @@ class DriftFinding:
     fire ("after") and over the window before them ("before")."""
 
     signal: DriftSignal
-    index: int  # position of the triggering example in the batch
+    ref: Any  # the caller's reference of the example that made the detector fire
     metrics_before: dict[str, float | None]
     metrics_after: dict[str, float | None]
+
+
+@dataclass
+class Learned:
+    """What :meth:`StreamLearner.learn` did."""
+
+    learned: int = 0
+    scored: int = 0
+    refused: list[Refused] = field(default_factory=list)
+    findings: list[DriftFinding] = field(default_factory=list)
 
 
 class StreamLearner:
     """The learning state of one model stream."""
 
-    def __init__(self, stream: str, config: LearnerConfig, version: str = "online-1") -> None:
+    def __init__(self, stream: str, spec: StreamSpec, version: str = "online-1") -> None:
         self.stream = stream
-        self.config = config
+        self.spec = spec
         self.version = version
-        self.learner: OnlineLearner = make_learner(config.model, config.task, config.params)
-        self.monitor = DriftMonitor(
-            config.detector, config.drift_min_examples, config.drift_cooldown
-        )
+        self.learner: OnlineLearner = make_learner(spec.model, spec.task, spec.batch_size)
+        self.monitor = DriftMonitor(spec.detector, spec.drift_min_examples, spec.drift_cooldown)
         self.recent_window = self.monitor.recent_window
         self.metrics = PrequentialMetrics(
-            config.task, config.metrics_window, keep=config.metrics_window + self.recent_window
+            spec.task, spec.metrics_window, spec.metrics_window + self.recent_window, spec.metrics
+        )
+        # What the metric would be with labels at once (a second prediction per example).
+        self.immediate: PrequentialMetrics | None = (
+            PrequentialMetrics(spec.task, spec.metrics_window, names=spec.metrics)
+            if spec.score_at_label_time
+            else None
         )
         self.learned = 0
+        self.champion: str | None = None  # the last champion the learner was offered
 
-    def process(
-        self, xs: list[Features], ys: list[Any]
-    ) -> tuple[list[Outcome], list[DriftFinding]]:
-        """Test then train on a mini-batch; return per-example outcomes and drift findings."""
-        predictions = self.learner.test_then_train(xs, ys)
-        outcomes: list[Outcome] = []
-        findings: list[DriftFinding] = []
-        regression = self.config.task == "regression"
-        for i, (y, p) in enumerate(zip(ys, predictions, strict=True)):
-            self.metrics.update(y, p.value, p.proba)
-            error = _abs_error(y, p.value) if regression else float(p.value != y)
-            outcomes.append(Outcome(p, error))
-            signal = self.monitor.update(error)
-            if signal is not None:
-                findings.append(self._finding(signal, i))
-        self.learned += len(xs)
-        return outcomes, findings
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "spec"}
 
-    def _finding(self, signal: DriftSignal, index: int) -> DriftFinding:
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.spec = StreamSpec()
+
+    def bind(self, spec: StreamSpec) -> None:
+        """Give a restored learner its configuration back (factories are not state)."""
+        self.spec = spec
+        if isinstance(spec.model, TorchModel):
+            self.learner.bind(spec.model)  # type: ignore[attr-defined]
+
+    @property
+    def regression(self) -> bool:
+        """Whether the stream predicts numbers."""
+        return self.spec.task == "regression"
+
+    def predict(self, xs: Sequence[Features]) -> list[Prediction]:
+        """Predict samples with the model as it is now (never learns)."""
+        return self.learner.predict_many(xs)
+
+    def changes_on_learn(self) -> bool:
+        """Whether learning one more example changes what the model predicts."""
+        will_step = getattr(self.learner, "will_step", None)
+        return will_step(1) if will_step is not None else True
+
+    def learn(self, items: Sequence[LabelledItem]) -> Learned:
+        """Learn the examples in order, scoring each served prediction first.
+
+        Examples the learner refuses are returned (and neither scored nor counted); so
+        are examples found later to have broken the model.
+        """
+        out = Learned()
+        if not items:
+            return out
+        learner = self.learner
+        if learner.per_example:
+            for item in items:
+                if self.immediate is not None:
+                    self._score_immediate(item)
+                learner.learn_many((item.x,), (item.y,), (item.ref,))
+                refused = learner.take_refused()
+                out.refused += refused
+                if any(r.ref is item.ref for r in refused):
+                    continue
+                self._score(item, out)
+        else:
+            if self.immediate is not None:
+                for item in items:
+                    self._score_immediate(item)
+            learner.learn_many([i.x for i in items], [i.y for i in items], [i.ref for i in items])
+            out.refused += learner.take_refused()
+            refused_now = {id(r.ref) for r in out.refused}
+            for item in items:
+                if id(item.ref) not in refused_now:
+                    self._score(item, out)
+        out.learned = len(items) - len(out.refused)
+        self.learned += out.learned
+        return out
+
+    def take_refused(self) -> list[Refused]:
+        """Examples found to have broken the model since the last call (by a check at
+        prediction time); they no longer count as learned."""
+        refused = self.learner.take_refused()
+        self.learned -= len(refused)
+        return refused
+
+    def _score(self, item: LabelledItem, out: Learned) -> None:
+        served = item.served
+        if served is None or served.empty:
+            return  # River's rule: nothing to score, the example is still learned
+        self.metrics.update(item.y, served.value, served.proba)
+        out.scored += 1
+        y = item.y
+        error = _abs_error(y, served.value) if self.regression else float(served.value != y)
+        signal = self.monitor.update(error)
+        if signal is not None:
+            out.findings.append(self._finding(signal, item.ref))
+
+    def _score_immediate(self, item: LabelledItem) -> None:
+        assert self.immediate is not None
+        now = self.learner.predict_many([item.x])[0]
+        if not now.empty:
+            self.immediate.update(item.y, now.value, now.proba)
+
+    def _finding(self, signal: DriftSignal, ref: Any) -> DriftFinding:
         after = self.metrics.over_last(self.recent_window)
-        before = self.metrics.over_last(self.config.metrics_window, skip=self.recent_window)
-        return DriftFinding(signal, index, before, after)
+        before = self.metrics.over_last(self.spec.metrics_window, skip=self.recent_window)
+        return DriftFinding(signal, ref, before, after)
 
 
 def _abs_error(y: Any, y_pred: Any) -> float:

@@ -1,11 +1,17 @@
-"""The model registry: one folder per model version, a card, aliases and a maintenance log.
+"""The model registry's files: one folder per model version, a card, aliases and a
+maintenance log.
 
 Layout under the registry root (default ``eddy-data/registry``)::
 
     <model>/v0001/card.json        the model card (schemas/model_card.json)
     <model>/v0001/<artifact>       files, each with its SHA-256 in the card
+    <model>/online/                the latest snapshot of the online model (kind "online")
     <model>/aliases.json           {"champion": "v0001", "challenger": "v0002"}
     maintenance.jsonl              append-only: when, what, which version, why, result
+
+This is the *local* side. In a running system the registry's truth is a compacted
+Kafka topic (:mod:`eddy.streams.registry_topic`), and these files are its mirror,
+which any machine can rebuild from Kafka.
 
 A version appears whole or not at all: it is written into a hidden temporary
 folder, every file fsynced, and renamed into place. Later additions (the
@@ -30,6 +36,7 @@ from eddy.models.checkpoint import write_atomic
 from eddy.models.exceptions import EddyError
 
 ALIASES = ("champion", "challenger")
+ONLINE = "online"  # the version name of a model's online snapshot
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = re.compile(r"v(\d{4,})")
 
@@ -99,7 +106,13 @@ class Registry:
         """Every model with at least one version."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (
+                self.versions(p.name) or (p / ONLINE / "card.json").exists()
+            )
+        )  # fmt: skip
 
     def aliases(self, model: str) -> dict[str, str]:
         """``{alias: version}`` of ``model``."""
@@ -107,9 +120,9 @@ class Registry:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def get(self, model: str, ref: str) -> Version:
-        """A version by name (``v0002``) or alias (``champion``)."""
+        """A version by name (``v0002``), alias (``champion``), or ``online``."""
         version = self.aliases(model).get(ref, ref) if ref in ALIASES else ref
-        if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        if version != ONLINE and (not isinstance(version, str) or not _VERSION.fullmatch(version)):
             msg = f"{model} has no {ref!r}; versions: {', '.join(self.versions(model)) or 'none'}"
             raise RegistryError(msg)
         path = self._model_dir(model) / version
@@ -130,23 +143,45 @@ class Registry:
 
     # -- writing ------------------------------------------------------------------------------
 
+    def next_version(self, model: str) -> str:
+        """The name the next registered version of ``model`` gets."""
+        existing = self.versions(model)
+        return f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
+
     def register(self, model: str, card: dict[str, Any], artifacts: dict[str, bytes]) -> Version:
         """Register a new version with ``artifacts``; the card gets version and hashes."""
+        version = self.next_version(model)
+        card = dict(card, model=model, version=version, created=utc_now(), artifacts={})
+        for name, data in artifacts.items():
+            card["artifacts"][_check_name("artifact", name)] = artifact_info(data)
+        return self.write_version(model, version, card, artifacts)
+
+    def write_version(
+        self, model: str, version: str, card: dict[str, Any], artifacts: dict[str, bytes]
+    ) -> Version:
+        """Write a version whole (card and artifacts, as the card lists them), replacing
+        any folder of that name: the mirror's way in."""
         folder = self._model_dir(model)
         folder.mkdir(parents=True, exist_ok=True)
-        existing = self.versions(model)
-        number = int(existing[-1][1:]) + 1 if existing else 1
-        version = f"v{number:04d}"
+        if version != ONLINE and not _VERSION.fullmatch(version):
+            msg = f"{version!r} is not a version name (v0001…, or online)"
+            raise RegistryError(msg)
+        for name, data in artifacts.items():
+            if card.get("artifacts", {}).get(name, {}).get("sha256") != _digest(data):
+                msg = f"{model} {version}/{name} does not match its card's SHA-256"
+                raise RegistryError(msg)
         tmp = folder / f".{version}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        card = dict(card, model=model, version=version, created=utc_now(), artifacts={})
         try:
             for name, data in artifacts.items():
                 write_atomic(tmp / _check_name("artifact", name), data)
-                card["artifacts"][name] = _artifact_info(data)
             write_atomic(tmp / "card.json", json.dumps(card, indent=2).encode())
+            old = folder / f".{version}.old-{os.getpid()}"
+            if (folder / version).exists():
+                os.rename(folder / version, old)
             os.rename(tmp, folder / version)  # a version appears whole or not at all
+            shutil.rmtree(old, ignore_errors=True)
         except OSError as ex:  # a full disk, a read-only mount: nothing half-written stays
             shutil.rmtree(tmp, ignore_errors=True)
             msg = f"could not register {model} {version}: {ex}"
@@ -163,7 +198,7 @@ class Registry:
         card["artifacts"] = dict(card.get("artifacts", {}))
         for name, data in artifacts.items():
             write_atomic(v.path / _check_name("artifact", name), data)
-            card["artifacts"][name] = _artifact_info(data)
+            card["artifacts"][name] = artifact_info(data)
         card.update(card_updates)
         write_atomic(v.path / "card.json", json.dumps(card, indent=2).encode())
         return self.get(model, version)
@@ -177,16 +212,32 @@ class Registry:
         aliases = self.aliases(model)
         previous = aliases.get(alias)
         aliases[alias] = version
-        write_atomic(self._model_dir(model) / "aliases.json", json.dumps(aliases).encode())
+        self.write_aliases(model, aliases)
         return previous
+
+    def write_aliases(self, model: str, aliases: dict[str, str]) -> None:
+        """Replace the aliases of ``model``."""
+        folder = self._model_dir(model)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "aliases.json", json.dumps(aliases).encode())
+
+    def write_history(self, entries: list[dict[str, Any]]) -> None:
+        """Replace the maintenance log with ``entries`` (the mirror's way in)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(e) + "\n" for e in entries)
+        write_atomic(self.root / "maintenance.jsonl", text.encode())
 
     def log(
         self, action: str, model: str, version: str | None, why: str, result: str, **extra: Any
-    ) -> None:
-        """Append one maintenance action to the log (fsynced)."""
+    ) -> dict[str, Any]:
+        """Append one maintenance action to the log (fsynced); returns the entry."""
+        entry = log_entry(action, model, version, why, result, **extra)
+        self.append_history(entry)
+        return entry
+
+    def append_history(self, entry: dict[str, Any]) -> None:
+        """Append one entry to the maintenance log (fsynced)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        entry = {"time": utc_now(), "action": action, "model": model, "version": version}
-        entry |= {"why": why, "result": result} | extra
         with open(self.root / "maintenance.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
@@ -201,8 +252,21 @@ class Registry:
         return [e for e in entries if model is None or e["model"] == model]
 
 
-def _artifact_info(data: bytes) -> dict[str, Any]:
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+def log_entry(
+    action: str, model: str, version: str | None, why: str, result: str, **extra: Any
+) -> dict[str, Any]:
+    """One maintenance log entry: when, what, which version, why, with what result."""
+    entry = {"time": utc_now(), "action": action, "model": model, "version": version}
+    return entry | {"why": why, "result": result} | extra
+
+
+def artifact_info(data: bytes) -> dict[str, Any]:
+    """What a card records of an artifact: its SHA-256 and size."""
+    return {"sha256": _digest(data), "size_bytes": len(data)}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,14 +1,25 @@
-"""A PyTorch mini-batch SGD learner (linear or a small MLP) for streams.
+"""A PyTorch mini-batch SGD learner for streams: eddy's linear model or small MLP, or the
+user's own module (:class:`~eddy.models.learners.TorchModel`).
 
-It predicts a whole mini-batch, then takes one SGD step on the batch's mean
-gradient. Features are standardized with running means and variances (updated
-after the prediction, so a batch never sees its own statistics); feature names
-and classes may appear at any time, and the network grows to fit them, new
-weights starting at zero so that earlier predictions are unchanged.
+Examples are collected into mini-batches of ``batch_size``; each full batch is one
+optimizer step on its mean loss (which is *not* the same as learning each example on
+its own: River issue #1912). Predictions use the weights of the last step, so a
+prediction never reflects an example of the batch being collected. Features are
+standardized with running means and variances (updated with each step). Text
+features are one-hot encoded as ``name=value`` columns and booleans count as 0/1.
+With eddy's own network, feature columns and classes may appear at any time and the
+network grows to fit them, new weights starting at zero so earlier predictions are
+unchanged.
+
+The guard: a step that leaves any weight or statistic non-finite is undone; each
+example of the batch is then tried alone to find the culprits, which are refused
+(reason ``non_finite``), and the step is redone without them.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Sequence
 from operator import itemgetter
@@ -18,74 +29,131 @@ import numpy as np
 import torch
 from torch import nn
 
-from eddy.models.learners import Features, Prediction
+from eddy.models.learners import (
+    LEARN_ERROR,
+    NON_FINITE,
+    Features,
+    Prediction,
+    Refused,
+    TorchModel,
+)
+
+
+def encode_value(name: Any, value: Any) -> tuple[Any, float]:
+    """The column and number a feature value becomes: text is one-hot (``name=value``),
+    booleans and numbers are themselves.
+
+    >>> encode_value("color", "red"), encode_value("ok", True), encode_value("x", 2)
+    (('color=red', 1.0), ('ok', 1.0), ('x', 2.0))
+    """
+    if isinstance(value, str):
+        return f"{name}={value}", 1.0
+    return name, float(value)
 
 
 class TorchLearner:
     """Online mini-batch learner; ``task`` is binary, multiclass or regression."""
 
     per_example = False
-    name = "torch"
 
-    def __init__(
-        self,
-        task: str,
-        hidden: int = 0,
-        lr: float = 0.05,
-        seed: int = 42,
-        weight_decay: float = 0.0,
-    ) -> None:
+    def __init__(self, task: str, spec: TorchModel | None = None, batch_size: int = 256) -> None:
         if task not in ("binary", "multiclass", "regression"):
             msg = f"unknown task {task!r}"
             raise ValueError(msg)
         self.task = task
-        self.hidden = hidden
-        self.lr = lr
-        self.weight_decay = weight_decay
+        self.spec = spec or TorchModel()
+        self.batch_size = batch_size
         self.features: dict[Any, int] = {}
         self.classes: list[Any] = []
         self._class_index: dict[Any, int] = {}
+        if self.spec.module is not None and task != "regression":
+            fixed = self.spec.classes or ((False, True) if task == "binary" else None)
+            if not fixed:
+                msg = "a multiclass TorchModel with your own module needs classes=(...)"
+                raise ValueError(msg)
+            self.classes = list(fixed)
+            self._class_index = {c: i for i, c in enumerate(self.classes)}
         self.seen = 0
         self._mean = np.zeros(0)
         self._m2 = np.zeros(0)
         self._y_mean = 0.0
         self._y_m2 = 0.0
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(self.spec.seed)
         self.net: nn.Module | None = None
+        self._optimizer: Any = None
+        self._pending: list[tuple[Features, Any, Any]] = []
+        self._refused: list[Refused] = []
         self.predict_seconds = 0.0
+
+    @property
+    def hidden(self) -> int:
+        """Width of eddy's own network's hidden layer (0: linear)."""
+        return self.spec.hidden
+
+    # Factories are configuration: a restored learner gets them again from its stream's
+    # spec (see :meth:`bind`); the optimizer travels as its state_dict.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["spec"] = None
+        state["_optimizer"] = self._optimizer.state_dict() if self._optimizer is not None else None
+        state["_refused"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._optimizer_state = self.__dict__.pop("_optimizer")
+        self._optimizer = None
+        self.spec = TorchModel()
+
+    def bind(self, spec: TorchModel) -> None:
+        """Give a restored learner its stream's factories back."""
+        self.spec = spec
+        state = getattr(self, "_optimizer_state", None)
+        if self.net is not None and spec.optimizer is not None:
+            self._optimizer = spec.optimizer(self.net.parameters())
+            if state is not None:
+                self._optimizer.load_state_dict(state)
+        self._optimizer_state = None
 
     # -- shapes ------------------------------------------------------------------------------
 
     @property
     def n_outputs(self) -> int:
-        """Output units: one for regression, one per class seen so far otherwise."""
+        """Output units: one for regression, one per class otherwise."""
         return 1 if self.task == "regression" else len(self.classes)
+
+    @property
+    def fixed_columns(self) -> bool:
+        """The user's module has a fixed input width: new features are ignored."""
+        return self.spec.module is not None and self.net is not None
 
     def _matrix(self, xs: Sequence[Features], grow: bool) -> np.ndarray:
         index = self.features
         n = len(index)
         if n and xs:
-            # The usual batch: every row has exactly the known features. One C-level
-            # pass instead of a Python loop per cell (4 µs a row here).
+            # The usual batch: every row has exactly the known numeric features. One
+            # C-level pass instead of a Python loop per cell.
             names = tuple(index)  # insertion order is column order
             if all(type(x) is dict and len(x) == n for x in xs):
                 get = itemgetter(*names)
                 try:
                     return np.array([get(x) for x in xs], dtype=np.float32).reshape(len(xs), n)
-                except KeyError:
-                    pass  # other names than the known ones: the general path below
+                except (KeyError, ValueError, TypeError):
+                    pass  # other names, or text values: the general path below
             elif names == tuple(range(n)) and all(type(x) is list and len(x) == n for x in xs):
                 return np.array(xs, dtype=np.float32).reshape(len(xs), n)
+        grow = grow and not self.fixed_columns
         cells: list[tuple[int, int, float]] = []
         for i, x in enumerate(xs):
             items = x.items() if isinstance(x, dict) else enumerate(x)
             for name, value in items:
-                j = index.get(name)
+                column, number = encode_value(name, value)
+                j = index.get(column)
                 if j is None:
                     if not grow:
-                        continue  # a feature never learned carries no weight yet
-                    j = index[name] = len(index)
-                cells.append((i, j, value))
+                        continue  # a column never learned carries no weight yet
+                    j = index[column] = len(index)
+                cells.append((i, j, number))
         out = np.zeros((len(xs), len(index)), dtype=np.float32)
         if cells:
             rows, cols, values = zip(*cells, strict=True)
@@ -105,7 +173,11 @@ class TorchLearner:
             return
         if self.net is None:
             self.net = self._build(d, k)
+            if self.spec.optimizer is not None:
+                self._optimizer = self.spec.optimizer(self.net.parameters())
             return
+        if self.spec.module is not None:
+            return  # the user's module keeps its shape
         first, last = self._layers()
         if first.in_features < d:
             self._replace(first, _grow(first, in_features=d))
@@ -114,6 +186,9 @@ class TorchLearner:
             self._replace(last, _grow(last, out_features=k))
 
     def _build(self, d: int, k: int) -> nn.Module:
+        if self.spec.module is not None:
+            torch.manual_seed(self.spec.seed)
+            return self.spec.module(d, k)
         if self.hidden:
             net = nn.Sequential(nn.Linear(d, self.hidden), nn.ReLU(), nn.Linear(self.hidden, k))
             with torch.no_grad():
@@ -139,37 +214,103 @@ class TorchLearner:
             if module is old:
                 self.net[i] = new
 
-    # -- learning ----------------------------------------------------------------------------
+    # -- predicting --------------------------------------------------------------------------
 
     def predict_many(self, xs: Sequence[Features]) -> list[Prediction]:
-        """Predict a mini-batch with the current weights."""
-        return self._predict(self._matrix(xs, grow=False))
+        """Predict a batch with the weights of the last step."""
+        started = time.perf_counter()
+        out = self._predict(self._matrix(xs, grow=False)) if xs else []
+        self.predict_seconds += time.perf_counter() - started
+        return out
 
     def _predict(self, matrix: np.ndarray) -> list[Prediction]:
-        if self.net is None:  # nothing learned yet: 0.0 as River's regressors, no class
-            if self.task == "regression":
-                return [Prediction(0.0) for _ in range(len(matrix))]
-            return [Prediction(None, {}) for _ in range(len(matrix))]
+        if self.net is None:  # nothing learned yet: no answer, as River's classifiers
+            return [Prediction(None, None if self.task == "regression" else {})] * len(matrix)
         with torch.no_grad():
             out = self.net(self._standardize(matrix))
         if self.task == "regression":
-            scale = np.sqrt(self._y_m2 / max(self.seen - 1, 1)) or 1.0
-            values = out[:, 0].numpy() * scale + self._y_mean
-            return [Prediction(v) for v in values.tolist()]
+            scale = math.sqrt(self._y_m2 / max(self.seen - 1, 1)) or 1.0
+            values = (out[:, 0].numpy() * scale + self._y_mean).tolist()
+            return [Prediction(v) if math.isfinite(v) else Prediction(None) for v in values]
         probs = torch.softmax(out, dim=1).numpy()
         classes = self.classes
+        finite = np.isfinite(probs).all(axis=1).tolist()
         return [
             Prediction(classes[best], dict(zip(classes, row, strict=False)))
-            for best, row in zip(probs.argmax(axis=1).tolist(), probs.tolist(), strict=True)
+            if ok
+            else Prediction(None, {})
+            for best, row, ok in zip(
+                probs.argmax(axis=1).tolist(), probs.tolist(), finite, strict=True
+            )
         ]
 
-    def learn_many(self, xs: Sequence[Features], ys: Sequence[Any]) -> None:
-        """One SGD step on the mini-batch's mean loss."""
-        if xs:
-            self._learn(self._matrix(xs, grow=True), ys)
+    # -- learning ----------------------------------------------------------------------------
 
-    def _learn(self, matrix: np.ndarray, ys: Sequence[Any]) -> None:
-        if self.task != "regression":
+    def will_step(self, n: int = 1) -> bool:
+        """Whether learning ``n`` more examples takes a step (changes predictions)."""
+        return len(self._pending) + n >= self.batch_size
+
+    def learn_many(self, xs: Sequence[Features], ys: Sequence[Any], refs: Sequence[Any]) -> None:
+        """Collect the examples; take a step for every full mini-batch."""
+        for x, y, ref in zip(xs, ys, refs, strict=True):
+            if self.task != "regression" and self.spec.module is not None:
+                if y not in self._class_index:
+                    known = ", ".join(map(repr, self.classes))
+                    message = f"class {y!r} is not one of the module's classes ({known})"
+                    self._refused.append(Refused(ref, LEARN_ERROR, message))
+                    continue
+            self._pending.append((x, y, ref))
+            if len(self._pending) >= self.batch_size:
+                self._step_pending()
+
+    def flush(self) -> None:
+        """Take a step on the examples collected so far (a partial mini-batch)."""
+        if self._pending:
+            self._step_pending()
+
+    def take_refused(self) -> list[Refused]:
+        """Examples refused since the last call."""
+        out, self._refused = self._refused, []
+        return out
+
+    def _step_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        before = self._snapshot()
+        try:
+            ok = self._learn(batch)
+        except Exception as ex:  # noqa: BLE001 - a user module may raise anything
+            ok, error = False, f"{type(ex).__name__}: {ex}"
+        else:
+            error = ""
+        if ok:
+            return
+        self._restore(before)
+        culprits = []
+        for i, item in enumerate(batch):
+            trial = copy.deepcopy(before)
+            self._restore(trial)
+            try:
+                alone = self._learn([item])
+            except Exception as ex:  # noqa: BLE001 - this example is the culprit
+                alone, error = False, f"{type(ex).__name__}: {ex}"
+            if not alone:
+                culprits.append(i)
+        self._restore(before)
+        reason, message = (
+            (LEARN_ERROR, error) if error else (NON_FINITE, "learning it made weights non-finite")
+        )
+        rest = [item for i, item in enumerate(batch) if i not in set(culprits)]
+        if not culprits or (rest and not self._learn(rest)):
+            self._restore(before)  # the batch fails only together: refuse all of it
+            culprits, rest = list(range(len(batch))), []
+        self._refused.extend(Refused(batch[i][2], reason, message) for i in culprits)
+
+    def _learn(self, batch: list[tuple[Features, Any, Any]]) -> bool:
+        """One step on ``batch``; whether every weight and statistic stayed finite."""
+        xs = [x for x, _, _ in batch]
+        ys = [y for _, y, _ in batch]
+        matrix = self._matrix(xs, grow=True)
+        if self.task != "regression" and self.spec.module is None:
             for y in ys:
                 if y not in self._class_index:
                     self._class_index[y] = len(self.classes)
@@ -177,34 +318,55 @@ class TorchLearner:
         self._update_stats(matrix, ys)
         self._ensure_net()
         if self.net is None:
-            return
-        inputs = self._standardize(matrix)
-        out = self.net(inputs)
+            return self._finite()
+        out = self.net(self._standardize(matrix))
         if self.task == "regression":
-            scale = np.sqrt(self._y_m2 / max(self.seen - 1, 1)) or 1.0
+            scale = math.sqrt(self._y_m2 / max(self.seen - 1, 1)) or 1.0
             target = torch.tensor([(y - self._y_mean) / scale for y in ys], dtype=torch.float32)
-            loss = nn.functional.mse_loss(out[:, 0], target)
+            loss_fn = self.spec.loss or (lambda o, t: nn.functional.mse_loss(o[:, 0], t))
         else:
             target = torch.tensor([self._class_index[y] for y in ys])
-            loss = nn.functional.cross_entropy(out, target)
-        self.net.zero_grad()
-        loss.backward()
-        with torch.no_grad():
-            for p in self.net.parameters():
-                if p.grad is not None:
-                    p -= self.lr * (p.grad + self.weight_decay * p)
+            loss_fn = self.spec.loss or nn.functional.cross_entropy
+        loss = loss_fn(out, target)
+        if self._optimizer is not None:
+            self._optimizer.zero_grad()
+            loss.backward()
+            self._optimizer.step()
+        else:
+            self.net.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                for p in self.net.parameters():
+                    if p.grad is not None:
+                        p -= self.spec.lr * (p.grad + self.spec.weight_decay * p)
+        return bool(torch.isfinite(loss)) and self._finite()
 
-    def test_then_train(self, xs: Sequence[Features], ys: Sequence[Any]) -> list[Prediction]:
-        """Predict the whole mini-batch, then learn it."""
-        if not xs:
-            return []
-        learned = len(self.features)  # the network's inputs; new features come after
-        matrix = self._matrix(xs, grow=True)
-        started = time.perf_counter()
-        predictions = self._predict(matrix[:, :learned])
-        self.predict_seconds += time.perf_counter() - started
-        self._learn(matrix, ys)
-        return predictions
+    def _finite(self) -> bool:
+        stats = np.isfinite(self._mean).all() and np.isfinite(self._m2).all()
+        target = math.isfinite(self._y_mean) and math.isfinite(self._y_m2)
+        weights = self.net is None or all(
+            bool(torch.isfinite(p).all()) for p in self.net.parameters()
+        )
+        return bool(stats and target and weights)
+
+    def _snapshot(self) -> dict[str, Any]:
+        keep = ("features", "classes", "_class_index", "seen", "_mean", "_m2", "_y_mean", "_y_m2")
+        snap = {k: copy.copy(getattr(self, k)) for k in keep}
+        snap["net"] = copy.deepcopy(self.net)
+        snap["optimizer"] = (
+            copy.deepcopy(self._optimizer.state_dict()) if self._optimizer is not None else None
+        )
+        return snap
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        for k, v in snap.items():
+            if k not in ("net", "optimizer"):
+                setattr(self, k, copy.copy(v))
+        self.net = copy.deepcopy(snap["net"])
+        if self.net is not None and self.spec.optimizer is not None:
+            self._optimizer = self.spec.optimizer(self.net.parameters())
+            if snap["optimizer"] is not None:
+                self._optimizer.load_state_dict(snap["optimizer"])
 
     def _update_stats(self, matrix: np.ndarray, ys: Sequence[Any]) -> None:
         # Chan et al.'s parallel update of running mean and M2, per feature.
@@ -213,8 +375,9 @@ class TorchLearner:
             self._mean = np.pad(self._mean, (0, d - self._mean.shape[0]))
             self._m2 = np.pad(self._m2, (0, d - self._m2.shape[0]))
         n_a, n_b = self.seen, matrix.shape[0]
-        mean_b = matrix.mean(axis=0)
-        m2_b = ((matrix - mean_b) ** 2).sum(axis=0)
+        matrix64 = matrix.astype(np.float64)
+        mean_b = matrix64.mean(axis=0)
+        m2_b = ((matrix64 - mean_b) ** 2).sum(axis=0)
         delta = mean_b - self._mean
         total = n_a + n_b
         self._mean = self._mean + delta * n_b / total

@@ -33,13 +33,19 @@ from rich.table import Table
 from eddy.models.exceptions import EddyError
 from eddy.models.learners import CATALOGUE
 from eddy.streams import maintenance_cli, sources, up
-from eddy.streams.broker import EmbeddedBroker, broker_file, record_running_broker
+from eddy.streams.broker import (
+    EmbeddedBroker,
+    broker_file,
+    find_running_broker,
+    record_running_broker,
+)
 from eddy.streams.producer import ProduceOptions, ProduceReport, produce
 from eddy.streams.settings import (
     KAFKA_SETTINGS,
     Settings,
     add_settings_arguments,
     env_var,
+    setting_help,
     settings_reference,
 )
 from eddy.streams.supervisor import stop_signals
@@ -123,9 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_produce)
 
     p = commands.add_parser(
-        "worker", help="run the join and learner agents (predict, evaluate, learn, detect drift)"
+        "worker",
+        help="run a worker: predict samples as they arrive, join labels, evaluate, learn, "
+        "detect drift (streams from --config, or any stream with the defaults)",
     )
-    add_settings_arguments(p)
+    add_settings_arguments(p, config_file=True)
     p.set_defaults(run=cmd_worker)
 
     p = commands.add_parser(
@@ -144,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "retrainer and exporter supervised, with a live status and dashboard",
     )
     up.add_up_arguments(p)
-    add_settings_arguments(p)
+    add_settings_arguments(p, config_file=True)
     p.set_defaults(run=cmd_up)
     return parser
 
@@ -154,13 +162,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(args)
-        _setup_logging(settings.log_level)
+        _setup_logging(settings.observability.log_level)
         return int(args.run(args, settings) or 0)
     except EddyError as ex:
         errors.print(f"[bold red]eddy: error:[/] {ex}", highlight=False)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def with_embedded_broker(settings: Settings) -> Settings:
+    """With no bootstrap configured, the embedded broker that ``eddy broker`` or ``eddy
+    up`` recorded in the data directory (it offers no idempotent producers)."""
+    if settings.kafka.bootstrap:
+        return settings
+    found = find_running_broker(settings.data_dir)
+    if found is None:
+        return settings
+    overrides: dict[str, Any] = {"bootstrap": found}
+    if settings.kafka.producer_idempotence == "auto":
+        overrides["producer_idempotence"] = "off"
+    return settings.with_overrides(overrides)
 
 
 def _setup_logging(level: str) -> None:
@@ -234,7 +256,7 @@ def run_until_signalled(coro: Coroutine[Any, Any, T]) -> T:
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     """Run the embedded broker until SIGTERM or Ctrl-C."""
     with stop_signals() as received, EmbeddedBroker(port=args.port, host=args.host) as broker:
-        path = record_running_broker(settings.data_dir, broker)
+        path = record_running_broker(settings.state.data_dir, broker)
         console.print(f"eddy: embedded Kafka broker (Tansu) ready on [bold]{broker.bootstrap}[/]")
         console.print(f"  other eddy commands in {Path.cwd()} find it through {path};")
         console.print(f"  elsewhere: export EDDY_BOOTSTRAP={broker.bootstrap}")
@@ -245,14 +267,14 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
                 signal.pause()
         finally:
             with contextlib.suppress(FileNotFoundError):
-                broker_file(settings.data_dir).unlink()
+                broker_file(settings.state.data_dir).unlink()
     console.print("eddy: broker stopped")
     return 0
 
 
 def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
     """Create every eddy topic; print what was created and what existed."""
-    result = run_until_signalled(create_topics(settings))
+    result = run_until_signalled(create_topics(settings.kafka, settings.topics))
     counts = _topic_table(settings, result)
     console.print(counts)
     return 0
@@ -260,14 +282,15 @@ def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def _topic_table(settings: Settings, status: dict[str, str]) -> Table:
     table = Table("topic", "partitions", "status")
-    for topic, n in Topics(settings.topic_prefix).partition_counts(settings.partitions).items():
+    counts = Topics(settings.topics.prefix).partition_counts(settings.topics.partitions)
+    for topic, n in counts.items():
         table.add_row(topic, str(n), status.get(topic, "?"))
     return table
 
 
 def cmd_topics_list(args: argparse.Namespace, settings: Settings) -> int:
     """List eddy's topics with their partition and message counts."""
-    sizes = run_until_signalled(topic_sizes(settings))
+    sizes = run_until_signalled(topic_sizes(settings.kafka, settings.topics))
     table = Table("topic", "partitions", "messages")
     for topic, (parts, msgs) in sorted(sizes.items()):
         table.add_row(topic, str(parts), f"{msgs:,}")
@@ -344,7 +367,13 @@ def _produce_with_progress(
     with progress:
         task = progress.add_task("samples", total=total)
         return run_until_signalled(
-            produce(settings, examples, options, lambda n: progress.advance(task, n))
+            produce(
+                settings.kafka,
+                settings.topics.prefix,
+                examples,
+                options,
+                lambda n: progress.advance(task, n),
+            )
         )
 
 
@@ -358,9 +387,18 @@ def _print_report(report: ProduceReport) -> None:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or Ctrl-C; it checkpoints and leaves cleanly."""
+    import gc
+
+    from eddy.streams.app import App
     from eddy.streams.worker import run_worker
 
-    asyncio.run(run_worker(settings, handle_signals=True))
+    app = App.from_settings(settings)  # loads the streams' models (and torch) now
+    # Process-wide tuning, in eddy's own entry point only: torch and River leave ~240,000
+    # long-lived objects that every full collection would walk (a ~150 ms pause mid-stream,
+    # the worst of the p99 latency: bench/README.md). Freeze them.
+    gc.collect()
+    gc.freeze()
+    asyncio.run(run_worker(app.settings, app.policy(), app.hooks, handle_signals=True))  # type: ignore[arg-type]
     return 0
 
 
@@ -371,8 +409,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     table = Table("variable", "value", "what")
     for name, value in settings.redacted().items():
-        help_text = Settings.__dataclass_fields__[name].metadata["help"]
-        table.add_row(env_var(name), "unset" if value is None else str(value), help_text)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        table.add_row(env_var(name), "unset" if value is None else shown, setting_help(name))
     console.print(table)
     return 0
 

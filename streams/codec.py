@@ -41,11 +41,13 @@ from eddy.streams.exceptions import (
 SCHEMA_PACKAGE = "eddy.schemas"
 CONTROL_EVENT_TYPES = (
     "drift.detected",
+    "feature_drift.detected",
     "retrain.requested",
     "model.updated",
     "model.exported",
     "model.promoted",
     "model.rolled_back",
+    "maintenance.refused",
 )
 EVENT_TYPE_PREFIX = "eddy."
 
@@ -53,10 +55,12 @@ MAX_ID_LENGTH = 256
 MAX_STRING_LABEL_LENGTH = 256
 MAX_FEATURES = 10_000
 MAX_FEATURE_NAME_LENGTH = 256
+MAX_CATEGORY_LENGTH = 256
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
-Features = dict[str, float] | list[float]
+FeatureValue = float | int | bool | str
+Features = dict[str, FeatureValue] | list[float | int | bool]
 LabelValue = bool | int | float | str
 
 
@@ -149,6 +153,28 @@ class Example:
     sample: tuple[int, int]  # (partition, offset) of the sample record
     label_at: tuple[int, int] | None = None  # of the label record; None when inline
     ts: int | None = None
+    served: Served | None = None  # the prediction made when the sample arrived
+
+
+@dataclass(slots=True, frozen=True)
+class Served:
+    """The prediction served for a sample when it arrived, and the model that made it."""
+
+    prediction: LabelValue | None
+    proba: dict[Any, float] | None
+    model_version: str
+    model_examples: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The wire form (schema ``defs#/$defs/served``)."""
+        out: dict[str, Any] = {
+            "prediction": self.prediction,
+            "model_version": self.model_version,
+            "model_examples": self.model_examples,
+        }
+        if self.proba:
+            out["proba"] = self.proba
+        return out
 
 
 @dataclass(slots=True)
@@ -225,7 +251,7 @@ def decode_example(raw: bytes, max_bytes: int = 1_048_576) -> Example:
     _require_object(
         obj,
         ("id", "stream", "features", "label", "sample"),
-        ("id", "stream", "features", "label", "sample", "label_at", "ts"),
+        ("id", "stream", "features", "label", "sample", "label_at", "ts", "served"),
     )
     stream = obj["stream"]
     if not (isinstance(stream, str) and _valid_name(stream)):
@@ -239,7 +265,32 @@ def decode_example(raw: bytes, max_bytes: int = 1_048_576) -> Example:
         sample=_position(obj["sample"], "$.sample"),
         label_at=None if label_at is None else _position(label_at, "$.label_at"),
         ts=_timestamp(obj["ts"]) if "ts" in obj else None,
+        served=_served(obj["served"]) if "served" in obj else None,
     )
+
+
+def _served(value: Any) -> Served:
+    _require_object(
+        value, ("prediction", "model_version", "model_examples"),
+        ("prediction", "model_version", "model_examples", "proba"), "$.served",
+    )  # fmt: skip
+    prediction = value["prediction"]
+    if prediction is not None:
+        _label_value(prediction, "$.served.prediction")
+    version = value["model_version"]
+    if not (isinstance(version, str) and len(version) <= 64 and _valid_name(version)):
+        _fail("$.served.model_version", f"must be a version name, got {_brief(version)}")
+    n = value["model_examples"]
+    if not (type(n) is int and n >= 0):
+        _fail("$.served.model_examples", f"must be a whole number >= 0, got {_brief(n)}")
+    proba = value.get("proba")
+    if proba is not None and not (
+        isinstance(proba, dict)
+        and len(proba) <= 1024
+        and all(type(v) in (int, float) and 0 <= v <= 1 for v in proba.values())
+    ):
+        _fail("$.served.proba", "must map classes to probabilities in [0, 1]")
+    return Served(prediction, proba, version, n)
 
 
 def _position(value: Any, where: str) -> tuple[int, int]:
@@ -264,27 +315,61 @@ def encode_example(example: Example) -> bytes:
     }
     if example.ts is not None:
         out["ts"] = example.ts
-    return orjson.dumps(out)
+    if example.served is not None:
+        out["served"] = example.served.as_json()
+    return orjson.dumps(out, option=orjson.OPT_NON_STR_KEYS)
 
 
-# The CloudEvents extension attribute that carries an event's HMAC-SHA256 (hex).
+# CloudEvents extension attributes: the event's HMAC-SHA256 (hex), and its sequence
+# number, which grows with every event of one source about one subject, so that a
+# replayed old event can be told from a new one (see :class:`Sequences`).
 SIGNATURE_ATTRIBUTE = "eddysig"
+SEQUENCE_ATTRIBUTE = "eddyseq"
 
 
-def event_signature(event: dict[str, Any], key: str) -> str:
+def event_signature(event: dict[str, Any], key: bytes) -> str:
     """HMAC-SHA256 of ``event`` (without its signature) in canonical JSON (sorted keys).
 
     >>> e = {"id": "1", "data": {"b": 1, "a": 2.5}}
-    >>> event_signature(e, "k") == event_signature({"data": {"a": 2.5, "b": 1}, "id": "1"}, "k")
+    >>> event_signature(e, b"k") == event_signature({"data": {"a": 2.5, "b": 1}, "id": "1"}, b"k")
     True
     """
     body = {k: v for k, v in event.items() if k != SIGNATURE_ATTRIBUTE}
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    return hmac.new(key.encode(), canonical, hashlib.sha256).hexdigest()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+class Sequences:
+    """The highest sequence number seen per (source, subject): refuses replays.
+
+    >>> s = Sequences()
+    >>> s.fresh("src", "m", 5), s.fresh("src", "m", 7), s.fresh("src", "m", 6)
+    (True, True, False)
+    """
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._last: dict[tuple[str, str], int] = {}
+        self._keep = keep
+
+    def fresh(self, source: str, subject: str | None, seq: int) -> bool:
+        """Record ``seq``; whether it is newer than every one seen before."""
+        key = (source, subject or "")
+        last = self._last.get(key)
+        if last is not None and seq <= last:
+            return False
+        if len(self._last) >= self._keep and key not in self._last:
+            self._last.pop(next(iter(self._last)))  # bounded: forget the oldest emitter
+        self._last[key] = seq
+        return True
+
+
+def next_sequence(last: int = 0) -> int:
+    """A sequence number above ``last`` that also grows across restarts (the clock)."""
+    return max(time.time_ns(), last + 1)
 
 
 def decode_event(
-    raw: bytes, max_bytes: int = 1_048_576, signing_key: str | None = None
+    raw: bytes, max_bytes: int = 1_048_576, signing_key: bytes | None = None
 ) -> ControlEvent:
     """Decode a control event and validate it against its type's schema.
 
@@ -322,7 +407,7 @@ def decode_event(
     )
 
 
-def _check_signature(obj: dict[str, Any], key: str) -> None:
+def _check_signature(obj: dict[str, Any], key: bytes) -> None:
     given = obj.get(SIGNATURE_ATTRIBUTE)
     if not isinstance(given, str):
         msg = (
@@ -357,18 +442,20 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
-def _require_object(obj: Any, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+def _require_object(
+    obj: Any, required: tuple[str, ...], allowed: tuple[str, ...], where: str = "$"
+) -> None:
     if not isinstance(obj, dict):
-        _fail("$", f"must be a JSON object, got {_json_type(obj)}")
+        _fail(where, f"must be a JSON object, got {_json_type(obj)}")
     keys = obj.keys()
     if keys >= _as_set(required) and keys <= _as_set(allowed):  # the usual case, in C
         return
     missing = [k for k in required if k not in obj]
     if missing:
-        _fail("$", f"missing required field(s) {', '.join(missing)}")
+        _fail(where, f"missing required field(s) {', '.join(missing)}")
     extra = [k for k in obj if k not in allowed]
     _fail(
-        "$",
+        where,
         f"unknown field(s) {', '.join(map(repr, extra[:5]))}; allowed: {', '.join(allowed)}",
     )
 
@@ -376,6 +463,11 @@ def _require_object(obj: Any, required: tuple[str, ...], allowed: tuple[str, ...
 @cache
 def _as_set(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(names)
+
+
+def valid_stream_name(name: str) -> bool:
+    """Whether ``name`` is a valid stream (and model) name."""
+    return isinstance(name, str) and _valid_name(name)
 
 
 def _valid_name(name: str) -> bool:
@@ -408,8 +500,8 @@ def _features(value: Any) -> Features:
     if isinstance(value, dict):
         if not 1 <= len(value) <= MAX_FEATURES:
             _fail("$.features", f"must have 1-{MAX_FEATURES} entries, got {len(value)}")
-        # One C-level pass over types and name lengths; the loop below only runs to
-        # say what is wrong.
+        # One C-level pass over types and name lengths; the loop below only runs for
+        # text values or to say what is wrong.
         if _NUMBER_TYPES.issuperset(map(type, value.values())) and (
             min(map(len, value)) >= 1 and max(map(len, value)) <= MAX_FEATURE_NAME_LENGTH
         ):
@@ -417,8 +509,7 @@ def _features(value: Any) -> Features:
         for name, x in value.items():
             if not 1 <= len(name) <= MAX_FEATURE_NAME_LENGTH:
                 _fail("$.features", f"feature names must be 1-{MAX_FEATURE_NAME_LENGTH} characters")
-            if not _is_number(x):
-                _fail(f"$.features.{name}", f"must be a number, got {_brief(x)}")
+            _feature_value(x, name)
         return value
     if isinstance(value, list):
         if not 1 <= len(value) <= MAX_FEATURES:
@@ -426,12 +517,45 @@ def _features(value: Any) -> Features:
         if _NUMBER_TYPES.issuperset(map(type, value)):
             return value
         for i, x in enumerate(value):
-            if not _is_number(x):
-                _fail(f"$.features[{i}]", f"must be a number, got {_brief(x)}")
+            if not (_is_number(x) or isinstance(x, bool)):
+                _fail(f"$.features[{i}]", f"must be a number or a boolean, got {_brief(x)}")
         return value
     return _fail(
-        "$.features", f"must be a name->number object or a number array, got {_json_type(value)}"
+        "$.features",
+        f"must be a name->value object or an array of numbers, got {_json_type(value)}",
     )
+
+
+def _feature_value(x: Any, name: str) -> None:
+    if _is_number(x) or isinstance(x, bool):
+        return
+    if isinstance(x, str) and 1 <= len(x) <= MAX_CATEGORY_LENGTH:
+        return
+    _fail(
+        f"$.features.{name}",
+        f"must be a number, a boolean or a category of 1-{MAX_CATEGORY_LENGTH} characters, "
+        f"got {_brief(x)}",
+    )
+
+
+def feature_magnitude_problem(features: Features, bound: float) -> str | None:
+    """Why ``features`` cannot be learned safely: a number beyond ``bound`` overflows
+    squares and sums in learning (``None`` when all are within it).
+
+    >>> feature_magnitude_problem({"a": 1.0, "b": "red"}, 1e12) is None
+    True
+    >>> feature_magnitude_problem({"a": 1e308}, 1e12)
+    '$.features.a is 1e+308, beyond the accepted magnitude 1e+12 (EDDY_MAX_FEATURE_MAGNITUDE)'
+    """
+    items = features.items() if isinstance(features, dict) else enumerate(features)
+    for name, x in items:
+        if type(x) in _NUMBER_TYPES and not -bound <= x <= bound:
+            where = f"$.features.{name}" if isinstance(features, dict) else f"$.features[{name}]"
+            return (
+                f"{where} is {x:g}, beyond the accepted magnitude {bound:g} "
+                "(EDDY_MAX_FEATURE_MAGNITUDE)"
+            )
+    return None
 
 
 def _label_value(value: Any, where: str) -> LabelValue:
@@ -504,12 +628,14 @@ def make_event(
     data: dict[str, Any],
     subject: str | None = None,
     event_id: str | None = None,
-    signing_key: str | None = None,
+    signing_key: bytes | None = None,
+    sequence: int | None = None,
 ) -> dict[str, Any]:
     """Build a CloudEvents 1.0 control event and validate it against its schema.
 
-    With ``signing_key``, the event carries its HMAC-SHA256 in the ``eddysig``
-    extension attribute (see :func:`event_signature`).
+    Every event carries a sequence number in ``eddyseq`` (``sequence``, or the
+    clock); with ``signing_key`` also its HMAC-SHA256 in ``eddysig`` (see
+    :func:`event_signature`), which covers the sequence number.
 
     ``event_type`` is a short name from :data:`CONTROL_EVENT_TYPES`. Raises
     :class:`SchemaViolation` when ``data`` does not fit, so that eddy never
@@ -529,6 +655,7 @@ def make_event(
     }
     if subject is not None:
         event["subject"] = subject
+    event[SEQUENCE_ATTRIBUTE] = sequence if sequence is not None else next_sequence()
     errors = schema_errors(event_type, event)
     if errors:
         raise SchemaViolation(f"eddy built an invalid {event_type} event: " + "; ".join(errors))

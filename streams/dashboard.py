@@ -109,7 +109,7 @@ class History:
         consumed = sum(
             v
             for labels, v in s.get("eddy_records_consumed_total", [])
-            if labels["agent"] == "join" and labels["topic"].endswith("samples")
+            if labels["agent"] == "worker" and labels["topic"].endswith("samples")
         )
         learned_rate = consumed_rate = 0.0
         if self._last is not None and now > self._last[0]:
@@ -181,16 +181,21 @@ class History:
 
 def dashboard_page() -> bytes:
     """The page (HTML with its script inline: it must work with no network)."""
-    return resources.files("streams").joinpath("dashboard.html").read_bytes()
+    return resources.files("eddy.streams").joinpath("dashboard.html").read_bytes()
 
 
 class MetricsServer:
     """``/metrics``, and with a :class:`History` the dashboard, on one port, in a thread."""
 
     def __init__(
-        self, port: int, registry: CollectorRegistry, history: History | None = None
+        self,
+        port: int,
+        registry: CollectorRegistry,
+        history: History | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.registry = registry
+        self.host = host
         self.history = history
         page = dashboard_page() if history is not None else None
         server = self
@@ -222,11 +227,11 @@ class MetricsServer:
                 log.debug("http: " + format, *args)
 
         try:
-            self.httpd = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
         except OSError as ex:
             msg = (
-                f"cannot serve metrics on port {port}: {ex.strerror}; "
-                "pick another with --metrics-port (EDDY_METRICS_PORT), or 0 for none"
+                f"cannot serve metrics on {host}:{port}: {ex.strerror}; pick another port with "
+                "--metrics-port (EDDY_METRICS_PORT, 0 for none) or address with --metrics-host"
             )
             raise ConfigError(msg) from ex
         self.httpd.daemon_threads = True

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 
-from eddy.streams.exceptions import DecodeError
-from eddy.streams.metrics import EdgeMetrics
+from eddy.streams.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MAX_MESSAGE_HEADER_CHARS = 2000
 
 H_TOPIC = "kafka_dlt-original-topic"
@@ -75,6 +72,20 @@ def dead_letter_headers(
     return original + [(k, v.encode()) for k, v in ours]
 
 
+def truncate_for_dead_letter(
+    value: bytes | None, max_bytes: int
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """``value`` cut to ``max_bytes`` if longer, with headers naming its original size and
+    SHA-256 (a value over the cap cannot be forwarded whole: the producer would fail)."""
+    if value is None or len(value) <= max_bytes:
+        return value, []
+    extra = [
+        (H_ORIGINAL_SIZE, str(len(value)).encode()),
+        (H_ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()),
+    ]
+    return value[:max_bytes], extra
+
+
 class DeadLetterQueue:
     """Sends failed records to the dead-letter topic, counts and logs them.
 
@@ -86,7 +97,7 @@ class DeadLetterQueue:
         self,
         producer: AIOKafkaProducer,
         topic: str,
-        metrics: EdgeMetrics,
+        metrics: EngineMetrics,
         kind: Callable[[str], str],
         group: str | None = None,
         max_bytes: int = 1_048_576,
@@ -109,32 +120,7 @@ class DeadLetterQueue:
             reason,
             error,
         )
-        value, headers = record.value, dead_letter_headers(record, error, self._group)
-        if value is not None and len(value) > self.max_bytes:
-            headers += [
-                (H_ORIGINAL_SIZE, str(len(value)).encode()),
-                (H_ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()),
-            ]
-            value = value[: self.max_bytes]
+        value, extra = truncate_for_dead_letter(record.value, self.max_bytes)
+        headers = dead_letter_headers(record, error, self._group) + extra
         await self._producer.send_and_wait(self.topic, value=value, key=record.key, headers=headers)
         self._metrics.dead_lettered.labels(self._kind(record.topic), reason).inc()
-
-    async def decode_all(
-        self, records: Iterable[SourceRecord], decode: Callable[[bytes], T]
-    ) -> list[tuple[SourceRecord, T]]:
-        """Decode each record; failures go to the dead-letter topic, the rest come back.
-
-        Only :class:`DecodeError` is dead-lettered: any other exception is a bug
-        in eddy and propagates.
-        """
-        good: list[tuple[SourceRecord, T]] = []
-        per_topic: Counter[str] = Counter()
-        for record in records:
-            try:
-                good.append((record, decode(record.value)))  # type: ignore[arg-type]
-                per_topic[record.topic] += 1
-            except DecodeError as ex:
-                await self.send(record, ex)
-        for topic, n in per_topic.items():
-            self._metrics.decoded.labels(self._kind(topic)).inc(n)
-        return good

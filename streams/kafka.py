@@ -1,7 +1,8 @@
-"""Kafka clients built from :class:`~eddy.streams.settings.Settings`.
+"""Kafka clients built from a :class:`~eddy.streams.settings.KafkaConfig`.
 
-One place turns settings into aiokafka options, so that bootstrap, client id and
-TLS/SASL reach every producer, consumer and admin client alike.
+One place turns the config into aiokafka options, so that bootstrap, client id and
+TLS/SASL reach every producer, consumer and admin client alike, and so that no eddy
+client ever creates a topic by naming it.
 """
 
 from __future__ import annotations
@@ -14,87 +15,105 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiokafka.admin.client
-import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from eddy.streams.broker import resolve_bootstrap
 from eddy.streams.exceptions import BrokerError
-from eddy.streams.settings import Settings
+from eddy.streams.settings import KafkaConfig
 
 log = logging.getLogger(__name__)
 
 
-class _MetadataRequestWithoutAutoCreation(MetadataRequest):
-    """A metadata request that never asks the broker to create the topics it names.
+def refuse_topic_creation(client: Any) -> None:
+    """Make one aiokafka client's metadata requests never create the topics they name.
 
-    aiokafka has no ``allow.auto.create.topics`` option (KIP-361) and always sets
-    the flag, so on a broker that allows auto creation (Apache Kafka's default;
-    Tansu always) a worker started before ``eddy topics create``, or reconnecting
-    to a broker that lost its topics, created them with the broker's default
-    partition count: the join's co-partitioning and the single-partition events
-    topic were then wrong for good, and ``eddy topics create`` refused them.
-    Swapped in for the two aiokafka modules that build metadata requests; every
-    eddy client comes from this module, so importing it is enough.
+    aiokafka has no ``allow.auto.create.topics`` option (KIP-361) and sets the flag on
+    every metadata request, so on a broker that allows auto creation (Apache Kafka's
+    default; Tansu always) a worker started before ``eddy topics create``, or
+    reconnecting to a broker that lost its topics, created them with the broker's
+    default partition count. This wraps the client's connections, so it changes only
+    eddy's own clients: other aiokafka clients in the process behave as before.
     """
+    get_conn = client._get_conn  # the one path every request of the client takes
 
-    def __init__(
-        self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
-    ) -> None:
-        super().__init__(topics, allow_auto_topic_creation)
+    async def get_guarded_conn(*args: Any, **kwargs: Any) -> Any:
+        conn = await get_conn(*args, **kwargs)
+        if conn is not None and not getattr(conn, "_eddy_guarded", False):
+            send = conn.send
+
+            def send_without_creation(request: Any, *a: Any, **kw: Any) -> Any:
+                if isinstance(request, MetadataRequest):
+                    request._allow_auto_topic_creation = False
+                return send(request, *a, **kw)
+
+            conn.send = send_without_creation
+            conn._eddy_guarded = True
+        return conn
+
+    client._get_conn = get_guarded_conn
 
 
-aiokafka.client.MetadataRequest = _MetadataRequestWithoutAutoCreation  # type: ignore[misc]
-aiokafka.admin.client.MetadataRequest = _MetadataRequestWithoutAutoCreation  # type: ignore[misc]
-
-
-def client_options(settings: Settings, role: str) -> dict[str, Any]:
+def client_options(kafka: KafkaConfig, role: str) -> dict[str, Any]:
     """The connection options every aiokafka client of eddy gets.
 
-    ``role`` names the client (``producer``, ``join``…) in the client id, so the
+    ``role`` names the client (``producer``, ``worker``…) in the client id, so the
     broker's logs tell eddy's clients apart.
     """
-    options: dict[str, Any] = {
-        "bootstrap_servers": resolve_bootstrap(settings.bootstrap, settings.data_dir),
-        "client_id": f"{settings.client_id}-{role}",
-        "security_protocol": settings.security_protocol,
-    }
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+    if not kafka.bootstrap:
+        msg = (
+            "no Kafka broker configured: pass --bootstrap host:port (or set EDDY_BOOTSTRAP), "
+            "or start the embedded one with `eddy broker` or `eddy up`"
         )
-        if settings.ssl_certfile:
+        raise BrokerError(msg)
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap,
+        "client_id": f"{kafka.client_id}-{role}",
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
+        if kafka.ssl_certfile:
             context.load_cert_chain(
-                str(settings.ssl_certfile),
-                str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+                str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None
             )
         options["ssl_context"] = context
-    if settings.security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_username
-        options["sasl_plain_password"] = settings.sasl_password
+    if kafka.security_protocol.startswith("SASL"):
+        assert kafka.sasl_password is not None  # KafkaConfig refuses SASL without one
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = kafka.sasl_password.reveal()
     return options
 
 
+class _ExpectedRefusal(logging.Filter):
+    """Hides aiokafka's ERROR line for the InitProducerId refusal that ``auto`` expects."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "InitProducerId" not in record.getMessage()
+
+
 async def start_producer(
-    settings: Settings, role: str = "producer", **extra: Any
+    kafka: KafkaConfig, role: str = "producer", **extra: Any
 ) -> AIOKafkaProducer:
     """Start a producer with ``acks=all``; idempotent unless the broker cannot do it.
 
     With ``producer_idempotence=auto`` a broker that refuses InitProducerId (the
-    embedded Tansu does) gets a non-idempotent ``acks=all`` producer and a warning.
+    embedded Tansu does) gets a non-idempotent ``acks=all`` producer and one INFO line.
     """
-    options = client_options(settings, role)
-    options.update(acks="all", max_request_size=settings.max_message_bytes + 64 * 1024)
+    options = client_options(kafka, role)
+    options.update(acks="all", max_request_size=kafka.max_message_bytes + 64 * 1024)
     options.update(extra)
-    mode = settings.producer_idempotence
-    if mode == "auto" and not settings.bootstrap:
-        mode = "off"  # the embedded broker that `eddy broker` recorded: Tansu refuses it
-    idempotent = mode != "off"
-    producer = AIOKafkaProducer(enable_idempotence=idempotent, **options)
+    mode = kafka.producer_idempotence
+    producer = AIOKafkaProducer(enable_idempotence=mode != "off", **options)
+    refuse_topic_creation(producer.client)
+    sender_log = logging.getLogger("aiokafka.producer.sender")
+    quiet = _ExpectedRefusal()
+    if mode == "auto":
+        sender_log.addFilter(quiet)
     try:
         await producer.start()
     except (UnknownError, UnsupportedVersionError) as ex:
@@ -105,12 +124,13 @@ async def start_producer(
                 f"({ex!r}); set EDDY_PRODUCER_IDEMPOTENCE=auto or off for this broker"
             )
             raise BrokerError(msg) from ex
-        log.warning(
-            "broker %s refused InitProducerId (%r): producing with acks=all, not idempotent",
+        log.info(
+            "broker %s does not offer idempotent producers (as the embedded broker): "
+            "producing with acks=all",
             options["bootstrap_servers"],
-            ex,
         )
         producer = AIOKafkaProducer(enable_idempotence=False, **options)
+        refuse_topic_creation(producer.client)
         try:
             await producer.start()
         except KafkaError as ex2:
@@ -119,20 +139,25 @@ async def start_producer(
     except KafkaError as ex:
         await producer.stop()
         raise _unreachable(options, ex) from ex
+    finally:
+        sender_log.removeFilter(quiet)
     return producer
 
 
-def make_consumer(settings: Settings, role: str, *topics: str, **extra: Any) -> AIOKafkaConsumer:
+def make_consumer(kafka: KafkaConfig, role: str, *topics: str, **extra: Any) -> AIOKafkaConsumer:
     """A consumer (not started) with eddy's connection options; ``extra`` wins."""
-    options = client_options(settings, role)
+    options = client_options(kafka, role)
     options.update(extra)
-    return AIOKafkaConsumer(*topics, **options)
+    consumer = AIOKafkaConsumer(*topics, **options)
+    refuse_topic_creation(consumer._client)
+    return consumer
 
 
-async def start_admin(settings: Settings) -> AIOKafkaAdminClient:
+async def start_admin(kafka: KafkaConfig) -> AIOKafkaAdminClient:
     """Start an admin client with eddy's connection options."""
-    options = client_options(settings, "admin")
+    options = client_options(kafka, "admin")
     admin = AIOKafkaAdminClient(**options)
+    refuse_topic_creation(admin._client)
     try:
         await admin.start()
     except KafkaError as ex:
@@ -215,10 +240,10 @@ async def end_offsets(
 
 
 async def read_records(
-    settings: Settings, topic: str, within: float = 30.0
+    kafka: KafkaConfig, topic: str, within: float = 30.0
 ) -> list[ConsumerRecord]:
     """Every record of ``topic`` now, from the start to its end offsets, partition by partition."""
-    consumer = make_consumer(settings, "reader", enable_auto_commit=False)
+    consumer = make_consumer(kafka, "reader", enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer.topics()  # refresh metadata for every topic
@@ -248,10 +273,10 @@ async def read_records(
 
 
 async def read_range(
-    settings: Settings, topic: str, partition: int, start: int, end: int, within: float = 30.0
+    kafka: KafkaConfig, topic: str, partition: int, start: int, end: int, within: float = 30.0
 ) -> list[ConsumerRecord]:
     """Records of one partition with offsets in ``[start, end)`` (fewer if the deadline passes)."""
-    consumer = make_consumer(settings, "range-reader", enable_auto_commit=False)
+    consumer = make_consumer(kafka, "range-reader", enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
@@ -272,9 +297,9 @@ async def read_range(
         await consumer.stop()
 
 
-async def partition_end(settings: Settings, topic: str, partition: int) -> int:
+async def partition_end(kafka: KafkaConfig, topic: str, partition: int) -> int:
     """The true end offset of one partition."""
-    consumer = make_consumer(settings, "offsets", enable_auto_commit=False)
+    consumer = make_consumer(kafka, "offsets", enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)

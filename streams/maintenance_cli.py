@@ -1,36 +1,48 @@
-"""The maintenance commands of ``eddy``: the registry, the consumers, manual retrains."""
+"""The maintenance commands of ``eddy``: the registry, the consumers, manual retrains.
+
+The registry commands read the registry topic into the local mirror first
+(:mod:`eddy.streams.registry_topic`), so they work from any machine with an empty
+data directory; with Kafka unreachable they say so and show the mirror as it is.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from eddy.models.registry import Registry, RegistryError
+from eddy.models.exceptions import EddyError
+from eddy.models.registry import ONLINE, Registry, RegistryError
 from eddy.streams.codec import make_event
+from eddy.streams.exceptions import BrokerError
 from eddy.streams.kafka import start_producer
+from eddy.streams.keys import signing_key
+from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.settings import KAFKA_SETTINGS, Settings, add_settings_arguments
 from eddy.streams.topics import Topics, require_topics
 
 console = Console()
+log = logging.getLogger(__name__)
 
 
 def add_commands(commands: Any) -> None:
     """Register the maintenance subcommands on the ``eddy`` parser."""
     p = commands.add_parser(
-        "models", help="the model registry: list, show, promote, rollback, verify"
+        "models", help="the model registry: list, show, verify, history, promote, rollback"
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    a = actions.add_parser("list", help="registered models, versions and aliases")
-    add_settings_arguments(a, ["data_dir"])
+    a = actions.add_parser("list", help="registered models, versions, aliases, online model")
+    add_settings_arguments(a, KAFKA_SETTINGS)
     a.set_defaults(run=cmd_list)
     for name, handler, text in (
-        ("show", cmd_show, "a version's model card (default: the champion)"),
+        ("show", cmd_show, "a version's model card (default: the champion; or 'online')"),
         ("verify", cmd_verify, "re-hash a version's artifacts against its card"),
         ("history", cmd_history, "the maintenance log of a model"),
     ):
@@ -38,19 +50,19 @@ def add_commands(commands: Any) -> None:
         a.add_argument("model")
         if name != "history":
             a.add_argument("version", nargs="?", default="champion")
-        add_settings_arguments(a, ["data_dir"])
+        add_settings_arguments(a, KAFKA_SETTINGS)
         a.set_defaults(run=handler)
     a = actions.add_parser("promote", help="make a version the champion (announces model.promoted)")
     a.add_argument("model")
     a.add_argument("version")
     a.add_argument("--reason", default="promoted by hand")
-    add_settings_arguments(a, [*KAFKA_SETTINGS, "task"])
+    add_settings_arguments(a, KAFKA_SETTINGS)
     a.set_defaults(run=cmd_promote)
     a = actions.add_parser("rollback", help="move the champion back (announces model.rolled_back)")
     a.add_argument("model")
     a.add_argument("--to", help="version to roll back to (default: the champion's parent)")
     a.add_argument("--reason", default="rolled back by hand")
-    add_settings_arguments(a, [*KAFKA_SETTINGS, "task"])
+    add_settings_arguments(a, KAFKA_SETTINGS)
     a.set_defaults(run=cmd_rollback)
 
     for name, text in (
@@ -58,41 +70,104 @@ def add_commands(commands: Any) -> None:
         ("exporter", "run the exporter consumer"),
     ):
         a = commands.add_parser(name, help=text)
-        add_settings_arguments(a)
+        add_settings_arguments(a, config_file=True)
         a.set_defaults(run=cmd_consumer, consumer=name)
 
     a = commands.add_parser("retrain", help="ask for a retrain by hand (sends retrain.requested)")
     a.add_argument("--stream", default="default", help="model stream to retrain")
     a.add_argument("--last-n", type=int, help="train on the most recent N examples")
-    add_settings_arguments(a, [*KAFKA_SETTINGS, "task"])
+    add_settings_arguments(a, KAFKA_SETTINGS)
     a.set_defaults(run=cmd_retrain)
 
 
-def _registry(settings: Settings) -> Registry:
-    return Registry(settings.data_dir / "registry")
+def _with_registry(
+    settings: Settings, work: Callable[[KafkaRegistry], Coroutine[Any, Any, Any]]
+) -> Any:
+    """Run ``work`` with the registry synced from Kafka (or the mirror alone, said so)."""
+
+    async def main() -> Any:
+        registry = KafkaRegistry(
+            settings.kafka, settings.topics.prefix, settings.data_dir / "registry",
+            signing_key(settings.state),
+        )  # fmt: skip
+        try:
+            try:
+                await registry.sync()
+            except (BrokerError, EddyError, OSError) as ex:
+                console.print(f"[yellow]eddy: the registry topic could not be read ({ex}); "
+                              f"showing the local mirror {registry.mirror.root}[/]")  # fmt: skip
+            return await work(registry)
+        finally:
+            await registry.close()
+
+    return asyncio.run(main())
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    """Registered models with their versions and aliases."""
-    registry = _registry(settings)
-    table = Table("model", "versions", "champion", "challenger")
-    for model in registry.models():
-        aliases = registry.aliases(model)
-        table.add_row(model, ", ".join(registry.versions(model)), aliases.get("champion", "-"),
-                      aliases.get("challenger", "-"))  # fmt: skip
-    console.print(table if registry.models() else f"no models registered in {registry.root}")
+    """Registered models with their versions, aliases and online model."""
+
+    async def work(registry: KafkaRegistry) -> None:
+        mirror = registry.mirror
+        table = Table("model", "versions", "champion", "challenger", "online model")
+        for model in mirror.models():
+            aliases = mirror.aliases(model)
+            table.add_row(model, ", ".join(mirror.versions(model)) or "-",
+                          aliases.get("champion", "-"), aliases.get("challenger", "-"),
+                          _online(mirror, model))  # fmt: skip
+        console.print(table if mirror.models() else f"no models registered ({registry.topic})")
+
+    _with_registry(settings, work)
     return 0
+
+
+def _online(mirror: Registry, model: str) -> str:
+    try:
+        card = mirror.get(model, ONLINE).card
+    except RegistryError:
+        return "-"
+    return f"{card.get('online_version', ONLINE)}, {card.get('learned', 0):,} learned"
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    """Print a model card."""
-    console.print_json(json.dumps(_registry(settings).get(args.model, args.version).card))
+    """Print a model card, with its search and compression tables when it has them."""
+
+    async def work(registry: KafkaRegistry) -> None:
+        card = registry.mirror.get(args.model, args.version).card
+        console.print_json(json.dumps(card))
+        for title, rows in _tables(card):
+            console.print(title)
+            console.print(rows, markup=False, highlight=False)
+
+    _with_registry(settings, work)
     return 0
+
+
+def _tables(card: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    search = card.get("search")
+    if isinstance(search, dict) and search.get("trials"):
+        lines = [f"{'trial':>5}  {'state':9} {'score':>8}  params"]
+        for trial in search["trials"]:
+            score = trial.get("score")
+            lines.append(
+                f"{trial.get('number', '?'):>5}  {trial.get('state', '?'):9} "
+                f"{(f'{score:.4f}' if isinstance(score, float) else '-'):>8}  {trial.get('params')}"
+            )
+        out.append((f"hyperparameter search ({search.get('n_complete')} complete, "
+                     f"{search.get('n_pruned')} pruned, {search.get('seconds')} s):", "\n".join(lines)))  # fmt: skip
+    compression = card.get("compression")
+    if isinstance(compression, dict) and compression.get("table"):
+        out.append((f"compression (chosen: {compression.get('chosen')}):", compression["table"]))
+    return out
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     """Re-hash artifacts; exit 1 if any differs from its card."""
-    result = _registry(settings).verify(args.model, args.version)
+
+    async def work(registry: KafkaRegistry) -> dict[str, bool]:
+        return registry.mirror.verify(args.model, args.version)
+
+    result = _with_registry(settings, work)
     for name, ok in result.items():
         console.print(f"{'ok      ' if ok else 'MISMATCH'} {args.model} {args.version} {name}")
     return 0 if all(result.values()) else 1
@@ -100,18 +175,27 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     """Print the maintenance log of a model."""
-    table = Table("time", "action", "version", "why", "result")
-    for e in _registry(settings).history(args.model):
-        table.add_row(e["time"], e["action"], e["version"] or "-", e["why"], e["result"])
-    console.print(table)
+
+    async def work(registry: KafkaRegistry) -> None:
+        table = Table("time", "action", "version", "why", "result")
+        for e in registry.mirror.history(args.model):
+            table.add_row(e["time"], e["action"], e["version"] or "-", e["why"], e["result"])
+        console.print(table)
+
+    _with_registry(settings, work)
     return 0
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     """Make a version the champion and announce it."""
-    registry = _registry(settings)
-    previous = registry.set_alias(args.model, "champion", args.version)
-    registry.log("promote", args.model, args.version, args.reason, "champion", previous=previous)
+
+    async def work(registry: KafkaRegistry) -> str | None:
+        previous = await registry.set_alias(args.model, "champion", args.version)
+        await registry.log("promote", args.model, args.version, args.reason, "champion",
+                           previous=previous)  # fmt: skip
+        return previous
+
+    previous = _with_registry(settings, work)
     data = {"model": args.model, "version": args.version, "alias": "champion",
             "previous_version": previous, "reason": args.reason}  # fmt: skip
     asyncio.run(_announce(settings, "model.promoted", data, args.model))
@@ -121,18 +205,23 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Move the champion back to ``--to`` or to its parent, and announce it."""
-    registry = _registry(settings)
-    current = registry.get(args.model, "champion")
-    target = args.to or current.card.get("parent_version")
-    if not target:
-        msg = f"{args.model} {current.version} has no parent to roll back to; give --to VERSION"
-        raise RegistryError(msg)
-    registry.set_alias(args.model, "champion", target)
-    registry.log("rollback", args.model, target, args.reason, "champion", previous=current.version)
-    data = {"model": args.model, "version": target, "from_version": current.version,
+
+    async def work(registry: KafkaRegistry) -> tuple[str, str]:
+        current = registry.mirror.get(args.model, "champion")
+        target = args.to or current.card.get("parent_version")
+        if not target:
+            msg = f"{args.model} {current.version} has no parent to roll back to; give --to VERSION"
+            raise RegistryError(msg)
+        await registry.set_alias(args.model, "champion", target)
+        await registry.log("rollback", args.model, target, args.reason, "champion",
+                           previous=current.version)  # fmt: skip
+        return current.version, target
+
+    current, target = _with_registry(settings, work)
+    data = {"model": args.model, "version": target, "from_version": current,
             "reason": args.reason}  # fmt: skip
     asyncio.run(_announce(settings, "model.rolled_back", data, args.model))
-    console.print(f"{args.model}: champion {current.version} -> {target}")
+    console.print(f"{args.model}: champion {current} -> {target}")
     return 0
 
 
@@ -148,10 +237,15 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
     """Run the retrainer or the exporter until SIGTERM."""
+    import torch
+
     from eddy.consumers.exporter import Exporter
     from eddy.consumers.retrainer import Retrainer
     from eddy.consumers.service import run_consumer
 
+    # Process-wide tuning, in eddy's own entry point only: one core for training, the
+    # other serves the worker.
+    torch.set_num_threads(1)
     kind = {"retrainer": Retrainer, "exporter": Exporter}[args.consumer]
     asyncio.run(run_consumer(settings, kind, handle_signals=True))
     return 0
@@ -161,11 +255,11 @@ async def _announce(
     settings: Settings, kind: str, data: dict[str, Any], subject: str
 ) -> dict[str, Any]:
     event = make_event(
-        kind, f"eddy/{settings.topic_prefix}cli", data, subject=subject,
-        signing_key=settings.event_signing_key,
+        kind, f"eddy/{settings.topics.prefix}cli", data, subject=subject,
+        signing_key=signing_key(settings.state),
     )  # fmt: skip
-    producer = await start_producer(settings, "cli")
-    events = Topics(settings.topic_prefix).events
+    producer = await start_producer(settings.kafka, "cli")
+    events = Topics(settings.topics.prefix).events
     try:
         await require_topics(producer, [events])
         await producer.send_and_wait(events, orjson.dumps(event), key=subject.encode())

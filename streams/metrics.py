@@ -18,65 +18,103 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-
-@dataclass(frozen=True)
-class EdgeMetrics:
-    """Counters of what the edge decoders accept and dead-letter."""
-
-    decoded: Counter
-    dead_lettered: Counter
-
-    @classmethod
-    def create(cls, registry: CollectorRegistry = REGISTRY) -> EdgeMetrics:
-        """Register the counters in ``registry`` (pass a fresh one in tests)."""
-        return cls(
-            decoded=Counter(
-                "eddy_events_decoded",
-                "Events that passed decoding and schema validation.",
-                ["topic"],
-                registry=registry,
-            ),
-            dead_lettered=Counter(
-                "eddy_dead_letter",
-                "Events sent to the dead-letter topic, by source topic kind and reason.",
-                ["topic", "reason"],
-                registry=registry,
-            ),
-        )
+_SECONDS = (1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1)
 
 
 @dataclass(frozen=True)
-class JoinMetrics:
-    """What the join does: joins, what leaves unjoined and why, what waits."""
+class EngineMetrics:
+    """What a worker's partitions do: predictions, joins, learning, drift, dead letters.
 
-    joined: Counter
+    Stream labels are bounded by the worker's stream policy (configured streams, or at
+    most ``EDDY_MAX_STREAMS``); feature labels by the feature monitor's ``max_features``.
+    """
+
+    predictions: Counter
+    staleness: Histogram
+    predict_seconds: Histogram
+    learned: Counter
+    learn_seconds: Histogram
+    duplicates: Counter
+    drifts: Counter
+    feature_drifts: Counter
+    feature_drifts_suppressed: Counter
+    feature_p_value: Gauge
     unjoined: Counter
     unjoined_state: Gauge
     pending: Gauge
     label_delay: Histogram
+    forwarded: Counter
+    dead_lettered: Counter
+    examples: Gauge
+    metric: Gauge
+    champion_metric: Gauge
+    model_info: Gauge
 
     @classmethod
-    def create(cls, registry: CollectorRegistry = REGISTRY) -> JoinMetrics:
-        """Register the join's metrics in ``registry``."""
+    def create(cls, registry: CollectorRegistry = REGISTRY) -> EngineMetrics:
+        """Register the metrics in ``registry`` (pass a fresh one in tests)."""
         return cls(
-            joined=Counter(
-                "eddy_join_examples", "Samples joined with their label.", registry=registry
+            predictions=Counter(
+                "eddy_predictions", "Predictions published when samples arrived.",
+                ["stream"], registry=registry,
+            ),
+            staleness=Histogram(
+                "eddy_prediction_staleness_seconds",
+                "How far behind its stream's learner the model that predicted a sample was "
+                "(0: the learner itself; a replica of it in another process otherwise).",
+                ["stream"], buckets=(0, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+                registry=registry,
+            ),
+            predict_seconds=Histogram(
+                "eddy_predict_seconds", "Time to predict one sample (batch time / batch size).",
+                ["stream"], buckets=_SECONDS, registry=registry,
+            ),
+            learned=Counter(
+                "eddy_examples_learned", "Examples learned.", ["stream"], registry=registry
+            ),
+            learn_seconds=Histogram(
+                "eddy_learn_seconds", "Time to score and learn one example.",
+                ["stream"], buckets=_SECONDS, registry=registry,
+            ),
+            duplicates=Counter(
+                "eddy_examples_duplicate",
+                "Examples dropped because their id was already learned (re-sent after a crash).",
+                ["stream"], registry=registry,
+            ),
+            drifts=Counter(
+                "eddy_drift_signals", "Drift detector signals on the error, by level.",
+                ["stream", "level"], registry=registry,
+            ),
+            feature_drifts=Counter(
+                "eddy_feature_drift_signals",
+                "Features (or predictions) whose distribution moved, found at sample time, by "
+                "kind: numeric, categorical, missing, prediction.",
+                ["stream", "kind"], registry=registry,
+            ),
+            feature_drifts_suppressed=Counter(
+                "eddy_feature_drift_suppressed",
+                "Feature drift findings not announced because of the stream's cooldown.",
+                ["stream"], registry=registry,
+            ),
+            feature_p_value=Gauge(
+                "eddy_feature_drift_p_value",
+                "p-value of the last drift test of each monitored feature (low: moved).",
+                ["stream", "feature", "kind"], registry=registry,
             ),
             unjoined=Counter(
                 "eddy_join_unmatched",
                 "Samples or labels that left the join unmatched, by kind and reason.",
-                ["kind", "reason"],
-                registry=registry,
+                ["kind", "reason"], registry=registry,
             ),
             unjoined_state=Gauge(
                 "eddy_join_unmatched_state",
                 "Samples or labels that left the join unmatched since its state began, by "
                 "reason (kept in the checkpoint, so it survives restarts).",
-                ["reason"],
-                registry=registry,
+                ["reason"], registry=registry,
             ),
             pending=Gauge(
-                "eddy_join_pending", "Samples and labels waiting in the join.", registry=registry
+                "eddy_join_pending", "Samples and labels waiting in the join, per partition.",
+                ["partition"], registry=registry,
             ),
             label_delay=Histogram(
                 "eddy_label_delay_seconds",
@@ -84,76 +122,41 @@ class JoinMetrics:
                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
                 registry=registry,
             ),
-        )
-
-
-@dataclass(frozen=True)
-class LearnerMetrics:
-    """What the learner does, per model stream (a bounded, configured set)."""
-
-    learned: Counter
-    examples: Gauge
-    duplicates: Counter
-    predict_latency: Histogram
-    learn_latency: Histogram
-    drifts: Counter
-    metric: Gauge
-    model_info: Gauge
-
-    @classmethod
-    def create(cls, registry: CollectorRegistry = REGISTRY) -> LearnerMetrics:
-        """Register the learner's metrics in ``registry``."""
-        seconds = (1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1)
-        return cls(
-            learned=Counter(
-                "eddy_examples_learned", "Examples learned.", ["stream"], registry=registry
+            forwarded=Counter(
+                "eddy_repartitioned",
+                "Records forwarded to the partition that joins or learns them (samples and "
+                "labels a non-murmur2 partitioner put elsewhere; examples of streams learned "
+                "in another partition).",
+                ["kind"], registry=registry,
+            ),
+            dead_lettered=Counter(
+                "eddy_dead_letter",
+                "Events sent to the dead-letter topic, by source topic kind and reason (every "
+                "dead letter, join expirations included).",
+                ["topic", "reason"], registry=registry,
             ),
             examples=Gauge(
                 "eddy_stream_examples",
                 "Examples a stream's model has learned since it began (kept in the "
                 "checkpoint, so it survives restarts; eddy_examples_learned_total does not).",
-                ["stream"],
-                registry=registry,
-            ),
-            duplicates=Counter(
-                "eddy_examples_duplicate",
-                "Examples dropped because their id was already learned (re-sent after a crash).",
-                ["stream"],
-                registry=registry,
-            ),
-            predict_latency=Histogram(
-                "eddy_predict_seconds",
-                "Time to predict one example (batch time / batch size).",
-                ["stream"],
-                buckets=seconds,
-                registry=registry,
-            ),
-            learn_latency=Histogram(
-                "eddy_learn_seconds",
-                "Time to test-then-train one example (batch time / batch size).",
-                ["stream"],
-                buckets=seconds,
-                registry=registry,
-            ),
-            drifts=Counter(
-                "eddy_drift_signals",
-                "Drift detector signals, by level (warning or drift).",
-                ["stream", "level"],
-                registry=registry,
+                ["stream"], registry=registry,
             ),
             metric=Gauge(
                 "eddy_prequential_metric",
-                "Prequential metrics (cumulative and rolling).",
-                ["stream", "metric", "scope"],
-                registry=registry,
+                "Prequential metrics of the online model on served predictions (cumulative, "
+                "rolling; immediate: as if labels came at once).",
+                ["stream", "metric", "scope"], registry=registry,
+            ),
+            champion_metric=Gauge(
+                "eddy_champion_metric",
+                "The champion's (int8) metrics on the same labels, beside the online model's.",
+                ["stream", "metric", "scope"], registry=registry,
             ),
             model_info=Gauge(
-                "eddy_model_info",
-                "The model version learning each stream (value 1).",
-                ["stream", "model", "version"],
-                registry=registry,
+                "eddy_model_info", "The model version learning each stream (value 1).",
+                ["stream", "model", "version"], registry=registry,
             ),
-        )
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from eddy.streams.codec import Label, Sample, encode_label, encode_sample, now_ms
 from eddy.streams.kafka import start_producer
-from eddy.streams.settings import Settings
+from eddy.streams.settings import KafkaConfig
 from eddy.streams.topics import Topics, require_topics
 
 # How many sends may be in flight before we wait for their acknowledgements.
@@ -75,19 +75,21 @@ class ProduceReport:
 
 
 async def produce(
-    settings: Settings,
+    kafka: KafkaConfig,
+    prefix: str,
     examples: Iterable[tuple[dict[str, Any], Any]],
     options: ProduceOptions,
     on_progress: Callable[[int], None] | None = None,
 ) -> ProduceReport:
-    """Send ``examples`` as samples and labels; return once the broker has them all."""
-    topics = Topics(settings.topic_prefix)
-    prefix = options.id_prefix or uuid.uuid4().hex[:8]
+    """Send ``examples`` as samples and labels to the topics of ``prefix``; return once
+    the broker has them all."""
+    topics = Topics(prefix)
+    id_prefix = options.id_prefix or uuid.uuid4().hex[:8]
     rng = random.Random(options.seed)
     pending_labels: deque[tuple[str, Any]] = deque()
     in_flight: list[asyncio.Future[Any]] = []
     samples = labels = dropped = 0
-    producer = await start_producer(settings, "produce", linger_ms=5)
+    producer = await start_producer(kafka, "produce", linger_ms=5)
     started = time.monotonic()
 
     async def send(topic: str, key: str, value: bytes) -> None:
@@ -109,7 +111,7 @@ async def produce(
         for i, (x, y) in enumerate(itertools.islice(examples, options.n)):
             if options.rate:
                 await _pace(started, i, options.rate)
-            event_id = f"{prefix}-{i:09d}"
+            event_id = f"{id_prefix}-{i:09d}"
             inline = y if options.inline_labels else None
             sample = Sample(
                 id=event_id, features=x, ts=now_ms(), label=inline, stream=options.stream
@@ -128,7 +130,7 @@ async def produce(
         await _settle(in_flight)
     finally:
         await producer.stop()
-    return ProduceReport(samples, labels, dropped, time.monotonic() - started, prefix)
+    return ProduceReport(samples, labels, dropped, time.monotonic() - started, id_prefix)
 
 
 async def _settle(in_flight: list[asyncio.Future[Any]]) -> None:

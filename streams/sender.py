@@ -58,16 +58,31 @@ class BatchSender:
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
         partition: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
         """Append a record to its partition's batch; ships the batch when full.
 
         The partition is ``partition`` if given, else the default partitioner's
-        for ``key`` (round-robin without a key).
+        for ``key`` (round-robin without a key); the timestamp is ``timestamp_ms``,
+        else the time of sending.
         """
+        if partition is None:
+            partition = await self._partition_for(topic, key)
+        where = (topic, partition)
+        batch = self._open.get(where)
+        if batch is None:
+            batch = self._open[where] = self.producer.create_batch()
+        headers = list(headers)
+        if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
+            await self._ship(where)
+            batch = self._open[where] = self.producer.create_batch()
+            if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
+                msg = f"a {len(value or b'')}-byte record does not fit a producer batch"
+                raise RecordTooLarge(msg)
+
+    async def _partition_for(self, topic: str, key: bytes | None) -> int:
         parts = await self._partitions_of(topic)
-        if partition is not None:
-            pass
-        elif key is None:
+        if key is None:
             partition = parts[next(self._round_robin) % len(parts)]
         else:
             partition = self._key_partition.get((topic, key))
@@ -75,17 +90,7 @@ class BatchSender:
                 partition = self._partitioner(key, parts, parts)
                 if len(self._key_partition) < _KEY_CACHE:
                     self._key_partition[(topic, key)] = partition
-        where = (topic, partition)
-        batch = self._open.get(where)
-        if batch is None:
-            batch = self._open[where] = self.producer.create_batch()
-        headers = list(headers)
-        if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-            await self._ship(where)
-            batch = self._open[where] = self.producer.create_batch()
-            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                msg = f"a {len(value or b'')}-byte record does not fit a producer batch"
-                raise RecordTooLarge(msg)
+        return partition
 
     async def _ship(self, where: tuple[str, int]) -> None:
         batch = self._open.pop(where)

@@ -249,16 +249,23 @@ def port_or_free(preferred: int) -> int:
     return preferred
 
 
-def child_specs(settings: Settings, base_port: int, demo: dict[str, Any] | None) -> list[ChildSpec]:
-    """The children of ``eddy up``: worker, retrainer, exporter (and the demo producer)."""
+def child_specs(
+    settings: Settings,
+    base_port: int,
+    demo: dict[str, Any] | None,
+    config: Path | None = None,
+) -> list[ChildSpec]:
+    """The children of ``eddy up``: worker, retrainer, exporter (and the demo producer);
+    each loads ``config`` (the streams and their models) when one is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDDY_")}
     env |= settings_env(settings)
     env["PYTHONUNBUFFERED"] = "1"
     specs = []
+    with_config = ["--config", str(config.resolve())] if config is not None else []
     for offset, name in enumerate(("worker", "retrainer", "exporter")):
         port = port_or_free(base_port + offset)
         env_port = env | {"EDDY_METRICS_PORT": str(port)}
-        specs.append(ChildSpec(name, eddy_argv(name), env_port, port))
+        specs.append(ChildSpec(name, eddy_argv(name, *with_config), env_port, port))
     if demo is not None:
         n = int(demo["n"])
         args = [

@@ -21,12 +21,14 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from eddy.streams.exceptions import TopicError
 from eddy.streams.kafka import end_offsets, make_consumer, start_admin
-from eddy.streams.settings import Settings
+from eddy.streams.settings import KafkaConfig, TopicConfig
 
 log = logging.getLogger(__name__)
 
-DATA_TOPICS = ("samples", "labels", "examples", "predictions")
-SINGLE_PARTITION_TOPICS = ("metrics", "events", "deadletter")
+DATA_TOPICS = ("samples", "labels", "repartition", "examples", "predictions", "changelog")
+SINGLE_PARTITION_TOPICS = ("metrics", "events", "deadletter", "registry", "snapshots")
+# Topics that hold state (latest value per key): compacted, never deleted by time.
+COMPACTED = ("changelog", "registry", "snapshots")
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,32 @@ class Topics:
         return self.prefix + "labels"
 
     @property
+    def repartition(self) -> str:
+        """Internal: samples and labels forwarded to the partition that joins them, and
+        examples forwarded to the partition that learns their stream."""
+        return self.prefix + "repartition"
+
+    @property
     def examples(self) -> str:
-        """Joined, labelled examples (key: model stream)."""
+        """Learned examples, in each stream's learning order (key: model stream): the
+        retrainer's windows."""
         return self.prefix + "examples"
+
+    @property
+    def changelog(self) -> str:
+        """Internal, compacted: each worker partition's state, tied to its input offsets."""
+        return self.prefix + "changelog"
+
+    @property
+    def registry(self) -> str:
+        """Compacted: model versions (artifacts, cards), aliases, the maintenance log."""
+        return self.prefix + "registry"
+
+    @property
+    def snapshots(self) -> str:
+        """Compacted: recent online models of each stream, for the replicas that predict
+        a stream's samples in other worker processes."""
+        return self.prefix + "snapshots"
 
     @property
     def predictions(self) -> str:
@@ -94,18 +119,45 @@ class Topics:
         return counts
 
 
-async def create_topics(settings: Settings) -> dict[str, str]:
-    """Create every eddy topic; idempotent.
+def topic_configs(topics: Topics, kafka: KafkaConfig) -> dict[str, dict[str, str]]:
+    """The configs eddy creates its topics with (retention is the broker's default for the
+    data topics: see the README's Topics section).
+
+    State topics keep the latest value per key forever (compaction, no time retention),
+    roll segments hourly so compaction can reach old checkpoints, and accept chunks of
+    half ``max_message_bytes`` with headroom.
+    """
+    message_bytes = str(kafka.max_message_bytes + 64 * 1024)
+    state = {
+        "cleanup.policy": "compact",
+        "retention.ms": "-1",
+        "segment.ms": str(3600 * 1000),
+        "min.cleanable.dirty.ratio": "0.1",
+        "max.message.bytes": message_bytes,
+    }
+    configs = {getattr(topics, name): dict(state) for name in COMPACTED}
+    for name in (*DATA_TOPICS, *SINGLE_PARTITION_TOPICS):
+        configs.setdefault(getattr(topics, name), {"max.message.bytes": message_bytes})
+    return configs
+
+
+async def create_topics(kafka: KafkaConfig, config: TopicConfig) -> dict[str, str]:
+    """Create every eddy topic with its partition count and configs; idempotent.
 
     Returns ``{topic: "created" | "exists"}``. A topic that exists with a different
-    partition count raises :class:`TopicError`, since the join and faust's
-    changelogs would silently misbehave on it.
+    partition count raises :class:`TopicError`: the co-partitioned inputs of a worker
+    partition would silently misbehave on it.
     """
-    wanted = Topics(settings.topic_prefix).partition_counts(settings.partitions)
-    admin = await start_admin(settings)
+    topics = Topics(config.prefix)
+    wanted = topics.partition_counts(config.partitions)
+    configs = topic_configs(topics, kafka)
+    admin = await start_admin(kafka)
     try:
         response = await admin.create_topics(
-            [NewTopic(name, n, settings.replication_factor) for name, n in wanted.items()]
+            [
+                NewTopic(name, n, config.replication_factor, topic_configs=configs[name])
+                for name, n in wanted.items()
+            ]
         )
         result: dict[str, str] = {}
         for topic, code, message in _topic_errors(response):
@@ -201,10 +253,10 @@ async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> di
     return {d["topic"]: len(d["partitions"]) for d in described}
 
 
-async def topic_sizes(settings: Settings) -> dict[str, tuple[int, int]]:
+async def topic_sizes(kafka: KafkaConfig, config: TopicConfig) -> dict[str, tuple[int, int]]:
     """``{topic: (partitions, messages)}`` for every eddy topic that exists."""
-    names = list(Topics(settings.topic_prefix).partition_counts(settings.partitions))
-    consumer = make_consumer(settings, "inspect", enable_auto_commit=False)
+    names = list(Topics(config.prefix).partition_counts(config.partitions))
+    consumer = make_consumer(kafka, "inspect", enable_auto_commit=False)
     await consumer.start()
     try:
         existing = await consumer.topics()

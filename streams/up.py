@@ -31,6 +31,8 @@ from eddy.streams.broker import (
 )
 from eddy.streams.dashboard import Samples, sum_samples
 from eddy.streams.exceptions import BrokerError
+from eddy.streams.keys import SIGNING_KEY_FILE, create_key_file
+from eddy.streams.registry_topic import seed_registry
 from eddy.streams.settings import Settings
 from eddy.streams.supervisor import (
     Child,
@@ -74,7 +76,10 @@ class Figures:
 
     learned: float = 0.0  # from checkpointed state: survives worker restarts
     rate: float = 0.0
+    predicted: float = 0.0  # predictions published (when samples arrived)
     metric: dict[str, float] = field(default_factory=dict)  # "accuracy" -> rolling value
+    delayed: dict[str, float] = field(default_factory=dict)  # cumulative, served predictions
+    immediate: dict[str, float] = field(default_factory=dict)  # cumulative, labels at once
     drifts: float = 0.0
     lag: float = 0.0
     expired: float = 0.0
@@ -98,14 +103,20 @@ def _label(samples: Samples | None, name: str, label: str) -> str:
 def read_figures(scrapes: dict[str, Samples | None]) -> Figures:
     """Figures from one scrape of each child (a child not answering counts as zero)."""
     w, r, e = scrapes.get("worker"), scrapes.get("retrainer"), scrapes.get("exporter")
-    metric = {}
+    metric: dict[str, float] = {}
+    delayed: dict[str, float] = {}
+    immediate: dict[str, float] = {}
+    scopes = {"rolling": metric, "cumulative": delayed, "immediate": immediate}
     for labels, value in (w or {}).get("eddy_prequential_metric", []):
-        if labels["scope"] == "rolling" and labels["metric"] in ("accuracy", "mae"):
-            metric[labels["metric"]] = value
+        if labels["metric"] in ("accuracy", "mae") and labels["scope"] in scopes:
+            scopes[labels["scope"]][labels["metric"]] = value
     exported = [v for _, v in (w or {}).get("eddy_last_export_timestamp_seconds", [])]
     return Figures(
         learned=sum_samples(w, "eddy_stream_examples"),
+        predicted=sum_samples(w, "eddy_predictions_total"),
         metric=metric,
+        delayed=delayed,
+        immediate=immediate,
         drifts=sum_samples(w, "eddy_drift_signals_total", level="drift"),
         lag=sum_samples(w, "eddy_consumer_lag"),
         expired=sum_samples(w, "eddy_join_unmatched_state", reason="sample_expired"),
@@ -128,7 +139,8 @@ def status_view(supervisor: Supervisor, figures: Figures, header: str) -> Group:
         export = f"{time.time() - figures.last_export:.0f} s ago"
     line = Text.assemble(
         (header + "\n", "bold"),
-        f"learned {figures.learned:,.0f} ({figures.rate:,.0f}/s) · rolling {metric} · "
+        f"predicted {figures.predicted:,.0f} · learned {figures.learned:,.0f} "
+        f"({figures.rate:,.0f}/s) · rolling {metric} · "
         f"drifts {figures.drifts:.0f} · lag {figures.lag:,.0f} · expired {figures.expired:,.0f} "
         f"· dead-lettered {figures.dead_lettered:,.0f}\n",
         f"online model {figures.version} · champion {figures.champion} · retrains "
@@ -170,9 +182,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
     if args.exit_when_done and not args.demo:
         console.print("[red]eddy up: --exit-when-done needs --demo[/]")
         return 2
-    data_dir = settings.data_dir
+    data_dir = settings.state.data_dir
     other = find_running_broker(data_dir)
-    if settings.bootstrap is None and other is not None:
+    if settings.kafka.bootstrap is None and other is not None:
         msg = (
             f"an embedded broker ({other}) already runs for data directory {data_dir} "
             f"({broker_file(data_dir)}): stop it, or give eddy up another --data-dir"
@@ -180,9 +192,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
         raise BrokerError(msg)
     for path in reset_stream_state(data_dir, everything=args.fresh):
         console.print(f"eddy up: removed {path} (state of an earlier run)")
+    if settings.state.signing_key is None and not (data_dir / SIGNING_KEY_FILE).exists():
+        path = create_key_file(data_dir / SIGNING_KEY_FILE)
+        console.print(f"eddy up: signing events and registry records with a new key in {path} "
+                      "(mode 0600; give EDDY_SIGNING_KEY to use your own)")  # fmt: skip
     broker: EmbeddedBroker | None = None
     with contextlib.ExitStack() as stack:
-        if settings.bootstrap is None:
+        if settings.kafka.bootstrap is None:
             broker = stack.enter_context(EmbeddedBroker())
             record_running_broker(data_dir, broker)
             stack.callback(lambda: broker_file(data_dir).unlink(missing_ok=True))
@@ -195,17 +211,17 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
             settings = settings.with_overrides(
                 {
                     "metrics_interval_s": 1.0,
-                    "join_ttl_s": min(settings.join_ttl_s, 5.0),
+                    "join_ttl_s": min(settings.join.ttl_s, 5.0),
                     # A drift near the end of the demo stream never fills its window.
-                    "retrain_wait_s": min(settings.retrain_wait_s, 15.0),
+                    "retrain_wait_s": min(settings.maintenance.retrain_wait_s, 15.0),
                 }
             )
         created = asyncio.run(create_topics(settings))
         console.print(f"eddy up: topics ready ({sum(v == 'created' for v in created.values())} "
-                      f"created) with prefix {settings.topic_prefix!r}")  # fmt: skip
-        base = settings.metrics_port or DEFAULT_BASE_PORT
+                      f"created) with prefix {settings.topics.prefix!r}")  # fmt: skip
+        base = settings.observability.metrics_port or DEFAULT_BASE_PORT
         demo = {"n": args.n, "rate": args.rate} if args.demo else None
-        specs = child_specs(settings, base, demo)
+        specs = child_specs(settings, base, demo, getattr(args, "config", None))
         return _supervise(args, settings, specs, console, broker)
     return 0  # unreachable; keeps type checkers content
 
@@ -217,12 +233,12 @@ def _supervise(
     console: Console,
     broker: EmbeddedBroker | None,
 ) -> int:
-    logs = settings.data_dir / "logs"
+    logs = settings.state.data_dir / "logs"
     children = [Child(spec, logs / f"{spec.name}.log") for spec in specs]
     messages: list[str] = []
-    about = {"bootstrap": settings.bootstrap, "broker_pid": broker.pid if broker else None}
+    about = {"bootstrap": settings.kafka.bootstrap, "broker_pid": broker.pid if broker else None}
     supervisor = Supervisor(children, messages.append, about)
-    status_path = settings.data_dir / "up.json"
+    status_path = settings.state.data_dir / "up.json"
     worker_port = children[0].spec.metrics_port
     console.print(f"eddy up: dashboard http://127.0.0.1:{worker_port}/ · logs in {logs}/ · "
                   "Ctrl-C stops everything")  # fmt: skip
@@ -271,6 +287,35 @@ def _supervise(
     return 1 if outcome == "timeout" else 0
 
 
+async def _what_serving_holds(settings: Settings) -> list[tuple[str, str]]:
+    """The int8 export of the champion, and what a serving client following both the
+    champion and the online model holds now (read from the registry on Kafka)."""
+    from eddy.consumers.hotswap import HotSwapClient
+
+    rows: list[tuple[str, str]] = []
+    try:
+        client = HotSwapClient.from_settings(settings, "default", follow="both")
+        await asyncio.wait_for(client.start(), 60)
+    except Exception as ex:  # noqa: BLE001 - a summary line, not a failure
+        return [("serving client", f"could not read the registry: {ex}")]
+    try:
+        mirror = client.registry.mirror
+        champion = mirror.aliases("default").get("champion") if mirror.models() else None
+        if champion is not None:
+            q = mirror.get("default", champion).card.get("quantization", {})
+            if q:
+                rows.append(("int8 export of the champion",
+                             f"{q['size_ratio']:.2f}x smaller than fp32, accuracy "
+                             f"{q['accuracy_delta']:+.4f}, batch-1 {q['int8_batch1_us']:.1f} vs "
+                             f"{q['fp32_batch1_us']:.1f} µs, batch-256 "
+                             f"{q['int8_batch256_per_s']:,.0f} vs {q['fp32_batch256_per_s']:,.0f}/s"))  # fmt: skip
+        held = ", ".join(f"{kind} {version}" for kind, version in client.held().items())
+        rows.append(("serving client (follows both) holds", held or "nothing yet"))
+    finally:
+        await client.stop()
+    return rows
+
+
 def _restart_broker(
     broker: EmbeddedBroker, settings: Settings, report: Callable[[str], None]
 ) -> None:
@@ -286,7 +331,8 @@ def _restart_broker(
         "reconnect by themselves"
     )
     broker.restart()
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings.kafka, settings.topics))
+    asyncio.run(seed_registry(settings))
     report(f"the embedded broker is back on {broker.bootstrap} (pid {broker.pid})")
 
 
@@ -301,27 +347,35 @@ def _summary(
     accounted = figures.learned + figures.expired
     table = Table("figure", "value", title=f"eddy demo summary ({outcome})")
     metric = ", ".join(f"{k} {v:.3f}" for k, v in figures.metric.items()) or "-"
+    delayed = ", ".join(f"{k} {v:.4f}" for k, v in figures.delayed.items()) or "-"
+    immediate = ", ".join(f"{k} {v:.4f}" for k, v in figures.immediate.items()) or "-"
+    served = asyncio.run(_what_serving_holds(settings))
     rows = [
         ("samples produced", f"{n:,}"),
+        ("predicted when the sample came", f"{figures.predicted:,.0f}"),
         ("learned / expired (no label)", f"{figures.learned:,.0f} / {figures.expired:,.0f} "
                                          f"({accounted:,.0f} of {n:,} accounted for)"),
+        ("prequential metric, labels 500 late", f"{delayed} (the prediction served when "
+                                                "each sample came, scored when its label did)"),
+        ("…had the labels come at once", immediate),
         ("rolling metric at the end", metric),
         ("drifts detected", f"{figures.drifts:.0f} (the concept changed at sample {n // 2:,})"),
         ("retrains / promoted", f"{figures.retrains:.0f} / {figures.promoted:.0f}"),
         ("exports / servable", f"{figures.exports:.0f} / {figures.servable:.0f}"),
+        *served,
         ("online model / champion", f"{figures.version} / {figures.champion}"),
         ("restarts", ", ".join(f"{c.spec.name} {c.restarts}" for c in supervisor.children)),
     ]  # fmt: skip
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    registry = Registry(settings.data_dir / "registry")
+    registry = Registry(settings.state.data_dir / "registry")
     for model in registry.models():
         champion = registry.aliases(model).get("champion")
-        console.print(f"registry {Path(settings.data_dir) / 'registry' / model}: versions "
-                      f"{', '.join(registry.versions(model))}; champion {champion}")  # fmt: skip
+        console.print(f"registry {Path(settings.state.data_dir) / 'registry' / model}: versions "
+                      f"{', '.join(registry.versions(model)) or '-'}; champion {champion}")  # fmt: skip
     if outcome == "timeout":
-        logs = settings.data_dir / "logs"
+        logs = settings.state.data_dir / "logs"
         console.print(
             "[red]eddy demo: the deadline passed before everything was learned and "
             f"maintained; see the logs in {logs}[/]"

@@ -1,133 +1,284 @@
-"""The worker process: the join and learner agents, a producer, and an HTTP endpoint
-with Prometheus ``/metrics`` and the live dashboard (:mod:`eddy.streams.dashboard`).
+"""The worker: the partition agent, its followers, and an HTTP endpoint with Prometheus
+``/metrics`` and the live dashboard (:mod:`eddy.streams.dashboard`).
 
-SIGTERM or SIGINT asks both agents to finish their batch, checkpoint and leave
-their groups; nothing is cancelled mid-batch, so a checkpoint never holds a
+:func:`run_worker` is what ``eddy worker`` and :meth:`eddy.App.run` run. On stop (or
+SIGTERM/SIGINT with ``handle_signals``) the agent finishes its batch, checkpoints
+and leaves its group; nothing is cancelled mid-batch, so a checkpoint never holds a
 half-applied batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from eddy.models.learners import make_learner
-from eddy.models.prequential import LearnerConfig
-from eddy.streams.agents.champions import ChampionFollower
-from eddy.streams.agents.join import JoinAgent
-from eddy.streams.agents.learner import LearnerAgent
+from eddy.models.feature_drift import FeatureDriftConfig
+from eddy.models.prequential import StreamLearner
+from eddy.models.sealed import seal
+from eddy.streams.agents.followers import ChampionScorer, EventsFollower, RegistryFollower
+from eddy.streams.agents.partitions import WorkerAgent
+from eddy.streams.changelog import Changelog
+from eddy.streams.codec import now_ms
 from eddy.streams.dashboard import History, MetricsServer
-from eddy.streams.deadletter import DeadLetterQueue
+from eddy.streams.engine import EngineContext, Hooks, Out
 from eddy.streams.kafka import close_client, start_producer, watch_connectivity
+from eddy.streams.keys import signing_key, state_key
 from eddy.streams.metrics import (
     ConsumerMetrics,
-    EdgeMetrics,
-    JoinMetrics,
-    LearnerMetrics,
+    EngineMetrics,
     ModelEventMetrics,
     process_metrics,
 )
+from eddy.streams.policy import Streams
+from eddy.streams.registry_topic import KafkaRegistry
+from eddy.streams.replicas import ModelDirectory, ReplicaFollower, SnapshotPublisher
 from eddy.streams.settings import Settings
 from eddy.streams.topics import Topics, wait_for_topics
 
 log = logging.getLogger(__name__)
 
-# How long a stopping worker waits for its agents' final checkpoints (milliseconds
-# when Kafka answers) before it gives up on them; `eddy up` kills a child after 20 s.
+# How long a stopping worker waits for its final checkpoints (milliseconds when Kafka
+# answers) before it gives up on them; `eddy up` kills a child after 20 s.
 STOP_GRACE_S = 10.0
-
-
-def learner_config(settings: Settings) -> LearnerConfig:
-    """The learning configuration the settings describe."""
-    return LearnerConfig(
-        model=settings.model,
-        task=settings.task,
-        detector=settings.detector,
-        drift_min_examples=settings.drift_min_examples,
-        drift_cooldown=settings.drift_cooldown,
-        metrics_window=settings.metrics_window,
-    )
 
 
 @dataclass
 class Worker:
     """A running worker; :meth:`stop` ends it cleanly."""
 
-    join: JoinAgent
-    learner: LearnerAgent
-    champions: ChampionFollower
+    agent: WorkerAgent
+    directory: ModelDirectory
     registry: CollectorRegistry
     history: History
+    events: EventsFollower
+    champions: RegistryFollower
+    kafka_registry: KafkaRegistry
     server: MetricsServer | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
-        """Finish the current batches, checkpoint, leave the groups."""
-        self.join.stop()
-        self.learner.stop()
-        self.champions.stop()
+        """Finish the current batch, checkpoint, leave the group."""
+        self.agent.stop()
         self.stopping.set()
+
+    def stream(self, name: str) -> Any:
+        """The learner of stream ``name``, if this worker owns it."""
+        return self.directory.owners().get(name)
+
+    def counts(self) -> dict[str, int]:
+        """The partitions' counters summed (joined, dead letters by reason…)."""
+        total: dict[str, int] = {}
+        for part in self.agent.partitions.values():
+            for k, v in part.unit.state.counts.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+class Ticker:
+    """What a worker does now and then between batches: metric snapshots, online
+    snapshots for serving clients and replicas, champion scoring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        agent: WorkerAgent,
+        metrics: EngineMetrics,
+        scorer: ChampionScorer,
+        registry: KafkaRegistry,
+        publisher: SnapshotPublisher,
+        producer: AIOKafkaProducer,
+        key: bytes,
+    ) -> None:
+        self.settings = settings
+        self.agent = agent
+        self.metrics = metrics
+        self.scorer = scorer
+        self.registry = registry
+        self.publisher = publisher
+        self.producer = producer
+        self.key = key
+        self._last_metrics = time.monotonic()
+        self._last_online: dict[str, tuple[float, int]] = {}
+        self._info: dict[str, tuple[str, str, str]] = {}
+        self._busy: asyncio.Task[None] | None = None
+
+    def __call__(self) -> None:
+        if time.monotonic() - self._last_metrics >= self.settings.observability.metrics_interval_s:
+            self._last_metrics = time.monotonic()
+            self.scorer.score()
+            self.publish_metrics()
+        if self._busy is None or self._busy.done():
+            self._busy = asyncio.ensure_future(self._snapshots())
+
+    def publish_metrics(self) -> None:
+        """One metric snapshot per owned stream, to the metrics topic and the gauges."""
+        m = self.metrics
+        topic = self.agent.ctx.topics.metrics
+        totals: dict[str, int] = {}
+        for part in self.agent.partitions.values():
+            state = part.unit.state
+            for reason, n in state.counts.items():
+                totals[reason] = totals.get(reason, 0) + n
+            for name, monitor in state.monitors.items():
+                for feature, tests in monitor.p_values.items():
+                    for kind, p in tests.items():
+                        m.feature_p_value.labels(name, feature, kind).set(p)
+            for name, learner in state.learners.items():
+                snapshot = learner.metrics.snapshot()
+                m.examples.labels(name).set(learner.learned)
+                for scope in ("cumulative", "rolling"):
+                    for metric, value in snapshot[scope].items():
+                        if value is not None:
+                            m.metric.labels(name, metric, scope).set(value)
+                event = {"stream": name, "model_version": learner.version, "ts": now_ms(),
+                         "examples": learner.learned, "scored": snapshot["examples"]}  # fmt: skip
+                event |= {k: snapshot[k] for k in ("cumulative", "rolling", "window")}
+                if learner.immediate is not None:
+                    immediate = learner.immediate.values()
+                    event["immediate"] = immediate
+                    for metric, value in immediate.items():
+                        if value is not None:
+                            m.metric.labels(name, metric, "immediate").set(value)
+                champion = self.scorer.scores.get(name)
+                if champion is not None and champion.count:
+                    event["champion"] = champion.values("rolling")
+                info = (name, learner.spec.model_name[:64], learner.version)
+                previous = self._info.get(name)
+                if previous is not None and previous != info:  # one series per stream
+                    m.model_info.remove(*previous)
+                self._info[name] = info
+                m.model_info.labels(*info).set(1)
+                self.agent.ctx.out.append(Out(topic, orjson.dumps(event), name.encode(), 0))
+        for reason, n in totals.items():
+            if reason.endswith(("_expired", "_evicted", "_duplicate")):
+                m.unjoined_state.labels(reason).set(n)
+
+    async def _snapshots(self) -> None:
+        """Online models to the registry (serving clients) and, when other worker
+        processes share the group, to the snapshots topic (their replicas)."""
+        owners = self.agent.ctx.directory.owners()  # type: ignore[attr-defined]
+        every = self.settings.learning.snapshot_interval_s
+        try:
+            for stream, learner in owners.items():
+                when, learned = self._last_online.get(stream, (0.0, -1))
+                if (
+                    learner.learned > 0
+                    and learned != learner.learned
+                    and (time.monotonic() - when >= every)
+                ):
+                    self._last_online[stream] = (time.monotonic(), learner.learned)
+                    await self._publish_online(learner)
+            if not self.agent.solo:
+                for learner in self.publisher.due(owners):
+                    await self.publisher.publish(self.producer, learner)
+        except Exception as ex:  # noqa: BLE001 - serving copies must not stop learning
+            log.warning("online snapshots: %r; trying again later", ex)
+
+    async def _publish_online(self, learner: Any) -> None:
+        blob = await asyncio.to_thread(seal, learner.learner, self.key)
+        card = {
+            "task": learner.spec.task,
+            "model_name": learner.spec.model_name,
+            "online_version": learner.version,
+            "learned": learner.learned,
+            "taken_at_ms": now_ms(),
+            "metrics": learner.metrics.values("rolling"),
+        }
+        await self.registry.publish_online(learner.stream, card, {"model.sealed": blob})
 
 
 async def run_worker(
     settings: Settings,
+    streams: Streams,
+    hooks: Hooks | None = None,
     registry: CollectorRegistry | None = None,
     on_start: asyncio.Future[Worker] | None = None,
     handle_signals: bool = False,
 ) -> None:
-    """Run the join and learner agents until stopped.
+    """Run a worker until stopped.
 
     ``on_start`` (if given) receives the :class:`Worker` once it runs, so that a
     caller in the same loop can watch or stop it.
     """
     registry = registry or CollectorRegistry()
     process_metrics(registry)
-    topics = Topics(settings.topic_prefix)
-    config = learner_config(settings)
-    # Fails fast on a bad model/task pair, and imports the model's libraries (torch
-    # takes ~2 s) now rather than mid-stream inside the event loop.
-    make_learner(config.model, config.task)
+    topics = Topics(settings.topics.prefix)
     # Agents hand over whole, closed batches (streams/sender.py): allow large ones, and
     # send them at once (lingering cannot add records to a closed batch, only latency).
-    producer = await start_producer(settings, "worker", linger_ms=0, max_batch_size=512 * 1024)
+    producer = await start_producer(
+        settings.kafka, "worker", linger_ms=0, max_batch_size=512 * 1024
+    )
     server: MetricsServer | None = None
     try:
-        edge = EdgeMetrics.create(registry)
+        metrics = EngineMetrics.create(registry)
         consumed = ConsumerMetrics.create(registry)
         consumed.kafka_up.set(1)
-        # Headroom under the producer's request cap for a truncated value's headers.
-        cap = settings.max_message_bytes - 16 * 1024
-        join_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "join", cap)
-        learn_dlq = DeadLetterQueue(producer, topics.deadletter, edge, topics.kind, "learner", cap)
-        learner = LearnerAgent(
-            settings, producer, learn_dlq, LearnerMetrics.create(registry), config,
-            consumer_metrics=consumed,
-        )  # fmt: skip
-        join = JoinAgent(settings, producer, join_dlq, JoinMetrics.create(registry), consumed)
-        champions = ChampionFollower(settings, learner, ModelEventMetrics.create(registry))
-        history = History(registry, lambda: list(champions.seen))
-        worker = Worker(join, learner, champions, registry, history)
-        if settings.metrics_port:
-            server = worker.server = MetricsServer(settings.metrics_port, registry, history).start()
-            log.info("worker: dashboard on http://127.0.0.1:%d/ (metrics at /metrics)", server.port)
+        events_metrics = ModelEventMetrics.create(registry)
+        directory = ModelDirectory(lambda s: StreamLearner(s, streams.spec(s)))
+        sign_key, pickle_key = signing_key(settings.state), state_key(settings.state)
+        learning = settings.learning
+        group = f"{topics.prefix}worker"
+        scorer = ChampionScorer(metrics, learning.metrics_window)
+        ctx = EngineContext(
+            topics=topics,
+            partitions=settings.topics.partitions,
+            policy=streams,
+            directory=directory,
+            metrics=metrics,
+            group=group,
+            source=f"eddy/{topics.prefix}worker",
+            join_ttl_ms=int(settings.join.ttl_s * 1000),
+            join_max_pending=settings.join.max_pending,
+            max_future_ms=int(settings.join.max_future_s * 1000),
+            max_message_bytes=settings.kafka.max_message_bytes,
+            max_feature_magnitude=learning.max_feature_magnitude,
+            dedup_horizon=settings.state.dedup_horizon,
+            feature_drift=FeatureDriftConfig() if learning.feature_drift else None,
+            signing_key=sign_key,
+            hooks=hooks or Hooks(),
+            on_learned=scorer.add,
+        )
+        changelog = Changelog(settings.kafka, topics.changelog, pickle_key,
+                              settings.data_dir / "checkpoints" / group, group)  # fmt: skip
+        kafka_registry = KafkaRegistry(settings.kafka, topics.prefix,
+                                       settings.data_dir / "registry", sign_key, producer)  # fmt: skip
+        publisher = SnapshotPublisher(settings.kafka, topics.snapshots, pickle_key,
+                                      learning.max_staleness_ms)  # fmt: skip
+        agent = WorkerAgent(settings.kafka, settings.state, ctx, producer, changelog, consumed)
+        agent.on_tick = Ticker(settings, agent, metrics, scorer, kafka_registry, publisher,
+                               producer, pickle_key)  # fmt: skip
+        events = EventsFollower(settings.kafka, topics.events, sign_key, events_metrics)
+        champions = RegistryFollower(kafka_registry, settings.kafka, directory, scorer,
+                                     events_metrics)  # fmt: skip
+        history = History(registry, lambda: list(events.seen))
+        worker = Worker(agent, directory, registry, history, events, champions, kafka_registry)
+        obs = settings.observability
+        if obs.metrics_port:
+            server = worker.server = MetricsServer(
+                obs.metrics_port, registry, history, host=obs.metrics_host
+            ).start()
+            log.info("worker: dashboard on http://%s:%d/ (metrics at /metrics)",
+                     obs.metrics_host, server.port)  # fmt: skip
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, worker.stop)
         if on_start is not None:
             on_start.set_result(worker)
-        log.info(
-            "worker: topics %s*, model %s (%s), drift detector %s",
-            settings.topic_prefix, config.model, config.task, config.detector,
-        )  # fmt: skip
+        log.info("worker: topics %s*, streams %s", topics.prefix,
+                 ", ".join(streams.configured) or f"any (defaults: {streams.default.model_name}, "
+                 f"{streams.default.task})")  # fmt: skip
         if await wait_for_topics(producer, topics.all(), "worker", worker.stopping):
-            await _run_agents(worker, producer, settings, consumed)
+            follower = ReplicaFollower(settings.kafka, topics.snapshots, pickle_key, directory)
+            await _run_tasks(worker, producer, settings, consumed, follower)
     finally:
         await close_client(producer)
         if server is not None:
@@ -135,28 +286,30 @@ async def run_worker(
     log.info("worker: stopped cleanly")
 
 
-async def _run_agents(
-    worker: Worker, producer: AIOKafkaProducer, settings: Settings, consumed: ConsumerMetrics
+async def _run_tasks(
+    worker: Worker,
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    consumed: ConsumerMetrics,
+    replicas: ReplicaFollower,
 ) -> None:
-    """Run every agent until one fails or the worker stops; re-raise a failure."""
-    agents = (
-        worker.join.run(),
-        worker.learner.run(),
-        worker.champions.run(),
-        worker.history.run(worker.stopping),
-        watch_connectivity(
-            producer, settings.bootstrap or "the embedded broker", worker.stopping,
-            lambda up: consumed.kafka_up.set(1 if up else 0),
+    """Run the agent and followers until one fails or the worker stops; re-raise a failure."""
+    stop = worker.stopping
+    tasks = [
+        asyncio.create_task(worker.agent.run()),
+        asyncio.create_task(worker.events.run(stop)),
+        asyncio.create_task(worker.champions.run(stop)),
+        asyncio.create_task(replicas.run(stop)),
+        asyncio.create_task(worker.history.run(stop)),
+        asyncio.create_task(
+            watch_connectivity(
+                producer, settings.kafka.bootstrap or "the embedded broker", stop,
+                lambda up: consumed.kafka_up.set(1 if up else 0),
+            )
         ),
-    )  # fmt: skip
-    # torch and River leave ~240,000 objects that every full collection would
-    # walk: a ~150 ms pause in the middle of the stream, the worst of its p99
-    # latency (bench/README.md). They live as long as the process: freeze them.
-    gc.collect()
-    gc.freeze()
-    tasks = [asyncio.create_task(agent) for agent in agents]
-    # A stop, or one agent failing, stops them all; then a failure propagates.
-    stop_asked = asyncio.create_task(worker.stopping.wait())
+    ]  # fmt: skip
+    # A stop, or one task failing, stops them all; then a failure propagates.
+    stop_asked = asyncio.create_task(stop.wait())
     await asyncio.wait([*tasks, stop_asked], return_when=asyncio.FIRST_COMPLETED)
     stop_asked.cancel()
     worker.stop()

@@ -61,7 +61,7 @@ BAD_EXAMPLES = [
 
 def test_fuzzed_topics_dead_letter_bad_events_and_learn_good_ones(settings: Settings) -> None:
     settings = settings.with_overrides({"max_message_bytes": 256 * 1024, "join_ttl_s": 2.0})
-    topics = Topics(settings.topic_prefix)
+    topics = Topics(settings.topics.prefix)
     n_good = 600
 
     async def scenario() -> tuple[collections.Counter[str], int]:
@@ -71,7 +71,7 @@ def test_fuzzed_topics_dead_letter_bad_events_and_learn_good_ones(settings: Sett
                 sends = []
                 bad_iter = iter(BAD_SAMPLES)
                 for i in range(n_good):
-                    part = i % settings.partitions
+                    part = i % settings.topics.partitions
                     sends.append(
                         await producer.send(
                             topics.samples, sample(i), key=f"good-{i}".encode(), partition=part

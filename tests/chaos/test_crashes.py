@@ -80,7 +80,7 @@ class Killer(threading.Thread):
 
 
 def final_state(settings: Settings, agent: str) -> Any:
-    path = settings.data_dir / "checkpoints" / f"{settings.topic_prefix}{agent}" / "p0.ckpt"
+    path = settings.state.data_dir / "checkpoints" / f"{settings.topics.prefix}{agent}" / "p0.ckpt"
     return checkpoint.load(path).state
 
 
@@ -89,11 +89,11 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
     settings: Settings, seed: int, tmp_path: Path
 ) -> None:
     settings = settings.with_overrides(
-        {"topic_prefix": f"crash{seed}{settings.topic_prefix}", "partitions": 1,
+        {"topic_prefix": f"crash{seed}{settings.topics.prefix}", "partitions": 1,
          "join_ttl_s": 3.0, "checkpoint_interval_s": 1.0, "retrain_wait_s": 20.0,
          "producer_idempotence": "off"}
     )  # fmt: skip
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings.kafka, settings.topics))
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDDY_")}
     env |= settings_env(settings) | FAST | {"PYTHONUNBUFFERED": "1"}
     logs = tmp_path / "logs"
@@ -119,7 +119,9 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
     try:
         for i, (variant, to) in enumerate(((0, 3), (3, 1))):
             examples, options = segment(seed * 10 + i, variant, to, f"s{seed}-{i}")
-            produced += asyncio.run(produce(settings, examples, options)).samples
+            produced += asyncio.run(
+                produce(settings.kafka, settings.topics.prefix, examples, options)
+            ).samples
         assert produced == 2 * N_PER_SEGMENT
 
         def accounted() -> int:
@@ -132,8 +134,8 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
 
         assert holds_within(lambda: accounted() >= produced, 240, 1.0), accounted()
         assert killer.done.wait(180), "the retrainer or exporter never started working"
-        registry = Registry(settings.data_dir / "registry")
-        events_topic = Topics(settings.topic_prefix).events
+        registry = Registry(settings.state.data_dir / "registry")
+        events_topic = Topics(settings.topics.prefix).events
 
         def events() -> list[Any]:
             return [

@@ -38,12 +38,12 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: Path) -> None:
-    settings = settings.with_overrides({"topic_prefix": "load." + settings.topic_prefix,
+    settings = settings.with_overrides({"topic_prefix": "load." + settings.topics.prefix,
                                         "partitions": 1, "join_ttl_s": 3.0,
                                         "producer_idempotence": "off"})  # fmt: skip
     from eddy.streams.topics import create_topics
 
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings.kafka, settings.topics))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDDY_")}
     env |= settings_env(settings) | {"EDDY_METRICS_PORT": str(port)}
@@ -67,13 +67,17 @@ def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: P
         watcher.start()
         sustained = ProduceOptions(n=SUSTAINED_N, label_delay=100, seed=1, rate=SUSTAINED_RATE,
                                    id_prefix="steady")  # fmt: skip
-        asyncio.run(produce(settings, open_named("sea", seed=1), sustained))
+        asyncio.run(
+            produce(settings.kafka, settings.topics.prefix, open_named("sea", seed=1), sustained)
+        )
         wait_until(lambda: scrape(port).get("eddy_stream_examples", 0) >= SUSTAINED_N - 50, 60,
                    "the sustained part learned")  # fmt: skip
         baseline = max(s["eddy_process_resident_memory_bytes"] for s in samples)
         started = time.monotonic()
         burst = ProduceOptions(n=BURST_N, label_delay=100, seed=2, id_prefix="burst")
-        report = asyncio.run(produce(settings, open_named("sea", seed=2), burst))
+        report = asyncio.run(
+            produce(settings.kafka, settings.topics.prefix, open_named("sea", seed=2), burst)
+        )
         produced = SUSTAINED_N + report.samples
 
         def accounted() -> float:

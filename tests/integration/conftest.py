@@ -32,7 +32,7 @@ def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
         partitions=3,
         data_dir=tmp_path / "eddy-data",
     )
-    asyncio.run(create_topics(s))
+    asyncio.run(create_topics(s.kafka, s.topics))
     return s
 
 

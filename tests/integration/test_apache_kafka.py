@@ -45,9 +45,14 @@ def apache_kafka() -> Iterator[str]:
 
 def test_topics_and_produce_on_apache_kafka(apache_kafka, tmp_path):
     settings = Settings(bootstrap=apache_kafka, topic_prefix="ak.", data_dir=tmp_path)
-    assert set(asyncio.run(create_topics(settings)).values()) == {"created"}
+    assert set(asyncio.run(create_topics(settings.kafka, settings.topics)).values()) == {"created"}
     report = asyncio.run(
-        produce(settings, sources.open_named("sea"), ProduceOptions(n=500, label_delay=20))
+        produce(
+            settings.kafka,
+            settings.topics.prefix,
+            sources.open_named("sea"),
+            ProduceOptions(n=500, label_delay=20),
+        )
     )
     sizes = asyncio.run(topic_sizes(settings))
     topics = Topics("ak.")

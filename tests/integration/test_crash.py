@@ -24,14 +24,21 @@ N = 50_000
 
 def _start_worker(settings, log_path):
     command = [sys.executable, "-m", "eddy.streams.cli", "worker"]
-    command += ["--bootstrap", settings.bootstrap, "--topic-prefix", settings.topic_prefix]
-    command += ["--partitions", "1", "--data-dir", str(settings.data_dir), "--model", "logreg"]
+    command += ["--bootstrap", settings.kafka.bootstrap, "--topic-prefix", settings.topics.prefix]
+    command += [
+        "--partitions",
+        "1",
+        "--data-dir",
+        str(settings.state.data_dir),
+        "--model",
+        "logreg",
+    ]
     command += ["--checkpoint-every", "3000", "--checkpoint-interval-s", "1"]
     return subprocess.Popen(command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
 
 
 def _learner_state(settings):
-    path = settings.data_dir / "checkpoints" / f"{settings.topic_prefix}learner" / "p0.ckpt"
+    path = settings.state.data_dir / "checkpoints" / f"{settings.topics.prefix}learner" / "p0.ckpt"
     try:
         return checkpoint.load(path).state  # a streams.agents.base.Checkpointed
     except (FileNotFoundError, CheckpointError):
@@ -55,16 +62,21 @@ def _wait(condition, within, what, proc=None):
 
 def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(settings, tmp_path):
     settings = settings.with_overrides(
-        {"topic_prefix": settings.topic_prefix + "c.", "partitions": 1}
+        {"topic_prefix": settings.topics.prefix + "c.", "partitions": 1}
     )
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings.kafka, settings.topics))
     log_path = tmp_path / "worker.log"
 
     def stream():
         return itertools.islice(sources.open_named("sea", seed=21), N)
 
     async def produce_slowly():
-        await produce(settings, stream(), ProduceOptions(n=N, rate=5000, seed=21))
+        await produce(
+            settings.kafka,
+            settings.topics.prefix,
+            stream(),
+            ProduceOptions(n=N, rate=5000, seed=21),
+        )
 
     worker = _start_worker(settings, log_path)
     loop = asyncio.new_event_loop()

@@ -34,7 +34,7 @@ def _decode_with_small_cap(raw):
 
 
 async def _scenario(settings):
-    topics = Topics(settings.topic_prefix)
+    topics = Topics(settings.topics.prefix)
     producer = await start_producer(settings)
     try:
         for i, raw in enumerate([*GOOD, *BAD]):
@@ -50,7 +50,7 @@ async def _scenario(settings):
         settings,
         "test-edge",
         topics.samples,
-        group_id="edge-" + settings.topic_prefix,
+        group_id="edge-" + settings.topics.prefix,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
@@ -75,7 +75,7 @@ def test_bad_samples_are_dead_lettered_with_reason_and_origin(settings):
     decoded, registry = asyncio.run(_scenario(settings))
     assert [s.id for _, s in decoded] == [f"g{i}" for i in range(5)]
 
-    topics = Topics(settings.topic_prefix)
+    topics = Topics(settings.topics.prefix)
     dead = asyncio.run(read_topic(settings, topics.deadletter, at_least=len(BAD)))
     assert [r.value for r in dead] == list(BAD)  # original bytes, unchanged, in order
     for offset, (record, reason) in enumerate(zip(dead, BAD.values(), strict=True), start=5):

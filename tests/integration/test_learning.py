@@ -19,14 +19,14 @@ from tests.integration.worker_helpers import running_worker, wait_for
 
 def _one_partition(settings, **overrides):
     s = settings.with_overrides(
-        {"topic_prefix": settings.topic_prefix + "p1.", "partitions": 1, **overrides}
+        {"topic_prefix": settings.topics.prefix + "p1.", "partitions": 1, **overrides}
     )
-    asyncio.run(create_topics(s))
+    asyncio.run(create_topics(s.kafka, s.topics))
     return s
 
 
 async def _learn(settings, examples, options, n):
-    await produce(settings, examples, options)
+    await produce(settings.kafka, settings.topics.prefix, examples, options)
     async with running_worker(settings) as worker:
         await wait_for(
             lambda: (s := worker.learner.stream("default")) is not None and s.learned >= n,
@@ -71,7 +71,9 @@ def test_late_and_missing_labels_are_learned_or_counted_as_expired(settings):
     options = ProduceOptions(n=n, label_delay=500, label_drop=0.01, seed=5)
 
     async def scenario():
-        report = await produce(settings, sources.open_named("sea", seed=5), options)
+        report = await produce(
+            settings.kafka, settings.topics.prefix, sources.open_named("sea", seed=5), options
+        )
         async with running_worker(settings) as worker:
 
             def learned():
@@ -93,7 +95,7 @@ def test_late_and_missing_labels_are_learned_or_counted_as_expired(settings):
     assert 100 <= report.labels_dropped <= 300
     assert unjoined == {"sample_expired": expired}  # no orphan labels, no duplicates
     dead = asyncio.run(
-        read_topic(settings, Topics(settings.topic_prefix).deadletter, at_least=expired)
+        read_topic(settings, Topics(settings.topics.prefix).deadletter, at_least=expired)
     )
     reasons = [dict(r.headers)["eddy-dlt-reason"] for r in dead]
     assert reasons == [b"sample_expired"] * expired
@@ -105,7 +107,7 @@ def test_abrupt_drift_is_detected_soon_after_the_drift_point(settings):
     stream = sources.open_named("sea", seed=1, variant=0, drift_at=drift_at, drift_to=3)
     learned = asyncio.run(_learn(settings, stream, ProduceOptions(n=n, label_delay=0), n))
     assert learned.learned == n
-    raw = asyncio.run(read_topic(settings, Topics(settings.topic_prefix).events, at_least=1))
+    raw = asyncio.run(read_topic(settings, Topics(settings.topics.prefix).events, at_least=1))
     events = [decode_event(r.value) for r in raw]
     drifts = [
         e.data["position"]["sample_count"]

@@ -40,22 +40,22 @@ async def _request_manual_retrain(settings, start, end):
         "retrain.requested",
         "eddy/test",
         {"stream": "default", "reason": "manual",
-         "window": {"offsets": [{"topic": Topics(settings.topic_prefix).examples,
+         "window": {"offsets": [{"topic": Topics(settings.topics.prefix).examples,
                                  "partition": 0, "start": start, "end": end}]}},
         subject="default",
     )  # fmt: skip
     producer = await start_producer(settings)
     try:
-        await producer.send_and_wait(Topics(settings.topic_prefix).events, orjson.dumps(event))
+        await producer.send_and_wait(Topics(settings.topics.prefix).events, orjson.dumps(event))
     finally:
         await producer.stop()
 
 
 def test_drift_to_served_int8_model(settings):
     settings = settings.with_overrides(
-        {"topic_prefix": settings.topic_prefix + "m.", "partitions": 1, "retrain_epochs": 20}
+        {"topic_prefix": settings.topics.prefix + "m.", "partitions": 1, "retrain_epochs": 20}
     )
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings.kafka, settings.topics))
     registry = registry_of(settings)
 
     async def scenario():
@@ -69,7 +69,12 @@ def test_drift_to_served_int8_model(settings):
             client = HotSwapClient(settings, "default")
             await client.start()
             try:
-                await produce(settings, stream, ProduceOptions(n=N, label_delay=0))
+                await produce(
+                    settings.kafka,
+                    settings.topics.prefix,
+                    stream,
+                    ProduceOptions(n=N, label_delay=0),
+                )
                 await wait_for(lambda: client.version == "v0001", 180, "v0001 served")
                 await wait_for(lambda: client.version == "v0002", 300, "v0002 served after drift")
                 served_prediction = client.predict([{"0": 5.0, "1": 4.2, "2": 1.0}])
@@ -112,7 +117,7 @@ def test_drift_to_served_int8_model(settings):
     assert ("adopt", "v0002") in actions
 
     events = [decode_event(r.value) for r in asyncio.run(
-        read_topic(settings, Topics(settings.topic_prefix).events, at_least=8))]  # fmt: skip
+        read_topic(settings, Topics(settings.topics.prefix).events, at_least=8))]  # fmt: skip
     drift = next(
         e for e in events
         if e.type == "drift.detected" and e.data["level"] == "drift"

@@ -10,16 +10,16 @@ from tests.integration.conftest import read_topic
 
 
 def _flags(settings):
-    return ["--data-dir", str(settings.data_dir), "--bootstrap", settings.bootstrap,
-            "--topic-prefix", settings.topic_prefix]  # fmt: skip
+    return ["--data-dir", str(settings.state.data_dir), "--bootstrap", settings.kafka.bootstrap,
+            "--topic-prefix", settings.topics.prefix]  # fmt: skip
 
 
 def test_list_show_verify_promote_rollback(settings, capsys):
-    registry = Registry(settings.data_dir / "registry")
+    registry = Registry(settings.state.data_dir / "registry")
     registry.register("fraud", {"parent_version": None}, {"model.pt": b"one"})
     registry.register("fraud", {"parent_version": "v0001"}, {"model.pt": b"two"})
     registry.set_alias("fraud", "champion", "v0001")
-    data_dir = ["--data-dir", str(settings.data_dir)]
+    data_dir = ["--data-dir", str(settings.state.data_dir)]
 
     assert main(["models", "list", *data_dir]) == 0
     assert "v0001, v0002" in capsys.readouterr().out
@@ -31,7 +31,7 @@ def test_list_show_verify_promote_rollback(settings, capsys):
     assert main(["models", "rollback", "fraud", "--reason", "bad in prod", *_flags(settings)]) == 0
     assert registry.aliases("fraud")["champion"] == "v0001"
     events = [decode_event(r.value) for r in asyncio.run(
-        read_topic(settings, Topics(settings.topic_prefix).events, at_least=2))]  # fmt: skip
+        read_topic(settings, Topics(settings.topics.prefix).events, at_least=2))]  # fmt: skip
     assert [e.type for e in events] == ["model.promoted", "model.rolled_back"]
     assert events[1].data == {"model": "fraud", "version": "v0001", "from_version": "v0002",
                               "reason": "bad in prod"}  # fmt: skip

@@ -15,18 +15,20 @@ from tests.integration.conftest import read_topic
 
 
 def test_labels_arrive_late_and_dropped_ones_are_counted(settings):
-    settings = settings.with_overrides({"topic_prefix": settings.topic_prefix + "one."})
+    settings = settings.with_overrides({"topic_prefix": settings.topics.prefix + "one."})
     settings = settings.with_overrides({"partitions": 1})
     from eddy.streams.topics import create_topics
 
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings.kafka, settings.topics))
     options = ProduceOptions(n=2000, label_delay=50, label_drop=0.05, seed=3, id_prefix="run")
-    report = asyncio.run(produce(settings, sources.open_named("sea", seed=3), options))
+    report = asyncio.run(
+        produce(settings.kafka, settings.topics.prefix, sources.open_named("sea", seed=3), options)
+    )
     assert report.samples == 2000
     assert report.labels + report.labels_dropped == 2000
     assert 50 <= report.labels_dropped <= 150  # 5% of 2000, seeded
 
-    topics = Topics(settings.topic_prefix)
+    topics = Topics(settings.topics.prefix)
     samples = asyncio.run(read_topic(settings, topics.samples, at_least=2000))
     labels = asyncio.run(read_topic(settings, topics.labels, at_least=report.labels))
     assert len(samples) == 2000
@@ -48,8 +50,12 @@ def test_labels_arrive_late_and_dropped_ones_are_counted(settings):
 
 def test_same_key_puts_sample_and_label_on_the_same_partition(settings):
     options = ProduceOptions(n=300, label_delay=10, seed=1)
-    asyncio.run(produce(settings, sources.open_named("agrawal", seed=1), options))
-    topics = Topics(settings.topic_prefix)
+    asyncio.run(
+        produce(
+            settings.kafka, settings.topics.prefix, sources.open_named("agrawal", seed=1), options
+        )
+    )
+    topics = Topics(settings.topics.prefix)
     samples = asyncio.run(read_topic(settings, topics.samples, at_least=300))
     labels = asyncio.run(read_topic(settings, topics.labels, at_least=300))
     where = {r.key: r.partition for r in samples}
@@ -60,9 +66,11 @@ def test_same_key_puts_sample_and_label_on_the_same_partition(settings):
 
 def test_inline_labels_travel_in_the_sample(settings):
     options = ProduceOptions(n=20, inline_labels=True)
-    report = asyncio.run(produce(settings, sources.open_named("phishing"), options))
+    report = asyncio.run(
+        produce(settings.kafka, settings.topics.prefix, sources.open_named("phishing"), options)
+    )
     assert report.labels == 0
-    samples = asyncio.run(read_topic(settings, Topics(settings.topic_prefix).samples, at_least=20))
+    samples = asyncio.run(read_topic(settings, Topics(settings.topics.prefix).samples, at_least=20))
     assert all(decode_sample(r.value).label is not None for r in samples)
 
 
@@ -80,9 +88,9 @@ def test_the_produce_command_sends_a_file(settings, tmp_path):
             "--target",
             "y",
             "--bootstrap",
-            settings.bootstrap,
+            settings.kafka.bootstrap,
             "--topic-prefix",
-            settings.topic_prefix,
+            settings.topics.prefix,
             "--no-progress",
             "--label-delay",
             "5",
@@ -94,7 +102,7 @@ def test_the_produce_command_sends_a_file(settings, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "sent 100 samples and 100 labels" in result.stdout
-    labels = asyncio.run(read_topic(settings, Topics(settings.topic_prefix).labels, at_least=100))
+    labels = asyncio.run(read_topic(settings, Topics(settings.topics.prefix).labels, at_least=100))
     assert sorted(orjson.loads(r.value)["label"] for r in labels) == sorted(
         i % 3 for i in range(100)
     )
@@ -110,7 +118,7 @@ def test_the_produce_command_refuses_an_endless_stream_without_n(settings):
             "--dataset",
             "sea",
             "--bootstrap",
-            settings.bootstrap,
+            settings.kafka.bootstrap,
         ],
         capture_output=True,
         text=True,

@@ -10,9 +10,9 @@ from eddy.streams.topics import Topics, create_topics, topic_sizes
 
 def test_topics_are_created_with_explicit_partitions_and_idempotently(broker, tmp_path):
     s = Settings(bootstrap=broker.bootstrap, topic_prefix="tc1.", partitions=4, data_dir=tmp_path)
-    first = asyncio.run(create_topics(s))
+    first = asyncio.run(create_topics(s.kafka, s.topics))
     assert set(first.values()) == {"created"}
-    again = asyncio.run(create_topics(s))
+    again = asyncio.run(create_topics(s.kafka, s.topics))
     assert set(again.values()) == {"exists"}
     sizes = asyncio.run(topic_sizes(s))
     topics = Topics("tc1.")
@@ -25,7 +25,7 @@ def test_topics_are_created_with_explicit_partitions_and_idempotently(broker, tm
 
 def test_existing_topics_with_other_partition_counts_are_an_error(broker, tmp_path):
     s = Settings(bootstrap=broker.bootstrap, topic_prefix="tc2.", partitions=2, data_dir=tmp_path)
-    asyncio.run(create_topics(s))
+    asyncio.run(create_topics(s.kafka, s.topics))
     with pytest.raises(TopicError, match="exists with 2 partitions but eddy needs 3"):
         asyncio.run(create_topics(s.with_overrides({"partitions": 3})))
 
@@ -33,7 +33,7 @@ def test_existing_topics_with_other_partition_counts_are_an_error(broker, tmp_pa
 def test_no_broker_configured_says_how_to_get_one(tmp_path):
     s = Settings(data_dir=tmp_path)
     with pytest.raises(BrokerError, match="eddy broker"):
-        asyncio.run(create_topics(s))
+        asyncio.run(create_topics(s.kafka, s.topics))
 
 
 def test_unreachable_broker_is_a_clear_error(tmp_path):
@@ -41,7 +41,7 @@ def test_unreachable_broker_is_a_clear_error(tmp_path):
 
     s = Settings(bootstrap=f"127.0.0.1:{free_port()}", data_dir=tmp_path)
     with pytest.raises(BrokerError, match="could not connect to Kafka"):
-        asyncio.run(create_topics(s))
+        asyncio.run(create_topics(s.kafka, s.topics))
 
 
 def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
@@ -73,7 +73,7 @@ def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
     assert not {topics.samples, topics.metrics} & existing
     # So `eddy topics create` afterwards gets them with the partitions asked for.
     assert asyncio.run(topic_sizes(s)) == {}
-    assert set(asyncio.run(create_topics(s)).values()) == {"created"}
+    assert set(asyncio.run(create_topics(s.kafka, s.topics)).values()) == {"created"}
 
 
 def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_path, caplog):

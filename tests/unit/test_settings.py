@@ -9,9 +9,9 @@ from eddy.streams.settings import Settings, add_settings_arguments
 
 def test_defaults_work_without_any_environment():
     s = Settings.from_env({})
-    assert s.bootstrap is None
-    assert s.topic_prefix == "eddy."
-    assert s.data_dir == Path("eddy-data")
+    assert s.kafka.bootstrap is None
+    assert s.topics.prefix == "eddy."
+    assert s.state.data_dir == Path("eddy-data")
 
 
 def test_environment_is_parsed_per_field():
@@ -26,11 +26,11 @@ def test_environment_is_parsed_per_field():
             "EDDY_SASL_PASSWORD": "p",
         }
     )
-    assert s.bootstrap == "kafka:9092"
-    assert s.partitions == 8
-    assert s.data_dir == Path("/var/lib/eddy")
-    assert s.security_protocol == "SASL_SSL"
-    assert s.sasl_mechanism == "SCRAM-SHA-512"
+    assert s.kafka.bootstrap == "kafka:9092"
+    assert s.topics.partitions == 8
+    assert s.state.data_dir == Path("/var/lib/eddy")
+    assert s.kafka.security_protocol == "SASL_SSL"
+    assert s.kafka.sasl_mechanism == "SCRAM-SHA-512"
     assert s.redacted()["sasl_password"] == "***"
 
 
@@ -58,8 +58,8 @@ def test_flags_override_the_environment_only_when_given(monkeypatch):
     parser = argparse.ArgumentParser()
     add_settings_arguments(parser)
     s = Settings.load(parser.parse_args(["--partitions", "2"]))
-    assert s.partitions == 2
-    assert s.topic_prefix == "env."
+    assert s.topics.partitions == 2
+    assert s.topics.prefix == "env."
 
 
 def test_bad_flag_value_is_an_argparse_error(capsys):

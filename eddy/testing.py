@@ -1,0 +1,265 @@
+"""Run an app's streams without a broker: eddy's own code path over in-memory events.
+
+:class:`TestRun` feeds samples, labels or raw bytes to the same
+:class:`~eddy.streams.engine.Unit` objects a worker runs, in the order they are sent
+(each gets the next timestamp of a logical clock, unless given one), forwards what a
+worker would forward through the repartition topic, and keeps every record a worker
+would produce. :func:`replay` sends a dataset as River's ``stream.simulate_qa`` orders
+questions and answers, with labels ``delay`` samples late.
+
+>>> from river import linear_model
+>>> import eddy
+>>> from eddy.testing import TestRun
+>>> app = eddy.App()
+>>> _ = app.stream("default", model=linear_model.LogisticRegression())
+>>> run = TestRun(app)
+>>> run.sample("a", {"x": 1.0}); run.label("a", True); run.sample("b", {"x": 1.0})
+>>> run.process()
+>>> [(p["id"], p["prediction"]) for p in run.predictions]
+[('a', None), ('b', True)]
+>>> run.learner("default").learned
+1
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from eddy.models.feature_drift import FeatureDriftConfig
+from eddy.models.prequential import StreamLearner
+from eddy.streams.app import App
+from eddy.streams.codec import Label, Sample, encode_label, encode_sample
+from eddy.streams.engine import EngineContext, Out, Unit
+from eddy.streams.merge import InputMerger
+from eddy.streams.metrics import EngineMetrics
+from eddy.streams.partitioning import partition_of
+from eddy.streams.replicas import ModelDirectory
+from eddy.streams.topics import Topics
+
+__all__ = ["Record", "TestRun", "replay"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """An in-memory Kafka record (what the engine consumes and produces)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class TestRun:
+    """A broker-free run of ``app`` over ``partitions`` partitions (see the module)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, app: App, partitions: int = 1, start_ms: int = 1_700_000_000_000) -> None:
+        assert app.settings is not None
+        settings = app.settings
+        self.app = app
+        self.partitions = partitions
+        self.topics = Topics(settings.topics.prefix)
+        self.registry = CollectorRegistry()
+        self.metrics = EngineMetrics.create(self.registry)
+        policy = app.policy()
+        self.directory = ModelDirectory(lambda s: StreamLearner(s, policy.spec(s)))
+        learning = settings.learning
+        self.ctx = EngineContext(
+            topics=self.topics,
+            partitions=partitions,
+            policy=policy,
+            directory=self.directory,
+            metrics=self.metrics,
+            group=f"{self.topics.prefix}worker",
+            source=f"eddy/{self.topics.prefix}worker",
+            join_ttl_ms=int(settings.join.ttl_s * 1000),
+            join_max_pending=settings.join.max_pending,
+            max_future_ms=int(settings.join.max_future_s * 1000),
+            max_message_bytes=settings.kafka.max_message_bytes,
+            max_feature_magnitude=learning.max_feature_magnitude,
+            dedup_horizon=settings.state.dedup_horizon,
+            feature_drift=FeatureDriftConfig() if learning.feature_drift else None,
+            hooks=app.hooks,
+        )
+        self.units = {p: Unit(Unit.new_state(p, self.ctx), self.ctx) for p in range(partitions)}
+        priority = {self.topics.repartition: 0, self.topics.labels: 1, self.topics.samples: 2}
+        self._mergers = {p: InputMerger(priority) for p in range(partitions)}
+        self._clock = itertools.count(start_ms)
+        self._offsets: dict[tuple[str, int], int] = {}
+        self.produced: list[Out] = []
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def sample(
+        self,
+        id: str,
+        features: dict[str, Any] | list[Any],
+        stream: str = "default",
+        label: Any = None,
+        ts: int | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Send a sample (keyed by its id; ``partition`` overrides the partitioner)."""
+        value = encode_sample(Sample(id, features, None, label, stream))
+        self.send(self.topics.samples, value, id.encode(), partition, ts)
+
+    def label(
+        self, id: str, label: Any, ts: int | None = None, partition: int | None = None
+    ) -> None:
+        """Send a label for the sample with the same id."""
+        self.send(self.topics.labels, encode_label(Label(id, label)), id.encode(), partition, ts)
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        ts: int | None = None,
+    ) -> None:
+        """Send raw bytes to one of the app's input topics (fuzzing, bad events)."""
+        if partition is None:
+            partition = partition_of(key.decode(errors="replace"), self.partitions) if key else 0
+        stamp = next(self._clock) if ts is None else ts
+        offset = self._offsets.get((topic, partition), 0)
+        self._offsets[(topic, partition)] = offset + 1
+        self._mergers[partition].add(topic, [Record(topic, partition, offset, stamp, key, value)])
+
+    # -- running -----------------------------------------------------------------------------
+
+    def process(self) -> None:
+        """Process everything sent, including what the units forward to each other."""
+        while any(len(m) for m in self._mergers.values()):
+            for p, merger in self._mergers.items():
+                ready = merger.take(lambda topic: False)
+                if ready:
+                    self.units[p].process(ready)
+            self._collect()
+
+    def expire(self, label_clock_ms: int | None = None, sample_clock_ms: int | None = None) -> None:
+        """Let the join expire what waited longer than the TTL by the given clocks
+        (default: the logical clock now)."""
+        now = next(self._clock)
+        for unit in self.units.values():
+            unit.on_idle({
+                "labels": now if label_clock_ms is None else label_clock_ms,
+                "samples": now if sample_clock_ms is None else sample_clock_ms,
+            })  # fmt: skip
+        self._collect()
+        self.process()
+
+    def _collect(self) -> None:
+        out, self.ctx.out = self.ctx.out, []
+        for record in out:
+            if record.topic == self.topics.repartition:
+                offset = self._offsets.get((record.topic, record.partition), 0)
+                self._offsets[(record.topic, record.partition)] = offset + 1
+                stamp = (
+                    record.timestamp_ms if record.timestamp_ms is not None else next(self._clock)
+                )
+                self._mergers[record.partition].add(
+                    record.topic,
+                    [
+                        Record(
+                            record.topic,
+                            record.partition,
+                            offset,
+                            stamp,
+                            record.key,
+                            record.value,
+                            tuple(record.headers),
+                        )
+                    ],  # fmt: skip
+                )
+            self.produced.append(record)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def learner(self, stream: str = "default") -> StreamLearner:
+        """The learner of ``stream`` (KeyError if it learned nothing yet)."""
+        for unit in self.units.values():
+            if stream in unit.state.learners:
+                return unit.state.learners[stream]
+        raise KeyError(stream)
+
+    def on(self, topic: str) -> list[Out]:
+        """What was produced to ``topic`` (a full name, or a short one: ``predictions``)."""
+        full = topic if topic.startswith(self.topics.prefix) else self.topics.prefix + topic
+        return [r for r in self.produced if r.topic == full]
+
+    def decoded(self, topic: str) -> list[dict[str, Any]]:
+        """The JSON values produced to ``topic``."""
+        return [orjson.loads(r.value) for r in self.on(topic) if r.value is not None]
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """Prediction events, in the order they were published."""
+        return self.decoded("predictions")
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Control events (drift, feature drift, retrain requests)."""
+        return self.decoded("events")
+
+    @property
+    def dead_letters(self) -> list[tuple[str, Out]]:
+        """``(reason, record)`` of every dead-lettered record."""
+        out = []
+        for record in self.on("deadletter"):
+            reason = dict(record.headers).get("eddy-dlt-reason", b"").decode()
+            out.append((reason, record))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """The units' counters summed."""
+        total: dict[str, int] = {}
+        for unit in self.units.values():
+            for k, v in unit.state.counts.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+def replay(
+    app: App,
+    dataset: Iterable[tuple[dict[str, Any], Any]],
+    delay: int = 0,
+    stream: str = "default",
+    partitions: int = 1,
+    inline: bool = False,
+) -> TestRun:
+    """Send ``dataset`` as River's ``stream.simulate_qa(dataset, moment=None,
+    delay=delay)`` orders it: each sample, and each label ``delay`` samples later (at
+    once when ``inline``); process it all; return the run."""
+    from river import stream as river_stream
+
+    run = TestRun(app, partitions)
+    if inline:
+        for i, (x, y) in enumerate(dataset):
+            run.sample(str(i), _clean(x), stream, label=y)
+    else:
+        for i, x, y in river_stream.simulate_qa(dataset, moment=None, delay=delay):
+            if y is None:
+                run.sample(str(i), _clean(x), stream)
+            else:
+                run.label(str(i), y)
+    run.process()
+    return run
+
+
+def _clean(x: dict[Any, Any]) -> dict[str, Any]:
+    return {str(k): v for k, v in x.items()}
+
+
+def sequence(records: Sequence[Out]) -> list[bytes | None]:
+    """The values of ``records`` (a small convenience for tests)."""
+    return [r.value for r in records]

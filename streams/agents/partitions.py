@@ -1,0 +1,486 @@
+"""The worker agent: a consumer group over samples, labels and the repartition topic,
+one :class:`~eddy.streams.engine.Unit` per assigned partition, state on the changelog.
+
+Delivery contract: a partition's state is checkpointed together with the input
+offsets it reflects (see :mod:`eddy.streams.changelog`), and only after everything
+produced from those records is acknowledged by the broker. On assignment the state
+is restored (from the changelog, wherever the worker runs) and consumption resumes
+at its offsets, so each input record changes the state exactly once, across crashes
+and machines; outputs are at-least-once, and downstream drops repeats by id.
+
+Records are fetched in batches (``getmany``), never one by one, and handed to the
+units in event-time order (:mod:`eddy.streams.merge`).
+
+Outages: when Kafka fails under the agent (a produce is not acknowledged), it drops
+its in-memory state, waits (1 s doubling to 30 s) and restarts from its last
+checkpoint, so nothing unacknowledged counts as done. A checkpoint also records the
+position, timestamp and key hash of the last record it reflects per input topic: if
+that record is not there any more on restore (the topic was recreated, e.g. a
+memory-only broker restarted), the agent keeps its learned state and reads the new
+topic from its start. If the input's log starts after the checkpoint's offset,
+retention removed records the partition never processed: the agent says how many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
+
+from eddy.streams.changelog import Changelog
+from eddy.streams.engine import EngineContext, Unit, UnitState
+from eddy.streams.kafka import close_client, end_offsets, getmany_until, make_consumer
+from eddy.streams.merge import InputMerger
+from eddy.streams.metrics import ConsumerMetrics
+from eddy.streams.sender import BatchSender
+from eddy.streams.settings import KafkaConfig, StateConfig
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+COMMIT_TIMEOUT_S = 5.0
+
+# (offset, timestamp, crc32 of the key) of the last record a checkpoint reflects.
+Position = tuple[int, int, int]
+
+
+@dataclass
+class Checkpointed:
+    """What a checkpoint holds: a unit's state, the last record it reflects per topic,
+    and its generation (counts checkpoints of the partition across owners)."""
+
+    state: UnitState
+    positions: dict[str, Position] = field(default_factory=dict)
+    generation: int = 0
+
+
+def position_of(record: ConsumerRecord) -> Position:
+    """A record's identity as a checkpoint remembers it."""
+    return (record.offset, record.timestamp, zlib.crc32(record.key or b""))
+
+
+@dataclass
+class _Partition:
+    """An assigned partition: its unit, merger, and checkpoint bookkeeping."""
+
+    unit: Unit
+    merger: InputMerger
+    positions: dict[str, Position]
+    generation: int
+    fetched: dict[str, int] = field(default_factory=dict)  # topic -> next offset to fetch
+    since_checkpoint: int = 0
+    restored_from: str = "new"
+
+
+class WorkerAgent:
+    """Consumes a worker's input topics in group ``<prefix>worker``.
+
+    ``on_batch`` (if given) is called after each processed batch and ``on_tick`` once
+    per loop turn (metric snapshots, model snapshots: see :mod:`eddy.streams.worker`).
+    """
+
+    name = "worker"
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        state: StateConfig,
+        ctx: EngineContext,
+        producer: AIOKafkaProducer,
+        changelog: Changelog,
+        consumer_metrics: ConsumerMetrics | None = None,
+        on_tick: Callable[[], Any] | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.state_config = state
+        self.ctx = ctx
+        self.producer = producer
+        self.changelog = changelog
+        self.consumer_metrics = consumer_metrics
+        self.on_tick = on_tick
+        t = ctx.topics
+        self.topics = [t.samples, t.labels, t.repartition]
+        self.group = ctx.group
+        self.partitions: dict[int, _Partition] = {}
+        self.sender = BatchSender(producer)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.ready = asyncio.Event()  # set once partitions are assigned and restored
+        self.outages = 0
+        self._stopping = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._last_checkpoint = time.monotonic()
+        self._last_lag = 0.0
+        self._recovering = False
+        self._priority = {t.repartition: 0, t.labels: 1, t.samples: 2}
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    @property
+    def solo(self) -> bool:
+        """Whether this worker holds every partition (no other worker in its group)."""
+        return len(self.partitions) == self.ctx.partitions
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; after a Kafka failure, restart from the checkpoint."""
+        backoff = BACKOFF_FIRST_S
+        while True:
+            try:
+                await self._consume()
+                return
+            except KafkaError as ex:
+                if self._stopping.is_set():
+                    log.warning("%s: stopped while Kafka failed (%r); the last checkpoint "
+                                "stands", self.name, ex)  # fmt: skip
+                    return
+                self.outages += 1
+                if self.consumer_metrics is not None:
+                    self.consumer_metrics.outages.labels(self.name).inc()
+                where = "; ".join(getattr(ex, "__notes__", []))
+                log.warning(
+                    "%s: Kafka failed (%r%s): outputs since the last checkpoint may be "
+                    "unacknowledged, so the agent restarts from its last checkpoint in "
+                    "%.0f s (outage restart %d)",
+                    self.name, ex, f", {where}" if where else "", backoff, self.outages,
+                )  # fmt: skip
+                self._drop_all()
+                self.sender.reset()
+                self.ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
+                if self._stopping.is_set():
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                self._recovering = True
+
+    async def _consume(self) -> None:
+        """One life of the consumer: from the checkpoint until stopped or Kafka fails."""
+        self.consumer = make_consumer(
+            self.kafka,
+            self.name,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=self.kafka.session_timeout_ms,
+            heartbeat_interval_ms=max(self.kafka.session_timeout_ms // 3, 100),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # aiokafka waits up to 500 ms for a fetch to fill; an idle stream should not
+            # add that to every sample's latency.
+            fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
+        )
+        self.consumer.subscribe(self.topics, listener=_Listener(self))
+        await self.consumer.start()
+        clean = False
+        try:
+            while not self._stopping.is_set():
+                batch = await getmany_until(self.consumer, self._stopping, 100, 5000)
+                self._take(batch)
+                for number, part in list(self.partitions.items()):
+                    ready = part.merger.take(lambda topic, n=number: self._lagging(topic, n))
+                    if ready:
+                        part.unit.process(ready)
+                        part.since_checkpoint += len(ready)
+                        for record in ready:
+                            part.positions[record.topic] = position_of(record)
+                self._count(batch)
+                self._idle()
+                if self.on_tick is not None:
+                    self.on_tick()
+                await self._ship()
+                await self._maybe_checkpoint()
+                if self._recovering and self.ready.is_set():
+                    self._recovering = False
+                    log.warning("%s: Kafka is back; resumed from the checkpoint", self.name)
+            clean = True
+        finally:
+            # A failure path never saves: Kafka failed, the worker gave up waiting for it
+            # at shutdown, or a batch stopped half-way; the state may hold work that was
+            # not done or not acknowledged. The last checkpoint stands.
+            try:
+                if clean and self._failure is None:
+                    await self.save(list(self.partitions))
+            finally:
+                # Sends LeaveGroup, so a restart rejoins at once; bounded if Kafka is gone.
+                await close_client(self.consumer)
+        if self._failure is not None:
+            raise self._failure
+
+    def _take(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        for tp, records in batch.items():
+            part = self.partitions.get(tp.partition)
+            if part is None or not records:
+                continue  # revoked while the fetch was in flight
+            part.merger.add(tp.topic, records)
+            part.fetched[tp.topic] = records[-1].offset + 1
+
+    def _lagging(self, topic: str, partition: int) -> bool:
+        """Whether the broker holds records of ``topic[partition]`` not fetched yet."""
+        assert self.consumer is not None
+        high = self.consumer.highwater(TopicPartition(topic, partition))
+        part = self.partitions[partition]
+        fetched = part.fetched.get(topic, part.unit.state.offsets.get(topic, 0))
+        return high is not None and fetched < high
+
+    def _idle(self) -> None:
+        """Between batches: let each unit expire what waited too long."""
+        now = int(time.time() * 1000)
+        t = self.ctx.topics
+        for number, part in self.partitions.items():
+            clocks = {
+                "labels": self._clock(part, t.labels, "labels", number, now),
+                "samples": self._clock(part, t.samples, "samples", number, now),
+            }
+            part.unit.on_idle(clocks)
+
+    def _clock(self, part: _Partition, topic: str, which: str, number: int, now: int) -> int:
+        # Caught up with the high watermark of the last fetch response: whatever comes
+        # next was stamped after that response. Not after *now*: under load that
+        # watermark is stale, and "now" would expire samples whose labels are next in
+        # line.
+        clock = part.unit.state.clocks.get(which, 0)
+        if self.consumer is None or part.merger.buffered(topic):
+            return clock
+        tp = TopicPartition(topic, number)
+        highwater = self.consumer.highwater(tp)
+        if highwater is not None and part.unit.state.offsets.get(topic, 0) >= highwater:
+            repartition = TopicPartition(self.ctx.topics.repartition, number)
+            high_r = self.consumer.highwater(repartition)
+            if high_r is None or part.unit.state.offsets.get(repartition.topic, 0) >= high_r:
+                polled = self.consumer.last_poll_timestamp(tp)
+                clock = max(clock, min(now, polled if polled is not None else now))
+        return clock
+
+    async def _ship(self) -> None:
+        out = self.ctx.out
+        if not out:
+            await self.sender.ship()
+            return
+        self.ctx.out = []
+        send = self.sender.send
+        for record in out:
+            await send(record.topic, record.value, record.key, record.headers, record.partition,
+                       record.timestamp_ms)  # fmt: skip
+        await self.sender.ship()
+
+    def _count(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Count what was read; refresh the lag gauges about once a second."""
+        metrics = self.consumer_metrics
+        if metrics is None or self.consumer is None:
+            return
+        for tp, records in batch.items():
+            metrics.consumed.labels(self.name, tp.topic).inc(len(records))
+        if time.monotonic() - self._last_lag < 1.0:
+            return
+        self._last_lag = time.monotonic()
+        for number, part in list(self.partitions.items()):
+            for topic in self.topics:
+                offset = part.unit.state.offsets.get(topic, 0)
+                # The fetch response's high watermark: Tansu's ListOffsets is off by a batch.
+                high = self.consumer.highwater(TopicPartition(topic, number))
+                if high is not None:
+                    lag = max(0, high - offset)
+                    metrics.lag.labels(self.name, topic, str(number)).set(lag)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    async def save(self, partitions: list[int]) -> None:
+        """Flush outputs, then checkpoint the given partitions' states."""
+        partitions = [p for p in partitions if p in self.partitions]
+        if not partitions:
+            return
+        for p in partitions:
+            self.partitions[p].unit.flush_predictions()
+        await self._ship()
+        await self.sender.flush()  # outputs of these records are durable first
+        for p in partitions:
+            part = self.partitions[p]
+            part.generation += 1
+            saved = Checkpointed(part.unit.state, dict(part.positions), part.generation)
+            manifest = await self.changelog.save(self.producer, p, saved, part.generation)
+            part.since_checkpoint = 0
+            log.debug("%s: checkpointed partition %d (%d bytes, generation %d)",
+                      self.name, p, manifest["size"], part.generation)  # fmt: skip
+        self._last_checkpoint = time.monotonic()
+        await self._commit(partitions)
+
+    async def _commit(self, partitions: list[int]) -> None:
+        # Informational: lag tools read committed offsets; the checkpoint holds the truth.
+        if self.consumer is None:
+            return
+        assignment = self.consumer.assignment()
+        offsets = {
+            TopicPartition(t, p): o
+            for p in partitions
+            for t, o in self.partitions[p].unit.state.offsets.items()
+            if TopicPartition(t, p) in assignment
+        }
+        if not offsets:
+            return
+        try:
+            # Bounded: aiokafka retries a commit for as long as the group has no
+            # coordinator, which would hold up a shutdown indefinitely.
+            await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except Exception as ex:  # noqa: BLE001 - commits are advisory here
+            log.debug("%s: commit failed (%r); the checkpoint holds the offsets", self.name, ex)
+
+    async def _maybe_checkpoint(self) -> None:
+        every = self.state_config.checkpoint_every
+        due = [p for p, part in self.partitions.items() if part.since_checkpoint >= every]
+        if time.monotonic() - self._last_checkpoint >= self.state_config.checkpoint_interval_s:
+            due = [p for p, part in self.partitions.items() if part.since_checkpoint > 0]
+            self._last_checkpoint = time.monotonic()
+        if due:
+            await self.save(due)
+
+    async def restore(self, numbers: set[int]) -> None:
+        """Restore the assigned partitions (from the changelog) and seek their inputs."""
+        assert self.consumer is not None
+        for p in sorted(numbers):
+            restored = await self.changelog.load(p)
+            if restored is not None and isinstance(restored.state, Checkpointed):
+                saved: Checkpointed = restored.state
+                state, positions = saved.state, dict(saved.positions)
+                for topic in await self._recreated(p, positions):
+                    log.warning(
+                        "%s: %s[%d] is not the partition the checkpoint was taken on (the "
+                        "topic was recreated, or the broker lost its data): keeping the "
+                        "learned state, reading the partition from its start",
+                        self.name, topic, p,
+                    )  # fmt: skip
+                    state.offsets[topic] = 0
+                    positions.pop(topic, None)
+                generation, source = max(saved.generation, restored.generation), restored.source
+            else:
+                state = Unit.new_state(p, self.ctx)
+                positions, generation, source = {}, 0, "new"
+                if self.state_config.start_from == "latest":
+                    state.offsets.update(await self._ends(p))
+            for learner in state.learners.values():
+                learner.bind(self.ctx.policy.spec(learner.stream))
+            await self._warn_retention(p, state.offsets)
+            for topic in self.topics:
+                self.consumer.seek(TopicPartition(topic, p), state.offsets.get(topic, 0))
+            merger = InputMerger(self._priority)
+            part = _Partition(Unit(state, self.ctx), merger, positions, generation,
+                              restored_from=source)  # fmt: skip
+            # Only now, with no await in between: the loop sees a partition whole or not.
+            self.partitions[p] = part
+            log.info(
+                "%s: partition %d restored from %s (generation %d), resuming at %s",
+                self.name, p, source, generation,
+                {t.removeprefix(self.ctx.topics.prefix): o for t, o in state.offsets.items()},
+            )  # fmt: skip
+
+    def release(self, numbers: set[int]) -> None:
+        """Forget revoked partitions (after they were saved)."""
+        for p in numbers:
+            part = self.partitions.pop(p, None)
+            if part is not None:
+                part.unit.release()
+                part.merger.clear()
+
+    def _drop_all(self) -> None:
+        self.release(set(self.partitions))
+
+    async def _ends(self, p: int) -> dict[str, int]:
+        consumer = make_consumer(self.kafka, "offsets", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t, p) for t in self.topics]
+            ends = await end_offsets(consumer, tps)
+        finally:
+            await consumer.stop()
+        return {tp.topic: o for tp, o in ends.items()}
+
+    async def _warn_retention(self, p: int, offsets: dict[str, int]) -> None:
+        """Say so when retention deleted records this partition has not processed."""
+        assert self.consumer is not None
+        tps = [TopicPartition(t, p) for t in self.topics]
+        try:
+            starts = await self.consumer.beginning_offsets(tps)
+        except KafkaError:
+            return
+        for tp, start in starts.items():
+            offset = offsets.get(tp.topic, 0)
+            if start > offset:
+                log.warning(
+                    "%s: %s[%d] starts at offset %d but this partition's state has processed "
+                    "it only up to %d: %d records were deleted by the topic's retention "
+                    "before they were learned (raise retention.ms, or keep workers running)",
+                    self.name, tp.topic, p, start, offset, start - offset,
+                )  # fmt: skip
+                offsets[tp.topic] = start
+
+    async def _recreated(self, partition: int, positions: dict[str, Position]) -> list[str]:
+        """Topics whose last checkpointed record is no longer where it was."""
+        if not positions:
+            return []
+        consumer = make_consumer(
+            self.kafka, "verify", enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        changed = []
+        try:
+            for topic, (offset, timestamp, key_crc) in positions.items():
+                tp = TopicPartition(topic, partition)
+                if (await end_offsets(consumer, [tp]))[tp] <= offset:
+                    changed.append(topic)  # the partition ends before that record
+                    continue
+                consumer.assign([tp])
+                consumer.seek(tp, offset)
+                batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+                records = batch.get(tp, [])
+                # A first record past ``offset`` means retention deleted it: same topic.
+                same = records and records[0].offset == offset
+                if same and position_of(records[0]) != (offset, timestamp, key_crc):
+                    changed.append(topic)
+        finally:
+            await consumer.stop()
+        return changed
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, checkpoint and leave the group."""
+        self._stopping.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Stop without checkpointing, and make :meth:`run` raise ``error``.
+
+        aiokafka only logs what a rebalance callback raises; this makes a failed
+        restore stop the worker instead of leaving it idle without partitions.
+        """
+        log.error("%s: %r; stopping", self.name, error)
+        self._failure = self._failure or error
+        self._stopping.set()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, agent: WorkerAgent) -> None:
+        self.agent = agent
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        partitions = {tp.partition for tp in revoked}
+        try:
+            await self.agent.save(sorted(partitions))
+        except Exception as ex:  # noqa: BLE001 - surfaced through agent.fail
+            self.agent.fail(ex)
+        self.agent.release(partitions)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        try:
+            await self.agent.restore({tp.partition for tp in assigned})
+        except Exception as ex:  # noqa: BLE001 - surfaced through agent.fail
+            self.agent.fail(ex)
+            return
+        log.info("%s: assigned partitions %s", self.agent.name, sorted(self.agent.partitions))
+        self.agent.ready.set()

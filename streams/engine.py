@@ -1,0 +1,805 @@
+"""What a worker does with one partition's records, with no Kafka in it.
+
+The worker agent (:mod:`eddy.streams.agents.worker`) fetches records and ships what
+this module returns; :mod:`eddy.testing` feeds it in-memory records. Both run the
+same code, which is why the broker-free harness tests eddy's own path.
+
+One :class:`Unit` per partition number ``p`` owns:
+
+- the **join** of the samples and labels whose id hashes to ``p`` (murmur2 of the id,
+  as Java clients and aiokafka partition keys). A sample or label that a producer with
+  another partitioner (librdkafka's CRC32) or no key put on another partition is
+  forwarded there through the internal ``repartition`` topic, so samples and labels
+  meet whatever client sent them;
+- the **learners** of the model streams whose name hashes to ``p``: exactly one owner
+  per stream. Examples of a stream joined in another partition are forwarded to its
+  owner through ``repartition``; those joined here are learned at once.
+
+For every valid sample, where it lands: decode and check it, predict it with its
+stream's model as it is now (the owner's, in this process, or a replica published by
+the owner elsewhere), publish the prediction, watch the features for drift, and hold
+the sample with its *served* prediction until its label comes. When the label comes,
+the owner scores the served prediction, learns the example, watches the error for
+drift, and records the example on ``examples`` (the retrainer's window).
+
+Records of one partition are processed in the order :mod:`eddy.streams.merge`
+gives (record timestamps across topics), one at a time, so a sample is predicted by
+a model that has learned every label that came before it and none after.
+
+Everything a unit does to its state is driven by records of its own partition, so a
+checkpoint of the unit with its input offsets is exactly-once on its own; forwarded
+records are deduplicated by their source position (samples, labels) or id
+(examples), so a replay after a crash changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from eddy.models.feature_drift import FeatureDrift, FeatureDriftConfig, FeatureMonitor
+from eddy.models.join import JoinBuffer, Joined, Pending, RecentIds, Unjoined
+from eddy.models.learners import Prediction, Refused
+from eddy.models.prequential import (
+    DriftFinding,
+    LabelledItem,
+    StreamLearner,
+    StreamSpec,
+    label_problem,
+)
+from eddy.streams.codec import (
+    Example,
+    Label,
+    Sample,
+    Served,
+    decode_example,
+    decode_label,
+    decode_sample,
+    encode_example,
+    feature_magnitude_problem,
+    make_event,
+    next_sequence,
+    now_ms,
+)
+from eddy.streams.deadletter import dead_letter_headers, truncate_for_dead_letter
+from eddy.streams.exceptions import DecodeError, TimestampInFuture, UnlearnableLabel
+from eddy.streams.metrics import EngineMetrics
+from eddy.streams.partitioning import partition_of
+from eddy.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+KIND = "eddy-kind"  # header of repartition records: sample, label or example
+SOURCE = "eddy-source"  # header: topic:partition:offset of the original record
+SERVED = "eddy-served"  # header of a forwarded sample: the prediction served for it
+
+
+class Out(NamedTuple):
+    """A record to produce."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    partition: int
+    headers: Sequence[tuple[str, bytes]] = ()
+    timestamp_ms: int | None = None
+
+
+class Record(Protocol):
+    """What the engine needs of a consumed record (aiokafka's ``ConsumerRecord`` fits)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Enough of a consumed record to dead-letter it later (a ``SourceRecord``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any = ()
+
+    @classmethod
+    def of(cls, record: Record) -> Stored:
+        """Keep what dead-lettering needs of ``record``."""
+        return cls(record.topic, record.partition, record.offset, record.timestamp,
+                   record.key, record.value, tuple(record.headers or ()))  # fmt: skip
+
+
+class Unmatched(DecodeError):
+    """A sample or label that left the join without its other half."""
+
+    def __init__(self, kind: str, reason: str, ttl_s: float) -> None:
+        self.reason = f"{kind}_{reason}"
+        other = "label" if kind == "sample" else "sample"
+        what = {
+            "expired": f"waited longer than the join TTL ({ttl_s:g}s) and its {other} never came",
+            "evicted": f"was evicted by the join's size cap (EDDY_JOIN_MAX_PENDING) before "
+            f"its {other} came",
+            "duplicate": "repeats the id of one already waiting or joined lately (a re-sent "
+            "duplicate)",
+        }[reason]
+        super().__init__(f"{kind} {what}")
+
+
+class Refusal(DecodeError):
+    """A valid event eddy will not learn from (``reason`` says why)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class Predictor(Protocol):
+    """A model that can predict a stream's samples: its owner, or a replica."""
+
+    version: str
+    learned: int
+
+    def predict(self, xs: Sequence[Any]) -> list[Prediction]:
+        """Predict without learning."""
+        ...
+
+
+class ModelDirectory(Protocol):
+    """Where a unit finds the model that predicts a stream (process-wide)."""
+
+    def predictor(self, stream: str) -> tuple[Predictor | None, int]:
+        """The model for ``stream`` and its staleness in milliseconds (0: the owner)."""
+        ...
+
+    def owned(self, stream: str, learner: StreamLearner | None) -> None:
+        """The stream's learner now lives (or, with ``None``, no longer lives) here."""
+        ...
+
+
+class StreamPolicy(Protocol):
+    """Which streams a worker learns and how (process-wide)."""
+
+    def admit(self, stream: str) -> tuple[StreamSpec | None, str, str]:
+        """``(spec, "", "")`` for a stream eddy learns, else ``(None, reason, message)``."""
+        ...
+
+    def spec(self, stream: str) -> StreamSpec:
+        """The spec of an admitted stream."""
+        ...
+
+
+@dataclass
+class Hooks:
+    """Callbacks of an embedding program, called in the worker's event loop thread.
+
+    Each gets one dict (a prediction event, a drift event's data, or an error with its
+    reason); an exception in a hook is logged and does not stop the worker.
+    """
+
+    on_prediction: Callable[[dict[str, Any]], None] | None = None
+    on_drift: Callable[[dict[str, Any]], None] | None = None
+    on_error: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class EngineContext:
+    """What every unit of a worker shares."""
+
+    topics: Topics
+    partitions: int
+    policy: StreamPolicy
+    directory: ModelDirectory
+    metrics: EngineMetrics
+    group: str  # consumer group id, named in dead-letter headers
+    source: str  # CloudEvents source of this worker's events
+    join_ttl_ms: int
+    join_max_pending: int
+    max_future_ms: int
+    max_message_bytes: int
+    max_feature_magnitude: float
+    dedup_horizon: int
+    feature_drift: FeatureDriftConfig | None
+    feature_drift_cooldown_s: float = 60.0
+    signing_key: bytes | None = None
+    hooks: Hooks = field(default_factory=Hooks)
+    # Called with (stream, features, label) for each example learned (champion scoring).
+    on_learned: Callable[[str, Any, Any], None] | None = None
+    out: list[Out] = field(default_factory=list)
+    # Process-wide: one feature-drift event per stream per cooldown, whichever partition
+    # saw it first (each partition watches its own share of a stream's samples).
+    feature_drift_last: dict[str, float] = field(default_factory=dict)
+    warned: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass
+class UnitState:
+    """One partition's state: what is checkpointed with the offsets it reflects."""
+
+    partition: int
+    join: JoinBuffer
+    offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to process
+    clocks: dict[str, int] = field(default_factory=dict)  # samples/labels -> newest event time
+    forwarded: dict[str, int] = field(default_factory=dict)  # "topic:p" -> last offset applied
+    learners: dict[str, StreamLearner] = field(default_factory=dict)
+    monitors: dict[str, FeatureMonitor] = field(default_factory=dict)
+    recent: RecentIds = field(default_factory=lambda: RecentIds(200_000))
+    counts: Counter[str] = field(default_factory=Counter)  # survive restarts, for metrics
+    sequence: int = 0  # of the events this partition emits (see codec.Sequences)
+
+
+class _Held(NamedTuple):
+    """A sample waiting for its label: the sample, what was served, where it came from."""
+
+    sample: Sample
+    served: Served | None
+    prediction: Prediction | None
+    stored: Stored
+
+
+class Unit:
+    """The processing of one partition; see the module docstring."""
+
+    def __init__(self, state: UnitState, ctx: EngineContext) -> None:
+        self.state = state
+        self.ctx = ctx
+        self.p = state.partition
+        t = ctx.topics
+        self._samples, self._labels, self._repartition = t.samples, t.labels, t.repartition
+        self._to_predict: list[tuple[Sample, Stored, int]] = []  # (sample, record, join partition)
+        self._waiting_ids: set[str] = set()
+        self._source = f"{ctx.source}/p{self.p}"
+        for name, learner in state.learners.items():
+            ctx.directory.owned(name, learner)
+
+    @classmethod
+    def new_state(cls, partition: int, ctx: EngineContext) -> UnitState:
+        """The state of a partition that has no checkpoint."""
+        return UnitState(
+            partition=partition,
+            join=JoinBuffer(ctx.join_ttl_ms, ctx.join_max_pending),
+            recent=RecentIds(ctx.dedup_horizon),
+        )
+
+    def release(self) -> None:
+        """The partition leaves this process: its learners no longer predict here."""
+        for name in self.state.learners:
+            self.ctx.directory.owned(name, None)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def process(self, records: Sequence[Record]) -> None:
+        """Handle records of this partition in the merged order; outputs go to ``ctx.out``."""
+        now = now_ms()
+        latest = now + self.ctx.max_future_ms
+        offsets = self.state.offsets
+        for record in records:
+            topic = record.topic
+            try:
+                if topic == self._samples:
+                    self._on_sample_record(record, latest, now)
+                elif topic == self._labels:
+                    self._on_label_record(record, latest, now)
+                else:
+                    self._on_forwarded(record, latest, now)
+            except DecodeError as ex:
+                self.dead_letter(record, ex)
+            offsets[topic] = record.offset + 1
+        self.flush_predictions()
+
+    def on_idle(self, clocks: dict[str, int]) -> None:
+        """Between batches: expire what waited too long (``clocks``: event-time clock of
+        the samples and of the labels, from the agent)."""
+        self.flush_predictions()
+        expired = self.state.join.expire(clocks.get("labels", 0), clocks.get("samples", 0))
+        if expired:
+            self._emit(expired)
+
+    # -- samples -----------------------------------------------------------------------------
+
+    def _on_sample_record(self, record: Record, latest: int, now: int) -> None:
+        sample = self._decode(decode_sample, record, latest)
+        self._advance_clock("samples", record, latest, now)
+        spec, reason, message = self.ctx.policy.admit(sample.stream)
+        if spec is None:
+            raise Refusal(reason, message)
+        problem = feature_magnitude_problem(sample.features, self.ctx.max_feature_magnitude)
+        if problem is not None:
+            raise Refusal("value_too_large", problem)
+        if sample.label is not None:
+            problem = label_problem(spec.task, sample.label) or self._label_magnitude(
+                spec, sample.label
+            )
+            if problem is not None:
+                self._warn_task(sample.stream, spec, sample.label)
+                raise UnlearnableLabel(problem)
+        j = partition_of(sample.id, self.ctx.partitions)
+        self._to_predict.append((sample, Stored.of(record), j))
+        self._waiting_ids.add(sample.id)
+        if sample.label is not None and self._learns_at_once(sample.stream):
+            # Predicted, then learned, before the next sample is predicted.
+            self.flush_predictions()
+
+    def _learns_at_once(self, stream: str) -> bool:
+        predictor, _ = self.ctx.directory.predictor(stream)
+        changes = getattr(predictor, "changes_on_learn", None)
+        return predictor is None or changes is None or bool(changes())
+
+    def flush_predictions(self) -> None:
+        """Predict the samples read since the last flush, publish, and hold them."""
+        if not self._to_predict:
+            return
+        pending, self._to_predict = self._to_predict, []
+        self._waiting_ids.clear()
+        by_stream: dict[str, list[tuple[Sample, Stored, int]]] = {}
+        for item in pending:
+            by_stream.setdefault(item[0].stream, []).append(item)
+        for stream, items in by_stream.items():
+            predictor, staleness = self.ctx.directory.predictor(stream)
+            xs = [s.features for s, _, _ in items]
+            if predictor is None:
+                predictions = [Prediction(None)] * len(items)
+                version, learned = "none", 0
+            else:
+                predictions = predictor.predict(xs)
+                version, learned = predictor.version, predictor.learned
+            self._publish_predictions(stream, items, predictions, version, learned, staleness)
+            self._watch_features(stream, items, predictions, version)
+            for (sample, stored, j), prediction in zip(items, predictions, strict=True):
+                served = Served(prediction.value, prediction.proba, version, learned)
+                if j == self.p:
+                    self._join_sample(sample, served, prediction, stored)
+                else:
+                    self._forward(stored, b"sample", j, served)
+
+    def _publish_predictions(
+        self,
+        stream: str,
+        items: list[tuple[Sample, Stored, int]],
+        predictions: list[Prediction],
+        version: str,
+        learned: int,
+        staleness: int,
+    ) -> None:
+        ts = now_ms()
+        out = self.ctx.out
+        topic = self.ctx.topics.predictions
+        hook = self.ctx.hooks.on_prediction
+        for (sample, _, j), prediction in zip(items, predictions, strict=True):
+            event: dict[str, Any] = {
+                "id": sample.id,
+                "stream": stream,
+                "model_version": version,
+                "model_examples": learned,
+                "staleness_ms": staleness,
+                "prediction": prediction.value,
+                "ts": ts,
+            }
+            if prediction.proba:
+                event["proba"] = prediction.proba
+            out.append(
+                Out(
+                    topic,
+                    orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS),
+                    sample.id.encode(),
+                    j,
+                )  # fmt: skip
+            )
+            if hook is not None:
+                self._call(hook, event)
+        metrics = self.ctx.metrics
+        metrics.predictions.labels(stream).inc(len(items))
+        metrics.staleness.labels(stream).observe(staleness / 1000)
+
+    def _watch_features(
+        self,
+        stream: str,
+        items: list[tuple[Sample, Stored, int]],
+        predictions: list[Prediction],
+        version: str,
+    ) -> None:
+        config = self.ctx.feature_drift
+        if config is None or not self.ctx.policy.spec(stream).feature_drift:
+            return
+        monitor = self.state.monitors.get(stream)
+        if monitor is None:
+            monitor = self.state.monitors[stream] = FeatureMonitor(config)
+        rows = [
+            s.features if isinstance(s.features, dict) else _dense(s.features) for s, _, _ in items
+        ]
+        found = monitor.update_many(rows, [p.value for p in predictions])
+        if found:
+            self._feature_drift(stream, found, monitor, version, items[-1][1])
+
+    def _feature_drift(
+        self, stream: str, found: list[FeatureDrift], monitor: FeatureMonitor, version: str,
+        stored: Stored,
+    ) -> None:  # fmt: skip
+        metrics = self.ctx.metrics
+        for finding in found:
+            metrics.feature_drifts.labels(stream, finding.kind).inc()
+        cooldown = self.ctx.feature_drift_cooldown_s
+        last = self.ctx.feature_drift_last.get(stream)
+        if last is not None and time.monotonic() - last < cooldown:
+            metrics.feature_drifts_suppressed.labels(stream).inc(len(found))
+            return
+        self.ctx.feature_drift_last[stream] = time.monotonic()
+        retrain = self.ctx.policy.spec(stream).feature_drift_retrain
+        data = {
+            "stream": stream,
+            "partition": self.p,
+            "position": {"partition": stored.partition, "offset": stored.offset,
+                         "sample_count": monitor.count},
+            "retrain": retrain,
+            "findings": [_finding_json(f) for f in found[:256]],
+        }  # fmt: skip
+        if version != "none":
+            data["model_version"] = version
+        log.info(
+            "features of stream %r moved (partition %d, %d samples): %s",
+            stream, self.p, monitor.count,
+            ", ".join(f"{f.feature} {f.test} p={f.p_value:.2g}" for f in found[:8]),
+        )  # fmt: skip
+        event_id = self._event_id("feature_drift", stream, monitor.count)
+        event = self._event("feature_drift.detected", data, stream, event_id)
+        if self.ctx.hooks.on_drift is not None:
+            self._call(self.ctx.hooks.on_drift, {"type": "feature_drift"} | data)
+        if retrain:
+            request = {"stream": stream, "reason": "feature_drift", "trigger_event_id": event["id"]}
+            self._event("retrain.requested", request, stream,
+                        self._event_id("retrain-features", stream, monitor.count))  # fmt: skip
+
+    # -- labels and the join -----------------------------------------------------------------
+
+    def _on_label_record(self, record: Record, latest: int, now: int) -> None:
+        label = self._decode(decode_label, record, latest)
+        self._advance_clock("labels", record, latest, now)
+        j = partition_of(label.id, self.ctx.partitions)
+        if j != self.p:
+            self._forward(Stored.of(record), b"label", j)
+            return
+        self._join_label(label, Stored.of(record))
+
+    def _join_sample(
+        self, sample: Sample, served: Served | None, prediction: Prediction | None, stored: Stored
+    ) -> None:
+        at = stored.timestamp
+        pending = Pending(sample.id, _Held(sample, served, prediction, stored),
+                          (stored.partition, stored.offset), at)  # fmt: skip
+        self._emit(self.state.join.add_sample(pending, sample.label))
+
+    def _join_label(self, label: Label, stored: Stored) -> None:
+        if label.id in self._waiting_ids:
+            self.flush_predictions()  # its sample was read in this batch: hold it first
+        pending = Pending(label.id, (label, stored), (stored.partition, stored.offset),
+                          stored.timestamp)  # fmt: skip
+        self._emit(self.state.join.add_label(pending))
+
+    def _emit(self, results: list[Joined | Unjoined]) -> None:
+        counts = self.state.counts
+        for result in results:
+            if isinstance(result, Joined):
+                held: _Held = result.sample.payload
+                if isinstance(result.label, tuple):  # a label record: (Label, Stored)
+                    label, label_stored = result.label
+                    value = label.label
+                    spec = self.ctx.policy.spec(held.sample.stream)
+                    problem = label_problem(spec.task, value) or self._label_magnitude(spec, value)
+                    if problem is not None:
+                        self._warn_task(held.sample.stream, spec, value)
+                        error = UnlearnableLabel(problem)
+                        self.dead_letter(label_stored, error)
+                        self.dead_letter(held.stored, error)
+                        continue
+                else:
+                    value = result.label
+                counts["joined"] += 1
+                sample = held.sample
+                example = Example(
+                    id=sample.id, stream=sample.stream, features=sample.features, label=value,
+                    sample=(held.stored.partition, held.stored.offset),
+                    label_at=result.label_position, ts=sample.ts, served=held.served,
+                )  # fmt: skip
+                if sample.ts is not None and result.label_position is not None:
+                    delay = max(now_ms() - sample.ts, 0) / 1000
+                    self.ctx.metrics.label_delay.observe(delay)
+                q = partition_of(sample.stream, self.ctx.partitions)
+                if q == self.p:
+                    self._learn(example, held.prediction, held.stored)
+                else:
+                    self._forward_example(example, held.stored, q)
+            else:
+                stored = result.entry.payload.stored if result.kind == "sample" else (
+                    result.entry.payload[1]
+                )  # fmt: skip
+                error = Unmatched(result.kind, result.reason, self.ctx.join_ttl_ms / 1000)
+                counts[error.reason] += 1
+                self.ctx.metrics.unjoined.labels(result.kind, result.reason).inc()
+                self.dead_letter(stored, error)
+        self.ctx.metrics.pending.labels(str(self.p)).set(len(self.state.join))
+
+    # -- forwarding --------------------------------------------------------------------------
+
+    def _forward(self, stored: Stored, kind: bytes, to: int, served: Served | None = None) -> None:
+        headers = [
+            (KIND, kind),
+            (SOURCE, f"{stored.topic}:{stored.partition}:{stored.offset}".encode()),
+        ]
+        if served is not None:
+            headers.append((SERVED, orjson.dumps(served.as_json(), option=orjson.OPT_NON_STR_KEYS)))
+        self.ctx.out.append(Out(self.ctx.topics.repartition, stored.value, stored.key, to,
+                                headers, stored.timestamp))  # fmt: skip
+        self.ctx.metrics.forwarded.labels(kind.decode()).inc()
+
+    def _forward_example(self, example: Example, stored: Stored, to: int) -> None:
+        headers = [
+            (KIND, b"example"),
+            (SOURCE, f"{stored.topic}:{stored.partition}:{stored.offset}".encode()),
+        ]
+        self.ctx.out.append(Out(self.ctx.topics.repartition, encode_example(example),
+                                example.stream.encode(), to, headers))  # fmt: skip
+        self.ctx.metrics.forwarded.labels("example").inc()
+
+    def _on_forwarded(self, record: Record, latest: int, now: int) -> None:
+        headers = dict(record.headers or ())
+        kind = headers.get(KIND)
+        source = headers.get(SOURCE, b"").decode(errors="replace")
+        origin = _origin(record, source)
+        if kind == b"example":
+            example = decode_example(record.value, self.ctx.max_message_bytes)  # type: ignore[arg-type]
+            prediction = _prediction_of(example.served, example.label)
+            self._learn(example, prediction, origin)
+            return
+        where, _, offset = source.rpartition(":")
+        if kind not in (b"sample", b"label") or not offset.isdigit():
+            raise DecodeError(f"repartition record with kind {kind!r} and source {source!r}")
+        if int(offset) <= self.state.forwarded.get(where, -1):
+            return  # replayed by its sender after a restart: applied already
+        self.state.forwarded[where] = int(offset)
+        if kind == b"sample":
+            sample = self._decode(decode_sample, record, latest)
+            self._advance_clock("samples", record, latest, now)
+            served_raw = headers.get(SERVED)
+            served = _served_from_json(orjson.loads(served_raw)) if served_raw else None
+            prediction = _prediction_of(served, sample.label)
+            self._join_sample(sample, served, prediction, origin)
+        else:
+            label = self._decode(decode_label, record, latest)
+            self._advance_clock("labels", record, latest, now)
+            self._join_label(label, origin)
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def _learn(self, example: Example, prediction: Prediction | None, stored: Stored) -> None:
+        state = self.state
+        if example.id in state.recent:
+            state.counts["duplicates"] += 1
+            self.ctx.metrics.duplicates.labels(example.stream).inc()
+            return
+        learner = state.learners.get(example.stream)
+        if learner is None:
+            spec = self.ctx.policy.spec(example.stream)
+            learner = state.learners[example.stream] = StreamLearner(example.stream, spec)
+            self.ctx.directory.owned(example.stream, learner)
+            log.info("new stream %r (%s, %s) in partition %d",
+                     example.stream, spec.model_name, spec.task, self.p)  # fmt: skip
+        if learner.changes_on_learn() and self._to_predict:
+            self.flush_predictions()  # samples read before this label see the model before it
+        state.recent.add(example.id)
+        ref = (example, stored)
+        started = time.perf_counter()
+        learned = learner.learn([LabelledItem(example.features, example.label, prediction, ref)])
+        learned.refused += learner.take_refused()
+        metrics = self.ctx.metrics
+        metrics.learn_seconds.labels(example.stream).observe(time.perf_counter() - started)
+        if learned.learned:
+            metrics.learned.labels(example.stream).inc(learned.learned)
+            if self.ctx.on_learned is not None:
+                self.ctx.on_learned(example.stream, example.features, example.label)
+            self.ctx.out.append(
+                Out(
+                    self.ctx.topics.examples,
+                    encode_example(example),
+                    example.stream.encode(),
+                    self.p,
+                )  # fmt: skip
+            )
+        for refused in learned.refused:
+            self._refused(example.stream, refused)
+        for finding in learned.findings:
+            self._drift(learner, finding)
+
+    def _refused(self, stream: str, refused: Refused) -> None:
+        example, stored = refused.ref
+        error = Refusal(refused.reason, f"learning stream {stream!r}: {refused.message}")
+        value = encode_example(example)
+        self.dead_letter(stored, error, value=value)
+        log.warning("stream %r refused example %r (%s): %s",
+                    stream, example.id, refused.reason, refused.message)  # fmt: skip
+
+    def _drift(self, learner: StreamLearner, finding: DriftFinding) -> None:
+        signal = finding.signal
+        stream = learner.stream
+        self.ctx.metrics.drifts.labels(stream, signal.level).inc()
+        _, stored = finding.ref
+        position = {"partition": stored.partition, "offset": stored.offset,
+                    "sample_count": signal.count}  # fmt: skip
+        log.info("%s %s on stream %r at example %d", signal.detector, signal.level, stream,
+                 signal.count)  # fmt: skip
+        data = {
+            "stream": stream, "model_version": learner.version, "detector": signal.detector,
+            "level": signal.level, "position": position,
+            "metrics_before": finding.metrics_before, "metrics_after": finding.metrics_after,
+        }  # fmt: skip
+        drift = self._event("drift.detected", data, stream,
+                            self._event_id("drift", stream, signal.count, signal.level))  # fmt: skip
+        if self.ctx.hooks.on_drift is not None:
+            self._call(self.ctx.hooks.on_drift, {"type": "drift"} | data)
+        if signal.level != "drift":
+            return
+        request = {"stream": stream, "reason": "drift", "trigger_event_id": drift["id"],
+                   "position": position}  # fmt: skip
+        self._event("retrain.requested", request, stream,
+                    self._event_id("retrain", stream, signal.count, signal.level))  # fmt: skip
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def dead_letter(self, record: Any, error: BaseException, value: bytes | None = None) -> None:
+        """Send ``record`` (or ``value`` in its place) to the dead-letter topic: the one
+        path every dead letter takes, counted once."""
+        reason = getattr(error, "reason", "error")
+        raw = record.value if value is None else value
+        raw, extra = truncate_for_dead_letter(raw, self.ctx.max_message_bytes - 16 * 1024)
+        headers = dead_letter_headers(record, error, self.ctx.group) + extra
+        self.ctx.out.append(Out(self.ctx.topics.deadletter, raw, record.key, 0, headers))
+        kind = self.ctx.topics.kind(record.topic)
+        self.ctx.metrics.dead_lettered.labels(kind, reason).inc()
+        self.state.counts[f"dead:{reason}"] += 1
+        if self.ctx.hooks.on_error is not None:
+            self._call(self.ctx.hooks.on_error, {
+                "reason": reason, "message": str(error), "topic": record.topic,
+                "partition": record.partition, "offset": record.offset,
+            })  # fmt: skip
+        log.debug("dead-lettered %s[%d]@%d (%s): %s",
+                  record.topic, record.partition, record.offset, reason, error)  # fmt: skip
+
+    def _decode(self, decode: Any, record: Record, latest: int) -> Any:
+        event = decode(record.value, self.ctx.max_message_bytes)
+        if event.ts is not None and event.ts > latest:
+            ahead = (event.ts - latest + self.ctx.max_future_ms) / 1000
+            msg = (f"$.ts is {ahead:,.0f} s ahead of this machine's clock; at most "
+                   f"{self.ctx.max_future_ms / 1000:g} s is accepted (EDDY_MAX_FUTURE_S)")  # fmt: skip
+            raise TimestampInFuture(msg)
+        return event
+
+    def _advance_clock(self, which: str, record: Record, latest: int, now: int) -> None:
+        # A producer's clock far ahead must not move the join's clock: that would
+        # expire everything waiting. Such record timestamps count as "now".
+        ts = record.timestamp if record.timestamp <= latest else now
+        clocks = self.state.clocks
+        if ts > clocks.get(which, 0):
+            clocks[which] = ts
+
+    def _label_magnitude(self, spec: StreamSpec, label: Any) -> str | None:
+        if spec.task != "regression" or isinstance(label, bool):
+            return None
+        bound = self.ctx.max_feature_magnitude
+        if isinstance(label, int | float) and not -bound <= label <= bound:
+            return f"$.label is {label:g}, beyond the accepted magnitude {bound:g}"
+        return None
+
+    def _warn_task(self, stream: str, spec: StreamSpec, label: Any) -> None:
+        key = (stream, spec.task)
+        if key in self.ctx.warned:
+            return
+        self.ctx.warned.add(key)
+        if spec.task == "binary":
+            fix = ("its labels look like classes such as %r: set the stream's task to "
+                   "multiclass (--task multiclass, EDDY_TASK, or task = \"multiclass\" in its "
+                   "[streams.%s] table)") % (label, stream)  # fmt: skip
+        elif spec.task == "regression":
+            fix = (
+                f"its labels look like classes such as {label!r}, not numbers: set the "
+                "stream's task to binary or multiclass"
+            )
+        else:
+            fix = f"label {label!r} cannot be learned"
+        log.warning(
+            "stream %r is configured for task %s but %s; until then its examples are "
+            "dead-lettered (unknown_class). This is said once per stream.",
+            stream, spec.task, fix,
+        )  # fmt: skip
+
+    def _event(self, kind: str, data: dict[str, Any], stream: str, event_id: str) -> dict[str, Any]:
+        self.state.sequence = next_sequence(self.state.sequence)
+        # Each partition is its own source: its sequence numbers grow on their own.
+        event = make_event(kind, self._source, data, subject=stream, event_id=event_id,
+                           signing_key=self.ctx.signing_key, sequence=self.state.sequence)  # fmt: skip
+        self.ctx.out.append(Out(self.ctx.topics.events, orjson.dumps(event), stream.encode(), 0))
+        return event
+
+    def _event_id(self, kind: str, stream: str, count: int, level: str = "") -> str:
+        # Deterministic: a replay after a crash re-sends the same id, which consumers
+        # drop by (source, id).
+        name = f"{self._source}/{kind}/{stream}/{level}/{count}"
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+    def _call(self, hook: Callable[[dict[str, Any]], None], payload: dict[str, Any]) -> None:
+        try:
+            hook(payload)
+        except Exception:
+            log.exception("a hook raised; the worker goes on")
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+
+def _dense(features: list[Any]) -> dict[str, Any]:
+    return {str(i): v for i, v in enumerate(features)}
+
+
+def _finding_json(f: FeatureDrift) -> dict[str, Any]:
+    return {
+        "feature": f.feature[:256], "kind": f.kind, "test": f.test,
+        "statistic": float(f.statistic) if abs(f.statistic) < 1e300 else 1e300,
+        "p_value": min(max(float(f.p_value), 0.0), 1.0),
+        "reference_size": f.reference_size, "recent_size": f.recent_size,
+    }  # fmt: skip
+
+
+def _origin(record: Record, source: str) -> Stored:
+    """The original record a forwarded one stands for (for dead letters and positions)."""
+    topic, _, rest = source.rpartition(":")
+    where_topic, _, partition = topic.rpartition(":")
+    try:
+        return Stored(where_topic, int(partition), int(rest), record.timestamp, record.key,
+                      record.value, tuple(record.headers or ()))  # fmt: skip
+    except ValueError:
+        return Stored.of(record)
+
+
+def _served_from_json(value: dict[str, Any]) -> Served:
+    return Served(value.get("prediction"), value.get("proba"), value["model_version"],
+                  int(value["model_examples"]))  # fmt: skip
+
+
+def _prediction_of(served: Served | None, label: Any) -> Prediction | None:
+    """The served prediction as the learner scores it. Through JSON, class keys of the
+    probabilities became text: they get the type of the stream's labels back."""
+    if served is None:
+        return None
+    proba = served.proba
+    if proba and label is not None:
+        proba = {_as_label_type(k, label): v for k, v in proba.items()}
+    return Prediction(served.prediction, proba)
+
+
+def _as_label_type(key: Any, label: Any) -> Any:
+    if not isinstance(key, str):
+        return key
+    if isinstance(label, bool):
+        return key == "true" if key in ("true", "false") else key
+    if isinstance(label, int):
+        try:
+            return int(key)
+        except ValueError:
+            return key
+    if isinstance(label, float):
+        try:
+            return float(key)
+        except ValueError:
+            return key
+    return key

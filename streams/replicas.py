@@ -1,0 +1,219 @@
+"""Which model predicts a stream's samples: its owner, or a replica of it.
+
+Exactly one worker partition owns (learns) each stream. Samples of the stream that
+land in partitions of the same process are predicted by the owner's model itself
+(staleness 0). Samples that land in another process are predicted by a *replica*: a
+copy of the owner's model that the owner publishes on the snapshots topic whenever it
+has changed and the last copy is older than half of ``EDDY_MAX_STALENESS_MS``, so a
+replica is at most about that much behind. Snapshots are bounded in size
+(``MAX_SNAPSHOT_BYTES``) and rate, sealed (HMAC, :mod:`eddy.models.sealed`) and
+chunked; a worker that holds every partition publishes none (no other process needs
+them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from eddy.models.learners import OnlineLearner, Prediction
+from eddy.models.prequential import StreamLearner
+from eddy.models.sealed import SealError, seal, unseal
+from eddy.streams.chunks import chunk_size, other_slot, send_blob
+from eddy.streams.kafka import close_client, make_consumer
+from eddy.streams.settings import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Replica:
+    """A copy of a stream's online model, as its owner published it."""
+
+    stream: str
+    version: str
+    learned: int
+    taken_at_ms: int
+    learner: OnlineLearner
+
+    def predict(self, xs: Sequence[Any]) -> list[Prediction]:
+        """Predict with the copy (it never learns)."""
+        return self.learner.predict_many(xs)
+
+    def changes_on_learn(self) -> bool:
+        """A replica changes only when a new snapshot comes."""
+        return False
+
+
+class ModelDirectory:
+    """The owners and replicas of a worker process, by stream.
+
+    Until a stream's owner has learned anything (and no replica exists), its samples
+    are predicted by a *blank* model from ``blank(stream)``: what the owner's model is
+    before its first example (River's untrained linear models answer 0.5/0.5, trees
+    do not answer), exactly as River's evaluator would have it predict.
+    """
+
+    def __init__(self, blank: Callable[[str], StreamLearner] | None = None) -> None:
+        self._owners: dict[str, StreamLearner] = {}
+        self._replicas: dict[str, Replica] = {}
+        self._blank = blank
+        self._blanks: dict[str, StreamLearner] = {}
+
+    def predictor(self, stream: str) -> tuple[Any, int]:
+        """The model for ``stream`` and its staleness in milliseconds (0: the owner)."""
+        owner = self._owners.get(stream)
+        if owner is not None:
+            return owner, 0
+        replica = self._replicas.get(stream)
+        if replica is not None:
+            return replica, max(0, int(time.time() * 1000) - replica.taken_at_ms)
+        if self._blank is None:
+            return None, 0
+        blank = self._blanks.get(stream)
+        if blank is None:
+            blank = self._blanks[stream] = self._blank(stream)
+        return blank, 0
+
+    def owned(self, stream: str, learner: StreamLearner | None) -> None:
+        """The stream's learner now lives (``None``: no longer lives) in this process."""
+        if learner is None:
+            self._owners.pop(stream, None)
+        else:
+            self._owners[stream] = learner
+            self._replicas.pop(stream, None)
+            self._blanks.pop(stream, None)
+
+    def owners(self) -> dict[str, StreamLearner]:
+        """The learners this process owns, by stream."""
+        return dict(self._owners)
+
+    def install(self, replica: Replica) -> bool:
+        """Use ``replica`` for its stream unless this process owns the stream or holds a
+        newer copy; whether it was installed."""
+        if replica.stream in self._owners:
+            return False
+        current = self._replicas.get(replica.stream)
+        if current is not None and current.taken_at_ms >= replica.taken_at_ms:
+            return False
+        self._replicas[replica.stream] = replica
+        self._blanks.pop(replica.stream, None)
+        return True
+
+
+class SnapshotPublisher:
+    """Publishes the owned streams' models for replicas in other processes."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, key: bytes, max_staleness_ms: int) -> None:
+        self.topic = topic
+        self.key = key
+        self.every_s = max_staleness_ms / 2000
+        self.chunk = chunk_size(kafka.max_message_bytes)
+        self._last: dict[str, tuple[float, int]] = {}  # stream -> (when, learned)
+        self._slots: dict[str, tuple[str, int]] = {}
+        self._too_large: set[str] = set()
+
+    def due(self, owners: dict[str, StreamLearner]) -> list[StreamLearner]:
+        """Owned streams whose model changed and whose last snapshot is old enough."""
+        now = time.monotonic()
+        out = []
+        for stream, learner in owners.items():
+            when, learned = self._last.get(stream, (0.0, -1))
+            if learner.learned != learned and now - when >= self.every_s:
+                out.append(learner)
+        return out
+
+    async def publish(self, producer: AIOKafkaProducer, learner: StreamLearner) -> None:
+        """Seal and send one stream's model (skipped, once with a warning, if too large)."""
+        taken = int(time.time() * 1000)
+        self._last[learner.stream] = (time.monotonic(), learner.learned)
+        payload = {"version": learner.version, "learned": learner.learned,
+                   "taken_at_ms": taken, "learner": learner.learner}  # fmt: skip
+        data = await asyncio.to_thread(seal, payload, self.key)
+        if len(data) > MAX_SNAPSHOT_BYTES:
+            if learner.stream not in self._too_large:
+                self._too_large.add(learner.stream)
+                log.warning(
+                    "stream %r: its model is %d bytes sealed, over the %d-byte snapshot cap; "
+                    "other processes keep predicting it with their last copy",
+                    learner.stream, len(data), MAX_SNAPSHOT_BYTES,
+                )  # fmt: skip
+            return
+        last_slot, chunks = self._slots.get(learner.stream, (None, 0))
+        slot = other_slot(last_slot)
+        manifest = await send_blob(producer, self.topic, 0, f"s/{learner.stream}", data,
+                                   self.chunk, slot, chunks)  # fmt: skip
+        self._slots[learner.stream] = (slot, len(manifest["chunks"]))
+
+
+class ReplicaFollower:
+    """Reads the snapshots topic and installs replicas of streams owned elsewhere."""
+
+    def __init__(
+        self, kafka: KafkaConfig, topic: str, key: bytes, directory: ModelDirectory
+    ) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.key = key
+        self.directory = directory
+        self._chunks: dict[bytes, tuple[int, bytes]] = {}
+        self.installed = 0
+        self.refused = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the topic from its start until ``stop``."""
+        consumer = make_consumer(
+            self.kafka, "replicas", enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.topic, 0)
+            consumer.assign([tp])
+            consumer.seek(tp, 0)
+            while not stop.is_set():
+                batch = await consumer.getmany(tp, timeout_ms=200, max_records=2000)
+                for record in batch.get(tp, []):
+                    await self._apply(record)
+        finally:
+            await close_client(consumer)
+
+    async def _apply(self, record: Any) -> None:
+        key = record.key or b""
+        if key.count(b"/") >= 3:  # a chunk: s/<stream>/<slot>/<i>
+            if record.value is None:
+                self._chunks.pop(key, None)
+            else:
+                self._chunks[key] = (record.offset, record.value)
+            return
+        if not key.startswith(b"s/") or record.value is None:
+            return
+        try:
+            manifest = orjson.loads(record.value)
+            prefix = f"{manifest['name']}/{manifest['slot']}/"
+            pieces = []
+            for i, offset in enumerate(manifest["chunks"]):
+                found = self._chunks.get(f"{prefix}{i}".encode())
+                if found is None or found[0] != offset:
+                    return  # chunks of this snapshot not read (compacted): wait for the next
+                pieces.append(found[1])
+            snapshot = await asyncio.to_thread(
+                unseal, b"".join(pieces), self.key, f"snapshot {manifest['name']}"
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, SealError) as ex:
+            self.refused += 1
+            log.warning("replicas: snapshot %s refused: %s", key.decode(errors="replace"), ex)
+            return
+        stream = key.decode()[2:]
+        replica = Replica(stream, snapshot["version"], snapshot["learned"],
+                          snapshot["taken_at_ms"], snapshot["learner"])  # fmt: skip
+        if self.directory.install(replica):
+            self.installed += 1
