@@ -15,8 +15,8 @@ questions and answers, with labels ``delay`` samples late.
 >>> run = TestRun(app)
 >>> run.sample("a", {"x": 1.0}); run.label("a", True); run.sample("b", {"x": 1.0})
 >>> run.process()
->>> [(p["id"], p["prediction"]) for p in run.predictions]
-[('a', None), ('b', True)]
+>>> [(p["id"], p["prediction"]) for p in run.predictions]  # a: by the untrained model
+[('a', False), ('b', True)]
 >>> run.learner("default").learned
 1
 """
@@ -145,6 +145,12 @@ class TestRun:
                 if ready:
                     self.units[p].process(ready)
             self._collect()
+
+    def flush_learners(self) -> None:
+        """Learn what mini-batch learners still collect (at the end of a run)."""
+        for unit in self.units.values():
+            unit.flush_learners()
+        self._collect()
 
     def expire(self, label_clock_ms: int | None = None, sample_clock_ms: int | None = None) -> None:
         """Let the join expire what waited longer than the TTL by the given clocks

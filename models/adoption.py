@@ -24,6 +24,8 @@ def adopt(learner: OnlineLearner, champion: BatchModel) -> tuple[bool, str]:
     """Load ``champion`` into ``learner`` if possible; returns (adopted, why)."""
     if not isinstance(learner, TorchLearner):
         return False, f"online model {learner.name!r} is not a network; kept its own state"
+    if learner.spec.module is not None:
+        return False, "the online model is your own module; kept its own state"
     if learner.task != champion.task:
         return False, f"task {learner.task} differs from the champion's {champion.task}"
     wanted = (learner.hidden,) if learner.hidden else ()

@@ -94,6 +94,42 @@ def finite_prediction(p: Prediction) -> bool:
     return True
 
 
+def finite_numbers(obj: Any, limit: int = 200_000) -> set[str]:
+    """Paths of the finite floats in an object's state (for the guard's repair only:
+    a number finite before learning an example and not after marks the culprit).
+
+    >>> sorted(finite_numbers({"w": {"a": 1.0, "b": float("nan")}, "n": [2.0]}))
+    ["['n'][0]", "['w']['a']"]
+    """
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack and len(seen) < limit:
+        path, value = stack.pop()
+        if isinstance(value, float):
+            if math.isfinite(value):
+                found.add(path)
+            continue
+        if isinstance(value, str | bytes | int | type(None)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if hasattr(value, "dtype") and hasattr(value, "tolist"):  # a numpy array
+            values = value.tolist()
+            stack.append((path, values if isinstance(values, list) else [values]))
+        elif isinstance(value, dict):
+            stack.extend((f"{path}[{k!r}]", v) for k, v in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif hasattr(value, "items") and callable(value.items):  # River's VectorDict and kin
+            try:
+                stack.extend((f"{path}[{k!r}]", v) for k, v in value.items())
+            except TypeError:
+                pass
+        elif hasattr(value, "__dict__"):
+            stack.extend((f"{path}.{k}", v) for k, v in vars(value).items())
+    return found
+
+
 class RiverLearner:
     """A River estimator behind eddy's interface; predictions equal River's own.
 
@@ -224,16 +260,24 @@ class RiverLearner:
 
     def _repair(self) -> None:
         """The model answers with non-finite values: find the examples since the safe
-        point that caused it, refuse them, and rebuild the model without them."""
+        point that caused it, refuse them, and rebuild the model without them.
+
+        An example is a culprit when learning it raises, turns a finite number of the
+        model's state into a non-finite one (the poison may show in predictions only
+        later), or leaves its own prediction non-finite.
+        """
         if self._safe is None:
             return
         culprits: list[int] = []
         self.estimator = pickle.loads(self._safe)
         for i, (x, y, ref) in enumerate(self._replay):
             before = pickle.dumps(self.estimator, protocol=pickle.HIGHEST_PROTOCOL)
+            finite_before = finite_numbers(self.estimator)
             try:
                 self.estimator.learn_one(x, y)
-                ok = finite_prediction(self._predict(x))
+                ok = finite_prediction(self._predict(x)) and not (
+                    finite_before - finite_numbers(self.estimator)
+                )
             except Exception:  # noqa: BLE001 - counts as non-finite
                 ok = False
             if not ok:
@@ -307,7 +351,10 @@ def make_learner(model: Any, task: str, batch_size: int = 256) -> OnlineLearner:
             msg = f"unknown model {model!r}; known: {', '.join(CATALOGUE)} (see `eddy catalogue`)"
             raise ModelConfigError(msg)
         if task not in spec.tasks:
-            msg = f"model {model!r} does {', '.join(spec.tasks)}, not {task!r}: set the task"
+            msg = (
+                f"model {model!r} does {', '.join(spec.tasks)}, not {task!r}: set the stream's "
+                "task (--task, EDDY_TASK, or task in its [streams.<name>] table)"
+            )
             raise ModelConfigError(msg)
         model = spec.factory(task)
     if isinstance(model, TorchModel):

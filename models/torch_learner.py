@@ -137,7 +137,9 @@ class TorchLearner:
             if all(type(x) is dict and len(x) == n for x in xs):
                 get = itemgetter(*names)
                 try:
-                    return np.array([get(x) for x in xs], dtype=np.float32).reshape(len(xs), n)
+                    with np.errstate(all="ignore"):  # beyond float32: inf, for the guard
+                        rows = np.array([get(x) for x in xs], dtype=np.float32)
+                    return rows.reshape(len(xs), n)
                 except (KeyError, ValueError, TypeError):
                     pass  # other names, or text values: the general path below
             elif names == tuple(range(n)) and all(type(x) is list and len(x) == n for x in xs):
@@ -157,15 +159,17 @@ class TorchLearner:
         out = np.zeros((len(xs), len(index)), dtype=np.float32)
         if cells:
             rows, cols, values = zip(*cells, strict=True)
-            out[list(rows), list(cols)] = values
+            with np.errstate(all="ignore"):  # beyond float32: inf, for the guard to refuse
+                out[list(rows), list(cols)] = values
         return out
 
     def _standardize(self, matrix: np.ndarray) -> torch.Tensor:
         d = matrix.shape[1]
         mean = self._mean[:d]
-        std = np.sqrt(self._m2[:d] / max(self.seen - 1, 1))
-        std[std == 0] = 1.0
-        return torch.from_numpy(((matrix - mean) / std).astype(np.float32))
+        with np.errstate(all="ignore"):  # non-finite input is the guard's to refuse
+            std = np.sqrt(self._m2[:d] / max(self.seen - 1, 1))
+            std[std == 0] = 1.0
+            return torch.from_numpy(((matrix - mean) / std).astype(np.float32))
 
     def _ensure_net(self) -> None:
         d, k = len(self.features), self.n_outputs
@@ -375,7 +379,10 @@ class TorchLearner:
             self._mean = np.pad(self._mean, (0, d - self._mean.shape[0]))
             self._m2 = np.pad(self._m2, (0, d - self._m2.shape[0]))
         n_a, n_b = self.seen, matrix.shape[0]
-        matrix64 = matrix.astype(np.float64)
+        with np.errstate(all="ignore"):  # non-finite input is the guard's to refuse
+            self._merge_stats(matrix.astype(np.float64), ys, n_a, n_b)
+
+    def _merge_stats(self, matrix64: np.ndarray, ys: Sequence[Any], n_a: int, n_b: int) -> None:
         mean_b = matrix64.mean(axis=0)
         m2_b = ((matrix64 - mean_b) ** 2).sum(axis=0)
         delta = mean_b - self._mean

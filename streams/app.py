@@ -140,6 +140,7 @@ class App:
         """The app a config file's ``[streams.<name>]`` tables describe (models as
         catalogue names or ``package.module:factory``, called with no arguments)."""
         app = cls(settings=settings)
+        _check_model("(any, with the defaults)", app.default_spec())
         for name, table in settings.streams.items():
             options = dict(table)
             if "model" in options:

@@ -622,6 +622,16 @@ class Unit:
         for finding in learned.findings:
             self._drift(learner, finding)
 
+    def flush_learners(self) -> None:
+        """Learn the examples mini-batch learners still collect (a partial batch), and
+        dead-letter what they refuse."""
+        for name, learner in self.state.learners.items():
+            flush = getattr(learner.learner, "flush", None)
+            if flush is not None:
+                flush()
+            for refused in learner.take_refused():
+                self._refused(name, refused)
+
     def _refused(self, stream: str, refused: Refused) -> None:
         example, stored = refused.ref
         error = Refusal(refused.reason, f"learning stream {stream!r}: {refused.message}")

@@ -26,11 +26,12 @@ def broker() -> Iterator[EmbeddedBroker]:
 @pytest.fixture
 def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
     """Settings for one test: its own topic prefix and data directory, topics created."""
-    s = Settings(
+    s = Settings.build(
         bootstrap=broker.bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         partitions=3,
         data_dir=tmp_path / "eddy-data",
+        producer_idempotence="off",
     )
     asyncio.run(create_topics(s.kafka, s.topics))
     return s
@@ -42,7 +43,7 @@ async def read_topic(
     """Every record of ``topic``, once at least ``at_least`` have arrived (or ``within`` s)."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
-        records = await read_records(settings, topic, within)
+        records = await read_records(settings.kafka, topic, within)
         if len(records) >= at_least or asyncio.get_running_loop().time() > deadline:
             return records
         await asyncio.sleep(0.1)

@@ -1,20 +1,28 @@
-"""The online-learning core against the embedded broker: the issue's done-when tests."""
+"""Learning against the embedded broker: River equivalence with delayed labels, sample-time
+predictions, late and missing labels, drift, and producers with other partitioners."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+import zlib
 from collections import Counter
 
+import orjson
 import pytest
-from river import evaluate, linear_model, metrics
+from aiokafka import AIOKafkaProducer
+from river import datasets, evaluate, linear_model, metrics, preprocessing, tree
+from river import stream as river_stream
+from river.datasets import synth
 
 from eddy.streams import sources
+from eddy.streams.app import App
 from eddy.streams.codec import decode_event
 from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
-from tests.integration.worker_helpers import running_worker, wait_for
+from tests.integration.worker_helpers import learned, running_worker, wait_for
 
 
 def _one_partition(settings, **overrides):
@@ -25,44 +33,106 @@ def _one_partition(settings, **overrides):
     return s
 
 
-async def _learn(settings, examples, options, n):
-    await produce(settings.kafka, settings.topics.prefix, examples, options)
-    async with running_worker(settings) as worker:
-        await wait_for(
-            lambda: (s := worker.learner.stream("default")) is not None and s.learned >= n,
-            120,
-            f"{n} examples learned",
-        )
-        return worker.learner.stream("default")
+async def _send_as_simulate_qa(settings, dataset, delay):
+    """Samples and labels in the order River's simulate_qa gives, each record stamped
+    one millisecond after the one before (the order eddy merges the two topics in)."""
+    topics = Topics(settings.topics.prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        base = int(time.time() * 1000) - 10_000_000
+        sends = []
+        for t, (i, x, y) in enumerate(river_stream.simulate_qa(dataset, None, delay)):
+            if y is None:
+                topic, value = topics.samples, {"id": str(i), "features": {str(k): v for k, v in x.items()}}
+            else:
+                topic, value = topics.labels, {"id": str(i), "label": y}
+            sends.append(await producer.send(topic, orjson.dumps(value), key=str(i).encode(),
+                                              timestamp_ms=base + t))  # fmt: skip
+        await producer.flush()
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+CASES = [
+    ("sea-d0", lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000), "binary",
+     lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(), "accuracy",
+     metrics.Accuracy, 0),
+    ("sea-d100", lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000), "binary",
+     lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(), "accuracy",
+     metrics.Accuracy, 100),
+    ("sea-d1000", lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000), "binary",
+     lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(), "accuracy",
+     metrics.Accuracy, 1000),
+    ("shuttle-macro-f1-d200", lambda: itertools.islice(datasets.Shuttle(), 8000), "multiclass",
+     tree.HoeffdingTreeClassifier, "f1", metrics.MacroF1, 200),
+    ("trump-mae-d10", datasets.TrumpApproval, "regression",
+     lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(), "mae",
+     metrics.MAE, 10),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("model", "task", "source", "river_model", "metric", "n"),
-    [
-        ("logreg", "binary", "sea", linear_model.LogisticRegression, metrics.Accuracy, 20_000),
-        (
-            "linreg",
-            "regression",
-            "trump_approval",
-            linear_model.LinearRegression,
-            metrics.MAE,
-            1001,
-        ),
-    ],
+    ("dataset", "task", "model", "metric", "river_metric", "delay"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
 )
-def test_prequential_metric_equals_rivers_progressive_val_score(
-    settings, model, task, source, river_model, metric, n
+def test_delayed_label_metrics_equal_rivers_progressive_val_score(
+    settings, dataset, task, model, metric, river_metric, delay
 ):
-    settings = _one_partition(settings, model=model, task=task)
+    settings = _one_partition(settings)
+    app = App(settings=settings)
+    app.stream("default", model=model(), task=task)
+    n = sum(1 for _ in dataset())
 
-    def stream():
-        return itertools.islice(sources.open_named(source, seed=11), n)
+    async def scenario():
+        await _send_as_simulate_qa(settings, dataset(), delay)
+        async with running_worker(settings, app) as worker:
+            await wait_for(lambda: learned(worker) >= n, 120, f"{n} examples learned")
+            return worker.stream("default")
 
-    learned = asyncio.run(_learn(settings, stream(), ProduceOptions(n=n, label_delay=0), n))
-    ours = learned.metrics.cumulative.get("accuracy" if task == "binary" else "mae").get()
-    river = evaluate.progressive_val_score(stream(), river_model(), metric()).get()
-    assert learned.learned == n
+    learner = asyncio.run(scenario())
+    ours = learner.metrics.cumulative.get(metric).get()
+    river = evaluate.progressive_val_score(dataset(), model(), river_metric(), delay=delay).get()
+    assert learner.learned == n
     assert ours == pytest.approx(river, abs=1e-9)
+
+
+def test_samples_are_predicted_when_they_arrive_not_when_their_labels_do(settings):
+    settings = _one_partition(settings)
+    topics = Topics(settings.topics.prefix)
+
+    async def scenario():
+        async with running_worker(settings) as worker:
+            await wait_for(lambda: worker.agent.ready.is_set(), 60, "partitions assigned")
+            data = list(itertools.islice(sources.open_named("sea", seed=2), 50))
+            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+            await producer.start()
+            try:
+                for i, (x, _) in enumerate(data):
+                    await producer.send(topics.samples, orjson.dumps({"id": f"u{i}", "features": x}),
+                                        key=f"u{i}".encode())  # fmt: skip
+                await producer.flush()
+                sent_at = time.monotonic()
+                predictions = await read_topic(settings, topics.predictions, at_least=50)
+                waited = time.monotonic() - sent_at
+                assert learned(worker) == 0  # no label has come: nothing learned
+                for i, (_, y) in enumerate(data):
+                    await producer.send(topics.labels, orjson.dumps({"id": f"u{i}", "label": y}),
+                                        key=f"u{i}".encode())  # fmt: skip
+                await producer.flush()
+            finally:
+                await producer.stop()
+            await wait_for(lambda: learned(worker) >= 50, 60, "50 examples learned")
+            return predictions, waited, worker.stream("default")
+
+    predictions, waited, learner = asyncio.run(scenario())
+    values = [orjson.loads(r.value) for r in predictions]
+    assert sorted(v["id"] for v in values) == sorted(f"u{i}" for i in range(50))
+    assert waited < 10
+    assert all(v["model_examples"] == 0 and v["model_version"] == "online-1" for v in values)
+    assert learner.metrics.count == 50  # the served predictions were scored when labels came
 
 
 def test_late_and_missing_labels_are_learned_or_counted_as_expired(settings):
@@ -71,27 +141,26 @@ def test_late_and_missing_labels_are_learned_or_counted_as_expired(settings):
     options = ProduceOptions(n=n, label_delay=500, label_drop=0.01, seed=5)
 
     async def scenario():
-        report = await produce(
-            settings.kafka, settings.topics.prefix, sources.open_named("sea", seed=5), options
-        )
+        report = await produce(settings.kafka, settings.topics.prefix,
+                               sources.open_named("sea", seed=5), options)  # fmt: skip
         async with running_worker(settings) as worker:
 
-            def learned():
-                s = worker.learner.stream("default")
-                return s.learned if s else 0
-
             def expired():
-                return sum(s.unjoined.get("sample_expired", 0) for s in worker.join.states.values())
+                return worker.counts().get("sample_expired", 0)
 
-            await wait_for(lambda: learned() + expired() >= n, 120, "every sample accounted for")
-            unjoined = sum((Counter(s.unjoined) for s in worker.join.states.values()), Counter())
-            return report, learned(), expired(), unjoined
+            await wait_for(lambda: learned(worker) + expired() >= n, 120,
+                           "every sample accounted for")  # fmt: skip
+            unjoined = Counter({k: v for k, v in worker.counts().items()
+                                if not k.startswith("dead:")
+                                and k.endswith(("_expired", "_evicted", "_duplicate"))})  # fmt: skip
+            predicted = sum(v for _, v in _sample_values(worker, "eddy_predictions_total"))
+            return report, learned(worker), expired(), unjoined, predicted
 
-    report, learned, expired, unjoined = asyncio.run(scenario())
-    assert report.samples == n
-    assert learned == report.labels  # every label that was sent found its sample
+    report, n_learned, expired, unjoined, predicted = asyncio.run(scenario())
+    assert report.samples == n and predicted == n  # every sample predicted, labelled or not
+    assert n_learned == report.labels  # every label that was sent found its sample
     assert expired == report.labels_dropped  # every sample without a label expired
-    assert learned + expired == n
+    assert n_learned + expired == n
     assert 100 <= report.labels_dropped <= 300
     assert unjoined == {"sample_expired": expired}  # no orphan labels, no duplicates
     dead = asyncio.run(
@@ -101,12 +170,23 @@ def test_late_and_missing_labels_are_learned_or_counted_as_expired(settings):
     assert reasons == [b"sample_expired"] * expired
 
 
+def _sample_values(worker, name):
+    from eddy.streams.dashboard import read_registry
+
+    return read_registry(worker.registry).get(name, [])
+
+
 def test_abrupt_drift_is_detected_soon_after_the_drift_point(settings):
     settings = _one_partition(settings, model="scaled-logreg")
     n, drift_at = 20_000, 10_000
     stream = sources.open_named("sea", seed=1, variant=0, drift_at=drift_at, drift_to=3)
-    learned = asyncio.run(_learn(settings, stream, ProduceOptions(n=n, label_delay=0), n))
-    assert learned.learned == n
+
+    async def scenario():
+        await produce(settings.kafka, settings.topics.prefix, stream, ProduceOptions(n=n))
+        async with running_worker(settings) as worker:
+            await wait_for(lambda: learned(worker) >= n, 120, f"{n} examples learned")
+
+    asyncio.run(scenario())
     raw = asyncio.run(read_topic(settings, Topics(settings.topics.prefix).events, at_least=1))
     events = [decode_event(r.value) for r in raw]
     drifts = [
@@ -124,3 +204,44 @@ def test_abrupt_drift_is_detected_soon_after_the_drift_point(settings):
     assert retrains[0].data["trigger_event_id"] == first.id
     assert first.data["detector"] == "adwin"
     assert first.data["metrics_after"]["accuracy"] < first.data["metrics_before"]["accuracy"]
+
+
+def test_samples_from_aiokafka_and_labels_from_librdkafka_all_join(settings):
+    """aiokafka partitions keys with murmur2, librdkafka (confluent-kafka) with CRC32:
+    most labels land on another partition than their sample; eddy still joins them all."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    topics = Topics(settings.topics.prefix)
+    n = 300
+    data = list(itertools.islice(sources.open_named("sea", seed=9), n))
+
+    async def send_samples():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+        await producer.start()
+        try:
+            for i, (x, _) in enumerate(data):
+                await producer.send(topics.samples, orjson.dumps({"id": f"k{i}", "features": x}),
+                                    key=f"k{i}".encode())  # fmt: skip
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(send_samples())
+    labels = confluent_kafka.Producer({"bootstrap.servers": settings.kafka.bootstrap})
+    delivered = []
+    for i, (_, y) in enumerate(data):
+        labels.produce(topics.labels, orjson.dumps({"id": f"k{i}", "label": y}),
+                       key=f"k{i}".encode(), on_delivery=lambda err, msg: delivered.append(
+                           (err, msg.key().decode(), msg.partition())))  # fmt: skip
+    assert labels.flush(30) == 0
+    assert all(err is None for err, _, _ in delivered)
+    crc = {f"k{i}": zlib.crc32(f"k{i}".encode()) % settings.topics.partitions for i in range(n)}
+    assert {key: p for _, key, p in delivered} == crc  # librdkafka's consistent_random: CRC32
+
+    async def scenario():
+        async with running_worker(settings) as worker:
+            await wait_for(lambda: learned(worker) >= n, 90, f"{n} examples learned")
+            return learned(worker), worker.counts()
+
+    n_learned, counts = asyncio.run(scenario())
+    assert n_learned == n
+    assert counts.get("sample_expired", 0) == 0 and counts.get("label_expired", 0) == 0

@@ -7,15 +7,18 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+from eddy.streams.app import App
 from eddy.streams.settings import Settings
-from eddy.streams.worker import Worker, run_worker
+from eddy.streams.worker import Worker
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    """Start a worker in this event loop; stop it cleanly (checkpoint, leave) on exit."""
+async def running_worker(settings: Settings, app: App | None = None) -> AsyncIterator[Worker]:
+    """Start a worker (of ``app``, or one learning any stream with the settings'
+    defaults) in this event loop; stop it cleanly (checkpoint, leave) on exit."""
+    app = app or App(settings=settings)
     started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_worker(settings, on_start=started))
+    task = asyncio.create_task(app.run_async(create_topics=False, on_start=started))
     done, _ = await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()  # raises the start-up error
@@ -44,3 +47,9 @@ def holds_within(condition: Callable[[], bool], within: float, interval: float =
             return True
         time.sleep(interval)
     return condition()
+
+
+def learned(worker: Worker, stream: str = "default") -> int:
+    """Examples ``stream`` has learned in ``worker`` (0 if it does not own it yet)."""
+    learner = worker.stream(stream)
+    return learner.learned if learner is not None else 0

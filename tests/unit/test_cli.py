@@ -14,4 +14,4 @@ def test_worker_refuses_an_unknown_model_before_touching_kafka(capsys):
 
 def test_worker_refuses_a_model_that_cannot_do_the_task(capsys):
     assert main(["worker", "--model", "logreg", "--task", "regression"]) == 1
-    assert "set EDDY_TASK" in capsys.readouterr().err
+    assert "set the stream's task" in capsys.readouterr().err

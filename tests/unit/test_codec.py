@@ -60,8 +60,10 @@ def test_labels_may_be_bool_int_number_or_string(value):
         (b'{"id":7,"features":{"x":1}}', SchemaViolation, "$.id"),
         (b'{"id":"a","features":{}}', SchemaViolation, "1-10000 entries"),
         (b'{"id":"a","features":[]}', SchemaViolation, "1-10000 entries"),
-        (b'{"id":"a","features":{"x":"1"}}', SchemaViolation, "$.features.x"),
-        (b'{"id":"a","features":{"x":true}}', SchemaViolation, "$.features.x"),
+        (b'{"id":"a","features":{"x":""}}', SchemaViolation, "$.features.x"),
+        (b'{"id":"a","features":{"x":null}}', SchemaViolation, "$.features.x"),
+        (b'{"id":"a","features":{"x":[1]}}', SchemaViolation, "$.features.x"),
+        (b'{"id":"a","features":["red"]}', SchemaViolation, "$.features[0]"),
         (b'{"id":"a","features":[1,null]}', SchemaViolation, "$.features[1]"),
         (b'{"id":"a","features":"x"}', SchemaViolation, "$.features"),
         (b'{"id":"a","features":{"x":1},"ts":-1}', SchemaViolation, "$.ts"),
@@ -242,4 +244,5 @@ def test_unknown_control_event_types_are_rejected():
 
 def test_extension_attributes_are_kept():
     event = make_event("drift.detected", "eddy/test", DRIFT) | {"traceparent": "00-ab-cd-01"}
-    assert decode_event(encode(event)).extensions == {"traceparent": "00-ab-cd-01"}
+    extensions = decode_event(encode(event)).extensions
+    assert extensions["traceparent"] == "00-ab-cd-01" and isinstance(extensions["eddyseq"], int)

@@ -7,7 +7,6 @@ and every metric the dashboard and the alerts query must be one eddy exports.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shutil
@@ -20,7 +19,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from eddy.streams import metrics
-from eddy.streams.settings import Settings, env_var
+from eddy.streams.settings import env_var, setting_names
 
 REPO = Path(__file__).resolve().parents[2]
 PROMTOOL = shutil.which("promtool")
@@ -34,8 +33,8 @@ def exported_metric_names() -> set[str]:
     """Every sample name eddy's processes can expose (counters with _total, etc.)."""
     registry = CollectorRegistry()
     for kind in (
-        metrics.EdgeMetrics, metrics.JoinMetrics, metrics.LearnerMetrics,
-        metrics.ConsumerMetrics, metrics.ControlMetrics, metrics.ModelEventMetrics,
+        metrics.EngineMetrics, metrics.ConsumerMetrics, metrics.ControlMetrics,
+        metrics.ModelEventMetrics,
     ):  # fmt: skip
         kind.create(registry)
     metrics.process_metrics(registry)
@@ -74,7 +73,7 @@ def test_compose_mounts_files_that_exist() -> None:
 
 
 def test_compose_sets_only_real_settings_and_prometheus_scrapes_their_ports() -> None:
-    known = {env_var(f.name) for f in dataclasses.fields(Settings)}
+    known = {env_var(name) for name in setting_names()}
     ports = {}
     for name, service in compose()["services"].items():
         env = service.get("environment") or {}

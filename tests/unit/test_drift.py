@@ -4,16 +4,17 @@ import pytest
 
 from eddy.models.drift import DriftMonitor
 from eddy.models.exceptions import ModelConfigError
-from eddy.models.prequential import LearnerConfig, StreamLearner
+from eddy.models.prequential import LabelledItem, StreamLearner, StreamSpec
 from eddy.streams.sources import open_named
 
 
 def _run(detector, seed, n=20_000, drift_at=10_000):
-    learner = StreamLearner("s", LearnerConfig(model="scaled-logreg", detector=detector))
+    learner = StreamLearner("s", StreamSpec(model="scaled-logreg", detector=detector))
     stream = open_named("sea", seed=seed, variant=0, drift_at=drift_at, drift_to=3)
     drifts = []
-    for x, y in itertools.islice(stream, n):
-        _, findings = learner.process([x], [y])
+    for i, (x, y) in enumerate(itertools.islice(stream, n)):
+        served = learner.predict([x])[0]
+        findings = learner.learn([LabelledItem(x, y, served, i)]).findings
         drifts += [f for f in findings if f.signal.level == "drift"]
     return drifts
 
@@ -54,3 +55,15 @@ def test_a_falling_error_is_not_a_drift():
 def test_unknown_detector():
     with pytest.raises(ModelConfigError, match="known: adwin"):
         DriftMonitor("cusum")
+
+
+def test_a_river_detector_object_with_its_own_thresholds_is_used_as_given():
+    from river import drift
+
+    monitor = DriftMonitor(drift.ADWIN(delta=0.5), min_examples=10, cooldown=10)
+    assert monitor.detector_name == "ADWIN"
+    signals = [monitor.update(0.0 if i < 500 else 1.0) for i in range(700)]
+    first = next(s for s in signals if s and s.level == "drift")
+    assert 500 < first.count < 560  # delta 0.5 fires far sooner than the default 0.002
+    with pytest.raises(ModelConfigError, match="River drift detector"):
+        DriftMonitor(42)

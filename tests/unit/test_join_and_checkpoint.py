@@ -62,17 +62,42 @@ def test_duplicate_ids_are_reported():
 
 def test_checkpoint_round_trip_and_refusal_of_altered_files(tmp_path):
     path = tmp_path / "state.ckpt"
-    checkpoint.save(path, {"offset": 41, "model": [1.0, 2.0]})
-    assert checkpoint.load(path) == {"offset": 41, "model": [1.0, 2.0]}
+    checkpoint.save(path, {"offset": 41, "model": [1.0, 2.0]}, b"key")
+    assert checkpoint.load(path, b"key") == {"offset": 41, "model": [1.0, 2.0]}
+    with pytest.raises(CheckpointError, match="HMAC"):
+        checkpoint.load(path, b"another key")
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="SHA-256"):
-        checkpoint.load(path)
+    with pytest.raises(CheckpointError, match="HMAC"):
+        checkpoint.load(path, b"key")
     path.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="not an eddy checkpoint"):
-        checkpoint.load(path)
+    with pytest.raises(CheckpointError, match="not sealed by eddy"):
+        checkpoint.load(path, b"key")
     assert [f.name for f in tmp_path.iterdir()] == ["state.ckpt"]  # no temp files left
+
+
+def test_a_crafted_pickle_is_never_executed(tmp_path):
+    """A checkpoint that would run code when unpickled is refused by its HMAC first."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+
+    payload = pickle.dumps(Evil())
+    import zlib
+
+    from eddy.models.sealed import MAGIC
+
+    forged = MAGIC + b"0" * 64 + b"\n" + zlib.compress(payload)
+    path = tmp_path / "p0.ckpt"
+    path.write_bytes(forged)
+    with pytest.raises(CheckpointError, match="HMAC"):
+        checkpoint.load(path, b"key")
+    assert not marker.exists()
 
 
 def test_recent_ids_survive_a_pickle_and_an_old_one_still_loads():

@@ -7,6 +7,7 @@ import torch
 from eddy.models.adoption import adopt
 from eddy.models.batch import TrainParams, train, vectorize
 from eddy.models.evaluation import compare, mcnemar_p
+from eddy.models.learners import TorchModel
 from eddy.models.registry import Registry, RegistryError
 from eddy.models.torch_learner import TorchLearner
 from eddy.streams.sources import open_named
@@ -79,11 +80,11 @@ def test_the_online_torch_learner_adopts_a_matching_champion():
     champion = train(
         matrix, [y for _, y in data], "binary", names, TrainParams(hidden=(32,), epochs=5)
     )
-    online = TorchLearner("binary", hidden=32)
+    online = TorchLearner("binary", TorchModel(hidden=32))
     assert adopt(online, champion)[0]
     xs = [x for x, _ in data[:300]]
     assert [p.value for p in online.predict_many(xs)] == champion.predict(xs)
-    adopted, why = adopt(TorchLearner("binary", hidden=0), champion)
+    adopted, why = adopt(TorchLearner("binary", TorchModel(hidden=0)), champion)
     assert not adopted and "EDDY_RETRAIN_HIDDEN" in why
 
 
