@@ -534,14 +534,14 @@ class Unit:
     # -- forwarding --------------------------------------------------------------------------
 
     def _forward(self, stored: Stored, kind: bytes, to: int, served: Served | None = None) -> None:
-        headers = [
-            (KIND, kind),
-            (SOURCE, f"{stored.topic}:{stored.partition}:{stored.offset}".encode()),
-        ]
+        # The original record whole (its own headers too), plus where it came from.
+        source = f"{stored.topic}:{stored.partition}:{stored.offset}".encode()
+        headers = [*stored.headers, (KIND, kind), (SOURCE, source)]
         if served is not None:
             headers.append((SERVED, orjson.dumps(served.as_json(), option=orjson.OPT_NON_STR_KEYS)))
-        self.ctx.out.append(Out(self.ctx.topics.repartition, stored.value, stored.key, to,
-                                headers, stored.timestamp))  # fmt: skip
+        self.ctx.out.append(
+            Out(self.ctx.topics.repartition, stored.value, stored.key, to, headers, stored.timestamp)
+        )
         self.ctx.metrics.forwarded.labels(kind.decode()).inc()
 
     def _forward_example(self, example: Example, stored: Stored, to: int) -> None:
@@ -770,13 +770,17 @@ def _finding_json(f: FeatureDrift) -> dict[str, Any]:
     }  # fmt: skip
 
 
+_INTERNAL_HEADERS = frozenset((KIND, SOURCE, SERVED))
+
+
 def _origin(record: Record, source: str) -> Stored:
     """The original record a forwarded one stands for (for dead letters and positions)."""
     topic, _, rest = source.rpartition(":")
     where_topic, _, partition = topic.rpartition(":")
+    headers = tuple((k, v) for k, v in (record.headers or ()) if k not in _INTERNAL_HEADERS)
     try:
         return Stored(where_topic, int(partition), int(rest), record.timestamp, record.key,
-                      record.value, tuple(record.headers or ()))  # fmt: skip
+                      record.value, headers)  # fmt: skip
     except ValueError:
         return Stored.of(record)
 

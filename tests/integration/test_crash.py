@@ -10,14 +10,16 @@ import subprocess
 import sys
 import time
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from river import evaluate, linear_model, metrics
 
 from eddy.models import checkpoint
 from eddy.models.checkpoint import CheckpointError
 from eddy.streams import sources
-from eddy.streams.producer import ProduceOptions, produce
-from eddy.streams.topics import create_topics
+from eddy.streams.keys import state_key
+from eddy.streams.topics import Topics, create_topics
 
 N = 50_000
 
@@ -32,22 +34,46 @@ def _start_worker(settings, log_path):
         str(settings.state.data_dir),
         "--model",
         "logreg",
+        "--producer-idempotence",
+        "off",
     ]
     command += ["--checkpoint-every", "3000", "--checkpoint-interval-s", "1"]
     return subprocess.Popen(command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
 
 
-def _learner_state(settings):
-    path = settings.state.data_dir / "checkpoints" / f"{settings.topics.prefix}learner" / "p0.ckpt"
-    try:
-        return checkpoint.load(path).state  # a streams.agents.base.Checkpointed
+def _unit_state(settings):
+    """The worker's last checkpoint of partition 0, from its local copy."""
+    path = settings.data_dir / "checkpoints" / f"{settings.topics.prefix}worker" / "p0.ckpt"
+    try:  # a streams.agents.partitions.Checkpointed
+        return checkpoint.load(path, state_key(settings.state)).state
     except (FileNotFoundError, CheckpointError):
         return None
 
 
 def _learned(settings) -> int:
-    state = _learner_state(settings)
-    return state.streams["default"].learned if state and "default" in state.streams else 0
+    state = _unit_state(settings)
+    return state.learners["default"].learned if state and "default" in state.learners else 0
+
+
+async def _send_paced(settings, examples, rate):
+    """Samples and labels (each right after its sample), stamped in that order."""
+    topics = Topics(settings.topics.prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        started, base = time.monotonic(), int(time.time() * 1000) - 10_000_000
+        for i, (x, y) in enumerate(examples):
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            key = str(i).encode()
+            await producer.send(topics.samples, orjson.dumps({"id": str(i), "features": x}),
+                                key=key, timestamp_ms=base + 2 * i)  # fmt: skip
+            await producer.send(topics.labels, orjson.dumps({"id": str(i), "label": y}),
+                                key=key, timestamp_ms=base + 2 * i + 1)  # fmt: skip
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 def _wait(condition, within, what, proc=None):
@@ -71,12 +97,7 @@ def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(setting
         return itertools.islice(sources.open_named("sea", seed=21), N)
 
     async def produce_slowly():
-        await produce(
-            settings.kafka,
-            settings.topics.prefix,
-            stream(),
-            ProduceOptions(n=N, rate=5000, seed=21),
-        )
+        await _send_paced(settings, stream(), rate=5000)
 
     worker = _start_worker(settings, log_path)
     loop = asyncio.new_event_loop()
@@ -99,8 +120,8 @@ def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(setting
             worker.wait()
         loop.close()
 
-    state = _learner_state(settings)
-    learned = state.streams["default"]
+    state = _unit_state(settings)
+    learned = state.learners["default"]
     assert learned.learned == N
     assert learned.metrics.count == N
     river = evaluate.progressive_val_score(
@@ -109,5 +130,5 @@ def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(setting
     assert learned.metrics.cumulative.get("accuracy").get() == pytest.approx(river.get(), abs=1e-9)
     print(
         f"killed after {killed_at} checkpointed examples; "
-        f"{state.duplicates} re-sent examples dropped; accuracy {river.get():.6f}"
+        f"{state.counts.get('duplicates', 0)} re-sent examples dropped; accuracy {river.get():.6f}"
     )
