@@ -126,7 +126,7 @@ class Retrainer(ControlConsumer):
                                        within=m.retrain_wait_s)  # fmt: skip
             examples = self._of_stream(records, stream)
         elif data["reason"] in ("drift", "feature_drift"):
-            start = max(0, end - _SINCE_DRIFT)
+            start = await self._drift_point(stream, partition, end, data.get("position") or {})
             examples = await self._wait_for(stream, partition, start, m.retrain_window)
         else:
             size = window.get("last_n", m.retrain_window)
@@ -142,6 +142,26 @@ class Retrainer(ControlConsumer):
             )
             raise RegistryError(msg)
         return {"topic": topic, "partition": partition, "examples": examples}
+
+    async def _drift_point(
+        self, stream: str, partition: int, end: int, position: dict[str, Any]
+    ) -> int:
+        """The examples-topic offset of the example that made the detector fire: found by
+        the sample position every example carries, reading back from ``end``; if it is
+        not there (yet), the most recent ``_SINCE_DRIFT`` examples are taken instead."""
+        wanted = (position.get("partition"), position.get("offset"))
+        if None in wanted:
+            return max(0, end - _SINCE_DRIFT)
+        stop, step = end, 5000
+        while stop > 0 and end - stop < 200_000:
+            start = max(0, stop - step)
+            records = await read_range(self.settings.kafka, self.topics.examples, partition,
+                                       start, stop, within=30)  # fmt: skip
+            for record, example in reversed(self._of_stream(records, stream)):
+                if tuple(example.sample) == wanted:
+                    return int(record.offset)
+            stop = start
+        return max(0, end - _SINCE_DRIFT)
 
     async def _wait_for(
         self, stream: str, partition: int, start: int, size: int

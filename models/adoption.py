@@ -23,7 +23,7 @@ _PRIOR_WEIGHT = 1000
 def adopt(learner: OnlineLearner, champion: BatchModel) -> tuple[bool, str]:
     """Load ``champion`` into ``learner`` if possible; returns (adopted, why)."""
     if not isinstance(learner, TorchLearner):
-        return False, f"online model {learner.name!r} is not a network; kept its own state"
+        return False, "the online model is not a network (River); it kept its own state"
     if learner.spec.module is not None:
         return False, "the online model is your own module; kept its own state"
     if learner.task != champion.task:

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,22 +171,32 @@ class Registry:
             if card.get("artifacts", {}).get(name, {}).get("sha256") != _digest(data):
                 msg = f"{model} {version}/{name} does not match its card's SHA-256"
                 raise RegistryError(msg)
-        tmp = folder / f".{version}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        # Folders of their own: threads and processes may mirror the same version at once.
+        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{version}.tmp-"))
+        old = Path(tempfile.mkdtemp(dir=folder, prefix=f".{version}.old-"))
         try:
             for name, data in artifacts.items():
                 write_atomic(tmp / _check_name("artifact", name), data)
             write_atomic(tmp / "card.json", json.dumps(card, indent=2).encode())
-            old = folder / f".{version}.old-{os.getpid()}"
-            if (folder / version).exists():
-                os.rename(folder / version, old)
-            os.rename(tmp, folder / version)  # a version appears whole or not at all
-            shutil.rmtree(old, ignore_errors=True)
+            target = folder / version
+            for _ in range(3):
+                try:
+                    if target.exists():
+                        os.replace(target, old / "v")
+                    os.rename(tmp, target)  # a version appears whole or not at all
+                    break
+                except OSError:
+                    if not (target / "card.json").exists():
+                        raise
+                    # another writer put the version in place meanwhile: the same one
+                    if json.loads((target / "card.json").read_text()) == card:
+                        break
         except OSError as ex:  # a full disk, a read-only mount: nothing half-written stays
-            shutil.rmtree(tmp, ignore_errors=True)
             msg = f"could not register {model} {version}: {ex}"
             raise RegistryError(msg) from ex
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(folder)
         return self.get(model, version)
 

@@ -30,7 +30,7 @@ from eddy.models import checkpoint
 from eddy.models.sealed import SealError, seal, unseal
 from eddy.streams.chunks import chunk_size, fetch_blob, latest_manifests, other_slot, send_blob
 from eddy.streams.exceptions import BrokerError
-from eddy.streams.kafka import end_offsets, make_consumer
+from eddy.streams.kafka import close_client, end_offsets, make_consumer
 from eddy.streams.settings import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Changelog:
                     self._remember_slot(partition, manifest)
                     return restored
         finally:
-            await consumer.stop()
+            await close_client(consumer)
         if cached is not None:
             try:
                 state = await asyncio.to_thread(

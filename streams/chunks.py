@@ -20,6 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from eddy.streams.exceptions import BrokerError
+from eddy.streams.kafka import assign
 
 
 def chunk_size(max_message_bytes: int) -> int:
@@ -81,7 +82,7 @@ async def fetch_blob(
     wanted = list(manifest["chunks"])
     prefix = f"{manifest['name']}/{manifest['slot']}/".encode()
     pieces: dict[int, bytes] = {}
-    consumer.assign([tp])
+    assign(consumer, [tp])
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
     position = min(wanted)
@@ -118,7 +119,7 @@ async def latest_manifests(
     found: list[dict[str, Any]] = []
     key = name.encode()
     window, stop = 64, end
-    consumer.assign([tp])
+    assign(consumer, [tp])
     while stop > 0 and len(found) < limit:
         start = max(0, stop - window)
         consumer.seek(tp, start)

@@ -145,8 +145,13 @@ async def start_producer(
 
 
 def make_consumer(kafka: KafkaConfig, role: str, *topics: str, **extra: Any) -> AIOKafkaConsumer:
-    """A consumer (not started) with eddy's connection options; ``extra`` wins."""
+    """A consumer (not started) with eddy's connection options; ``extra`` wins.
+
+    Fetches wait at most ``fetch_max_wait_ms``: the embedded broker answers a fetch
+    only when its wait ends, and stopping a consumer waits for its fetch in flight.
+    """
     options = client_options(kafka, role)
+    options["fetch_max_wait_ms"] = kafka.fetch_max_wait_ms
     options.update(extra)
     consumer = AIOKafkaConsumer(*topics, **options)
     refuse_topic_creation(consumer._client)
@@ -172,6 +177,16 @@ def _unreachable(options: dict[str, Any], ex: Exception) -> BrokerError:
         "check --bootstrap / EDDY_BOOTSTRAP and that the broker is running"
     )
     return BrokerError(msg)
+
+
+def assign(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+    """Assign ``partitions`` to ``consumer`` unless they are its assignment already.
+
+    Re-assigning the same partitions while a fetch is in flight leaves aiokafka's
+    fetcher waiting for that fetch, so a later ``stop()`` hangs (seen with aiokafka 0.14).
+    """
+    if consumer.assignment() != set(partitions):
+        consumer.assign(partitions)
 
 
 async def getmany_until(
@@ -228,7 +243,7 @@ async def end_offsets(
     It reassigns ``consumer`` to ``partitions``; use a consumer of its own.
     """
     listed = await consumer.end_offsets(partitions)
-    consumer.assign(partitions)
+    assign(consumer, partitions)
     for tp in partitions:
         consumer.seek(tp, listed[tp])
     deadline = asyncio.get_running_loop().time() + within
@@ -280,7 +295,7 @@ async def read_range(
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
+        assign(consumer, [tp])
         consumer.seek(tp, start)
         records: list[ConsumerRecord] = []
         deadline = asyncio.get_running_loop().time() + within

@@ -47,7 +47,7 @@ from eddy.models.registry import (
 )
 from eddy.streams.chunks import chunk_size, send_blob
 from eddy.streams.codec import next_sequence
-from eddy.streams.kafka import close_client, end_offsets, make_consumer, start_producer
+from eddy.streams.kafka import assign, close_client, end_offsets, make_consumer, start_producer
 from eddy.streams.settings import KafkaConfig
 from eddy.streams.topics import Topics
 
@@ -175,8 +175,12 @@ class RegistryFold:
         )
         if entries != mirror.history():
             mirror.write_history(entries)
-        self.changed -= updated if models is None else models
+        self.changed -= set(self.cards_of(models)) if models is not None else set(self.changed)
         return updated
+
+    def cards_of(self, models: set[str]) -> set[str]:
+        """The models of ``models`` the fold knows (helper for partial materialization)."""
+        return {m for m in models if any(k[0] == m for k in self.cards) or m in self.aliases}
 
     def _write_version(
         self, mirror: Registry, model: str, version: str, card: dict[str, Any]
@@ -262,7 +266,7 @@ class KafkaRegistry:
         try:
             tp = TopicPartition(self.topic, 0)
             end = (await end_offsets(consumer, [tp]))[tp]
-            consumer.assign([tp])
+            assign(consumer, [tp])
             consumer.seek(tp, self.fold.position)
             deadline = asyncio.get_running_loop().time() + within_s
             while self.fold.position < end:
@@ -284,16 +288,16 @@ class KafkaRegistry:
         """Tail the topic with ``consumer`` (not started by this); yields the models whose
         mirror changed after each batch."""
         tp = TopicPartition(self.topic, 0)
-        consumer.assign([tp])
+        assign(consumer, [tp])
         consumer.seek(tp, self.fold.position)
         while not stop.is_set():
             batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
             for record in batch.get(tp, []):
                 self.fold.apply(record)
-            if self.fold.changed or batch:
-                updated = await asyncio.to_thread(self.fold.materialize, self.mirror)
-                if updated:
-                    yield updated
+            if self.fold.changed:
+                changed = set(self.fold.changed)
+                await asyncio.to_thread(self.fold.materialize, self.mirror)
+                yield changed
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from eddy.models.learners import OnlineLearner, Prediction
 from eddy.models.prequential import StreamLearner
 from eddy.models.sealed import SealError, seal, unseal
 from eddy.streams.chunks import chunk_size, other_slot, send_blob
-from eddy.streams.kafka import close_client, make_consumer
+from eddy.streams.kafka import assign, close_client, make_consumer
 from eddy.streams.settings import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class ReplicaFollower:
         await consumer.start()
         try:
             tp = TopicPartition(self.topic, 0)
-            consumer.assign([tp])
+            assign(consumer, [tp])
             consumer.seek(tp, 0)
             while not stop.is_set():
                 batch = await consumer.getmany(tp, timeout_ms=200, max_records=2000)

@@ -27,7 +27,7 @@ from eddy.models.export import run, session
 from eddy.models.metrics import PrequentialMetrics
 from eddy.models.registry import RegistryError
 from eddy.streams.codec import DecodeError, decode_event
-from eddy.streams.kafka import close_client, end_offsets, make_consumer
+from eddy.streams.kafka import assign, close_client, end_offsets, make_consumer
 from eddy.streams.metrics import CONTROL_EVENT_TYPES, EngineMetrics, ModelEventMetrics
 from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.replicas import ModelDirectory
@@ -206,7 +206,7 @@ class EventsFollower:
         await consumer.start()
         try:
             tp = TopicPartition(self.topic, 0)
-            consumer.assign([tp])
+            assign(consumer, [tp])
             end = (await end_offsets(consumer, [tp]))[tp]
             consumer.seek(tp, max(0, end - (self.seen.maxlen or 0)))
             while not stop.is_set():

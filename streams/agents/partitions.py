@@ -39,7 +39,7 @@ from aiokafka.errors import KafkaError
 
 from eddy.streams.changelog import Changelog
 from eddy.streams.engine import EngineContext, Unit, UnitState
-from eddy.streams.kafka import close_client, end_offsets, getmany_until, make_consumer
+from eddy.streams.kafka import assign, close_client, end_offsets, getmany_until, make_consumer
 from eddy.streams.merge import InputMerger
 from eddy.streams.metrics import ConsumerMetrics
 from eddy.streams.sender import BatchSender
@@ -400,7 +400,7 @@ class WorkerAgent:
             tps = [TopicPartition(t, p) for t in self.topics]
             ends = await end_offsets(consumer, tps)
         finally:
-            await consumer.stop()
+            await close_client(consumer)
         return {tp.topic: o for tp, o in ends.items()}
 
     async def _warn_retention(self, p: int, offsets: dict[str, int]) -> None:
@@ -437,7 +437,7 @@ class WorkerAgent:
                 if (await end_offsets(consumer, [tp]))[tp] <= offset:
                     changed.append(topic)  # the partition ends before that record
                     continue
-                consumer.assign([tp])
+                assign(consumer, [tp])
                 consumer.seek(tp, offset)
                 batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
                 records = batch.get(tp, [])
@@ -446,7 +446,7 @@ class WorkerAgent:
                 if same and position_of(records[0]) != (offset, timestamp, key_crc):
                     changed.append(topic)
         finally:
-            await consumer.stop()
+            await close_client(consumer)
         return changed
 
     def stop(self) -> None:

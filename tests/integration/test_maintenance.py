@@ -9,11 +9,12 @@ import orjson
 
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
-from eddy.consumers.retrainer import Retrainer, registry_of
+from eddy.consumers.retrainer import Retrainer
 from eddy.consumers.service import run_consumer
 from eddy.streams import sources
 from eddy.streams.codec import decode_event, make_event, schema_errors
 from eddy.streams.kafka import start_producer
+from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
@@ -44,19 +45,18 @@ async def _request_manual_retrain(settings, start, end):
                                  "partition": 0, "start": start, "end": end}]}},
         subject="default",
     )  # fmt: skip
-    producer = await start_producer(settings)
+    producer = await start_producer(settings.kafka)
     try:
         await producer.send_and_wait(Topics(settings.topics.prefix).events, orjson.dumps(event))
     finally:
         await producer.stop()
 
 
-def test_drift_to_served_int8_model(settings):
+def test_drift_to_served_int8_model(settings, tmp_path):
     settings = settings.with_overrides(
         {"topic_prefix": settings.topics.prefix + "m.", "partitions": 1, "retrain_epochs": 20}
     )
     asyncio.run(create_topics(settings.kafka, settings.topics))
-    registry = registry_of(settings)
 
     async def scenario():
         await _request_manual_retrain(settings, 4000, 9000)
@@ -66,7 +66,7 @@ def test_drift_to_served_int8_model(settings):
             running(settings, Retrainer),
             running(settings, Exporter),
         ):
-            client = HotSwapClient(settings, "default")
+            client = HotSwapClient.from_settings(settings, "default")
             await client.start()
             try:
                 await produce(
@@ -83,16 +83,25 @@ def test_drift_to_served_int8_model(settings):
             await wait_for(
                 lambda: any(o[1] == "v0002" for o in worker.champions.outcomes), 30, "adoption"
             )
-            learned = worker.learner.stream("default").learned
+            learned = worker.stream("default").learned
             outcomes = worker.champions.outcomes
         return client, served_prediction, learned, outcomes
 
     client, served_prediction, learned, outcomes = asyncio.run(scenario())
+
+    async def rebuilt(root):
+        """The registry as Kafka holds it, mirrored into an empty directory."""
+        kafka_registry = KafkaRegistry(settings.kafka, settings.topics.prefix, root)
+        await kafka_registry.sync()
+        await kafka_registry.close()
+        return kafka_registry.mirror
+
+    registry = asyncio.run(rebuilt(tmp_path / "elsewhere"))
     # scaled-logreg cannot take network weights: the learner keeps its own, and says so
     assert ("default", "v0002", False) in [o[:3] for o in outcomes]
     assert learned == N
     assert served_prediction[0] in (True, False)
-    assert [v for v, _ in client.swaps][-2:] == ["v0001", "v0002"]
+    assert [v for _, v, _ in client.swaps][-2:] == ["v0001", "v0002"]
     assert client.refused == []
 
     v1, v2 = registry.get("default", "v0001"), registry.get("default", "v0002")
@@ -128,7 +137,7 @@ def test_drift_to_served_int8_model(settings):
         e for e in events if e.type == "model.exported" and e.data["version"] == "v0002"
     )
     assert exported.data["servable"] is True
-    swapped_at = dict(client.swaps)["v0002"]
+    swapped_at = {v: at for _, v, at in client.swaps}["v0002"]
     timeline = {
         "drift.detected": _ts(drift.time),
         "model.updated": _ts(updated.time),
