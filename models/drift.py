@@ -11,7 +11,11 @@ adds what the raw detectors lack in production:
   retrains;
 - a direction: detectors fire when the error *falls* too (a model recovering
   after a drift), which is no reason to retrain. A detection counts as a drift
-  only when the recent error is above the error since the last reset.
+  only when the error of the most recent ``recent_window`` examples is above the
+  error since the last reset, or above that of the window before them: with labels
+  late, the served predictions of a stream's first examples (a model still
+  learning) can raise the first baseline above a real drift's error, and a slow
+  detector may fire when both windows are already past the change.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ class DriftMonitor:
         self.recent_window = recent_window
         self._last_drift_at: int | None = None
         self._in_warning = False
-        self._recent: deque[float] = deque(maxlen=recent_window)
+        self._recent: deque[float] = deque(maxlen=2 * recent_window)
         self._since_reset_sum = 0.0
         self._since_reset_n = 0
 
@@ -113,7 +117,10 @@ class DriftMonitor:
         if self.count < self.min_examples or self._cooling_down():
             return None
         if self._detector.drift_detected:
-            worse = self.recent_error > self._since_reset_sum / self._since_reset_n
+            recent = self.recent_error
+            worse = recent > self._since_reset_sum / self._since_reset_n or (
+                recent > self._window_before()
+            )
             self._in_warning = False
             self._reset_detectors()
             if not worse:
@@ -136,7 +143,15 @@ class DriftMonitor:
     @property
     def recent_error(self) -> float:
         """Mean error over the recent window."""
-        return sum(self._recent) / len(self._recent) if self._recent else 0.0
+        recent = list(self._recent)[-self.recent_window :]
+        return sum(recent) / len(recent) if recent else 0.0
+
+    def _window_before(self) -> float:
+        """Mean error of the window before the recent one (infinite until there is one)."""
+        if len(self._recent) < (self._recent.maxlen or 0):
+            return float("inf")
+        before = list(self._recent)[: self.recent_window]
+        return sum(before) / len(before)
 
     def _cooling_down(self) -> bool:
         return self._last_drift_at is not None and self.count - self._last_drift_at < self.cooldown
@@ -145,5 +160,6 @@ class DriftMonitor:
         # Start the next concept from a clean window: the old errors would re-fire.
         self._detector = copy.deepcopy(self._pristine[0])
         self._warning = copy.deepcopy(self._pristine[1])
-        self._since_reset_sum = sum(self._recent)
-        self._since_reset_n = len(self._recent)
+        recent = list(self._recent)[-self.recent_window :]
+        self._since_reset_sum = sum(recent)
+        self._since_reset_n = len(recent)

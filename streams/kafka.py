@@ -158,6 +158,17 @@ def make_consumer(kafka: KafkaConfig, role: str, *topics: str, **extra: Any) -> 
     return consumer
 
 
+async def start_consumer(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    """Start ``consumer``; an unreachable broker is a :class:`BrokerError` saying so (and
+    the consumer is closed)."""
+    try:
+        await consumer.start()
+    except KafkaError as ex:
+        await close_client(consumer)
+        raise _unreachable({"bootstrap_servers": consumer._client._bootstrap_servers}, ex) from ex
+    return consumer
+
+
 async def start_admin(kafka: KafkaConfig) -> AIOKafkaAdminClient:
     """Start an admin client with eddy's connection options."""
     options = client_options(kafka, "admin")

