@@ -4,10 +4,16 @@ The window is read from the examples topic (what the stream's learner learned, i
 order): for a drift, the ``retrain_window`` examples learned after the request came
 (waiting up to ``retrain_wait_s`` for them; the examples learned since the drift are
 included); for a manual or scheduled request, the most recent ``last_n``. The
-window's most recent ``retrain_holdout`` is held out; candidates (fine-tuning the
-champion, from scratch, or both, compared by cross-validation) are trained on the
-rest, the winner is compared with the champion on the held-out slice (McNemar or a
-paired bootstrap), registered with its card, and promoted only when the gate passes.
+window's most recent ``retrain_holdout`` is held out; candidates are scored by
+contiguous-fold cross-validation on the rest: the fixed hyperparameters fine-tuning the
+champion, from scratch, or both (``retrain_strategy``), and, unless
+``retrain_trials`` is 0, the best of a hyperparameter search
+(:func:`eddy.models.tuning.search`, bounded by ``retrain_trials`` and
+``retrain_budget_s``). The best candidate is trained on the whole training part,
+compared with the champion on the held-out slice (McNemar or a paired bootstrap),
+registered with its card, and promoted only when the gate passes. The version's
+artifacts are the model (``model.pt``), the held-out slice (``holdout.json``) and a
+sample of the training rows (``train.npz``) the exporter distills on.
 
 A request that cannot be served (no such stream, fewer than
 ``retrain_min_examples`` examples in time, one class only) is refused and recorded
@@ -26,12 +32,22 @@ import numpy as np
 import orjson
 
 from eddy.consumers.control import ControlConsumer
-from eddy.models.batch import BatchModel, TrainParams, cross_validate, train, vectorize
+from eddy.models.batch import (
+    BatchModel,
+    TrainingError,
+    TrainParams,
+    cross_validate,
+    train,
+    vectorize,
+)
 from eddy.models.evaluation import compare
+from eddy.models.export import train_window_bytes
 from eddy.models.registry import RegistryError
+from eddy.models.tuning import SearchResult, SearchSpace, search
 from eddy.streams.codec import ControlEvent, DecodeError, decode_example, valid_stream_name
 from eddy.streams.kafka import partition_end, read_range
 from eddy.streams.partitioning import partition_of
+from eddy.streams.settings import MaintenanceConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +84,7 @@ class Retrainer(ControlConsumer):
             await self.registry.log(
                 "retrain", model, version.version, why=f"{event.data['reason']} ({event.id})",
                 result="promoted" if promote else f"kept champion: {card['gate']['reason']}",
-                seconds=card["seconds"],
+                seconds=card["seconds"], **search_log(card),
             )  # fmt: skip
             self.metrics.results.labels(self.name, "promoted" if promote else "kept_champion").inc()
             if promote:
@@ -208,6 +224,7 @@ class Retrainer(ControlConsumer):
         train_x, train_y, hold_x, hold_y = matrix[:cut], targets[:cut], matrix[cut:], targets[cut:]
         strategies = {"warm": ["warm"], "scratch": ["scratch"], "both": ["warm", "scratch"]}
         tried: dict[str, float] = {}
+        params = {"warm": self.params, "scratch": self.params}
         for strategy in strategies[m.retrain_strategy]:
             warm = champion[1] if (strategy == "warm" and champion) else None
             if strategy == "warm" and warm is None:
@@ -215,9 +232,22 @@ class Retrainer(ControlConsumer):
             scores = cross_validate(train_x, train_y, task, names, self.params, m.retrain_folds,
                                     warm)  # fmt: skip
             tried[strategy] = float(np.mean(scores))
-        best = max(tried, key=tried.__getitem__) if tried else "scratch"
-        warm = champion[1] if (best == "warm" and champion) else None
-        candidate = train(train_x, train_y, task, names, self.params, warm)
+        # The search fine-tunes the champion where a trial's layers match it, unless the
+        # strategy is scratch; its winner is trained the same way.
+        search_warm = champion[1] if (champion and m.retrain_strategy != "scratch") else None
+        searched: dict[str, Any] | None = None
+        if m.retrain_trials > 0:
+            searched, result = self._search(train_x, train_y, task, names, search_warm)
+            if result is not None:
+                tried["search"] = result.best_score
+                params["search"] = result.best
+        best = choose(tried)
+        warm = None
+        if best == "warm" and champion:
+            warm = champion[1]
+        elif best == "search":
+            warm = search_warm
+        candidate = train(train_x, train_y, task, names, params[best], warm)
         champion_predictions = champion[1].predict_matrix(hold_x) if champion else None
         comparison = compare(
             task, hold_y, candidate.predict_matrix(hold_x), champion_predictions, m.promote_alpha
@@ -240,16 +270,49 @@ class Retrainer(ControlConsumer):
                 "time_ms": [records[0].timestamp, records[-1].timestamp],
                 "examples": len(examples), "train": cut, "holdout": len(targets) - cut,
             },
-            "hyperparameters": self.params.as_dict() | {"strategy": best,
+            "hyperparameters": params[best].as_dict() | {"strategy": best,
                                                          "epochs_run": candidate.epochs_run},
             "metrics": {"cv_" + k: v for k, v in tried.items()} | {
                 "holdout_" + comparison.metric: comparison.candidate},
             "comparison": comparison.as_dict(),
             "gate": {"promoted": promote, "reason": reason, "alpha": m.promote_alpha},
         }  # fmt: skip
+        if searched is not None:
+            card["search"] = searched | {"candidates": tried, "chosen": best}
         holdout = {"feature_names": names, "X": hold_x.tolist(), "y": hold_y}
-        artifacts = {"model.pt": candidate.to_bytes(), "holdout.json": orjson.dumps(holdout)}
+        artifacts = {
+            "model.pt": candidate.to_bytes(),
+            "holdout.json": orjson.dumps(holdout),
+            "train.npz": train_window_bytes(train_x, names),
+        }
         return card, artifacts, promote
+
+    def _search(
+        self,
+        matrix: np.ndarray,
+        targets: list[Any],
+        task: str,
+        names: list[str],
+        warm: BatchModel | None,
+    ) -> tuple[dict[str, Any], SearchResult | None]:
+        """The search's card section and result; no result when it could not run or no
+        trial completed (``skipped`` says why: the fixed candidates are then the only ones)."""
+        m = self.settings.maintenance
+        space = search_space(m)
+        started = time.monotonic()
+        try:
+            result = search(
+                matrix, targets, task, names, folds=m.retrain_folds, trials=m.retrain_trials,
+                budget_s=m.retrain_budget_s, seed=self.params.seed, base=self.params,
+                space=space, warm_start=warm, try_base=False,
+                startup_trials=startup_trials(m.retrain_trials),
+            )  # fmt: skip
+        except TrainingError as ex:
+            log.warning("retrainer: search skipped, keeping the fixed candidates: %s", ex)
+            skipped = {"space": space.as_dict(), "skipped": str(ex), "trials": [],
+                       "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+            return skipped, None
+        return result.as_dict() | {"warm_start": warm is not None}, result
 
     def _task(self, model: str, champion: tuple[str, BatchModel] | None) -> str:
         """The stream's task: its champion's, else its online model's (as the worker
@@ -278,3 +341,45 @@ class Retrainer(ControlConsumer):
 def _derived_id(event: ControlEvent, kind: str) -> str:
     # The same trigger always yields the same follow-up ids, so a redo is deduplicated.
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}/{event.id}/{kind}"))
+
+
+def search_space(m: MaintenanceConfig) -> SearchSpace:
+    """Where the retrainer's search looks: 2 or 3 hidden layers of 64, 128 or 256
+    units, learning rate 1e-4 to 1e-2, weight decay 0 or 1e-6 to 1e-2, and up to
+    ``retrain_epochs`` epochs (a ceiling, as for the fixed candidates: training stops
+    early once the validation loss is stale).
+
+    No narrower or shallower network: its int8 ONNX graph is not
+    ``export_min_ratio`` (3) times smaller than its fp32 one, even pruned (a few KB of
+    graph overhead dominate), so a search that picked one would promote a champion
+    the export gate never lets serve.
+    """
+    return SearchSpace(
+        widths=(64, 128, 256), depth=(2, 3), epochs=(min(5, m.retrain_epochs), m.retrain_epochs)
+    )
+
+
+def startup_trials(trials: int) -> int:
+    """Trials that complete before the median pruner judges any: a third of the
+    search, between 1 and 5 (5 is Optuna's default)."""
+    return max(1, min(5, trials // 3))
+
+
+def choose(cv_scores: dict[str, float]) -> str:
+    """The candidate with the best mean CV score; on a tie the first one (the fixed
+    candidates come before the search's). ``scratch`` when there is none (today's
+    ``warm`` strategy with no champion: no CV to run)."""
+    return max(cv_scores, key=cv_scores.__getitem__) if cv_scores else "scratch"
+
+
+def search_log(card: dict[str, Any]) -> dict[str, Any]:
+    """The maintenance-log fields of a card's search: how long, how many trials, which
+    candidate won (nothing when no search ran)."""
+    searched = card.get("search")
+    if searched is None:
+        return {}
+    return {
+        "search_seconds": round(searched["seconds"], 3),
+        "search_trials": len(searched["trials"]),
+        "candidate": card["hyperparameters"]["strategy"],
+    }

@@ -370,6 +370,8 @@ def compress(
     magnitude: bool = False,
     seed: int = 42,
     timing_rounds: int = 9,
+    with_student: bool = True,
+    magnitude_ladder: tuple[float, ...] | None = None,
 ) -> CompressionReport:
     """Build, measure and gate the compressed variants of ``teacher``.
 
@@ -377,8 +379,9 @@ def compress(
     retraining window, raw features) in fp32 and int8; for each fraction in
     ``ladder`` the teacher structurally pruned by that fraction, fine-tuned for
     ``fine_tune_epochs`` epochs on the teacher's outputs, in int8; with
-    ``magnitude``, also the teacher magnitude-pruned by each fraction
-    (:func:`eddy.models.export.prune`, no fine-tuning) in int8.
+    ``magnitude``, also the teacher magnitude-pruned by each fraction of
+    ``magnitude_ladder`` (default: ``ladder``; :func:`eddy.models.export.prune`, no
+    fine-tuning) in int8. ``with_student`` False leaves the student out (no distillation).
 
     Each is measured with ONNX Runtime on the holdout. An int8 variant passes the
     gate when its size ratio against teacher fp32 is at least ``min_size_ratio`` and
@@ -394,23 +397,28 @@ def compress(
             f"and {len(holdout_targets)} targets"
         )
         raise ValueError(msg)
-    if any(not 0 < s < 1 for s in ladder) or len(set(ladder)) != len(ladder):
-        msg = f"ladder fractions must be distinct and in (0, 1), got {ladder}"
-        raise ValueError(msg)
+    magnitude_ladder = ladder if magnitude_ladder is None else magnitude_ladder
+    for name, levels in (("ladder", ladder), ("magnitude_ladder", magnitude_ladder)):
+        if any(not 0 < s < 1 for s in levels) or len(set(levels)) != len(levels):
+            msg = f"{name} fractions must be distinct and in (0, 1), got {levels}"
+            raise ValueError(msg)
     student = student or DistillParams()
-    hidden = student.hidden or student_hidden_for(
-        teacher, max_params=int(_count(teacher) * student.size_fraction)
-    )
-    distilled = distill(
-        teacher, train_matrix, hidden=hidden, epochs=student.epochs, lr=student.lr,
-        temperature=student.temperature, seed=seed, batch_size=student.batch_size,
-    )  # fmt: skip
     variants = [
         _Variant("teacher-fp32", "teacher", teacher, "fp32"),
         _Variant("teacher-int8", "teacher", teacher, "int8"),
-        _Variant("student-fp32", "student", distilled, "fp32"),
-        _Variant("student-int8", "student", distilled, "int8"),
     ]
+    if with_student:
+        hidden = student.hidden or student_hidden_for(
+            teacher, max_params=int(_count(teacher) * student.size_fraction)
+        )
+        distilled = distill(
+            teacher, train_matrix, hidden=hidden, epochs=student.epochs, lr=student.lr,
+            temperature=student.temperature, seed=seed, batch_size=student.batch_size,
+        )  # fmt: skip
+        variants += [
+            _Variant("student-fp32", "student", distilled, "fp32"),
+            _Variant("student-int8", "student", distilled, "int8"),
+        ]
     x_train = _standardized(teacher, train_matrix)
     for fraction in ladder:
         pruned = prune_structured(teacher, fraction)
@@ -426,7 +434,7 @@ def compress(
             _Variant(name, "teacher", pruned, "int8", "structured", fraction, fine_tune_epochs)
         )
     if magnitude:
-        for fraction in ladder:
+        for fraction in magnitude_ladder:
             zeroed = dataclasses.replace(teacher, net=copy.deepcopy(teacher.net))
             prune(zeroed, fraction)
             name = f"magnitude-{round(fraction * 100)}-int8"

@@ -9,6 +9,7 @@ preprocessing of its own. int8 uses ONNX Runtime's dynamic quantization
 
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 import warnings
@@ -173,3 +174,41 @@ def _interleaved_latency(
                 sess.run(None, {INPUT: matrix})
             seconds[name].append((time.perf_counter() - started) / calls)
     return {name: float(np.median(values)) for name, values in seconds.items()}
+
+
+# -- the training window the exporter distills and fine-tunes on ------------------------------
+
+TRAIN_WINDOW_ROWS = 4000  # the training part of the default 5,000-example window
+
+
+def train_window_bytes(
+    matrix: np.ndarray, feature_names: list[str], max_rows: int = TRAIN_WINDOW_ROWS
+) -> bytes:
+    """The training rows as a compressed ``.npz`` (``X`` float32, ``feature_names``).
+
+    At most ``max_rows`` rows are kept, evenly spaced over the window (in order), so
+    the artifact stays small whatever the window. No targets: the exporter trains
+    on the model's own outputs. Read it back with :func:`read_train_window`.
+    """
+    if matrix.ndim != 2 or matrix.shape[1] != len(feature_names):
+        msg = (
+            f"need a 2-D matrix with one column per feature name, got shape {matrix.shape} "
+            f"and {len(feature_names)} names"
+        )
+        raise ValueError(msg)
+    if max_rows < 1:
+        msg = f"max_rows must be at least 1, got {max_rows}"
+        raise ValueError(msg)
+    if len(matrix) > max_rows:
+        matrix = matrix[np.linspace(0, len(matrix) - 1, max_rows).round().astype(int)]
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, X=matrix.astype(np.float32), feature_names=np.array(feature_names, dtype=str)
+    )
+    return buffer.getvalue()
+
+
+def read_train_window(data: bytes) -> tuple[np.ndarray, list[str]]:
+    """``(matrix, feature_names)`` of a :func:`train_window_bytes` artifact (no pickles)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return npz["X"], [str(name) for name in npz["feature_names"]]

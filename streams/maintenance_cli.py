@@ -143,21 +143,37 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _tables(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(title, text)`` of the card's hyperparameter search (every trial, the best
+    values, the candidate the cross-validation chose) and compression table, when it
+    has them."""
     out = []
     search = card.get("search")
-    if isinstance(search, dict) and search.get("trials"):
-        lines = [f"{'trial':>5}  {'state':9} {'score':>8}  params"]
+    if isinstance(search, dict) and search.get("skipped"):
+        out.append(("hyperparameter search: skipped", str(search["skipped"])))
+    elif isinstance(search, dict) and search.get("trials"):
+        lines = [f"{'trial':>5}  {'state':9} {'score':>8} {'s':>6}  params"]
         for trial in search["trials"]:
             score = trial.get("score")
+            shown = f"{score:.4f}" if isinstance(score, float) else "-"
             lines.append(
-                f"{trial.get('number', '?'):>5}  {trial.get('state', '?'):9} "
-                f"{(f'{score:.4f}' if isinstance(score, float) else '-'):>8}  {trial.get('params')}"
+                f"{trial.get('number', '?'):>5}  {trial.get('state', '?'):9} {shown:>8} "
+                f"{trial.get('seconds', 0):>6.2f}  {trial.get('params')}"
             )
-        out.append((f"hyperparameter search ({search.get('n_complete')} complete, "
-                     f"{search.get('n_pruned')} pruned, {search.get('seconds')} s):", "\n".join(lines)))  # fmt: skip
+        candidates = ", ".join(f"{k} {v:.4f}" for k, v in search.get("candidates", {}).items())
+        lines.append(f"best: trial {search.get('best_trial')} {search.get('best_params')}")
+        lines.append(f"cross-validation: {candidates}; chosen: {search.get('chosen')}")
+        title = (
+            f"hyperparameter search ({search.get('n_complete')} complete, "
+            f"{search.get('n_pruned')} pruned, {search.get('n_failed')} failed; "
+            f"stopped by {search.get('stopped_by')} after {search.get('seconds', 0):.1f} s):"
+        )
+        out.append((title, "\n".join(lines)))
     compression = card.get("compression")
     if isinstance(compression, dict) and compression.get("table"):
-        out.append((f"compression (chosen: {compression.get('chosen')}):", compression["table"]))
+        served = compression.get("served") or compression.get("chosen")
+        out.append((f"compression (served: {served}):", compression["table"]))
+    elif isinstance(compression, dict) and compression.get("skipped"):
+        out.append(("compression: skipped", str(compression["skipped"])))
     return out
 
 

@@ -433,6 +433,18 @@ class MaintenanceConfig(_Config):
     retrain_hidden: tuple[int, ...] = _setting(
         (256, 256), "Hidden layer widths of the batch model.", _widths
     )
+    retrain_trials: int = _setting(
+        20,
+        "Trials of the hyperparameter search (width, depth, learning rate, weight decay, "
+        "epochs) whose best joins the fixed candidates in the cross-validation (0: no search).",
+        _non_negative_int,
+    )
+    retrain_budget_s: float = _setting(
+        20.0,
+        "Seconds the hyperparameter search may take: no trial starts after them, and one "
+        "running stops before its next fold.",
+        _positive_float,
+    )
     promote_alpha: float = _setting(
         0.05, "Significance level a challenger must beat the champion at.", _fraction
     )
@@ -446,6 +458,24 @@ class MaintenanceConfig(_Config):
     )
     export_prune: float = _setting(
         0.0, "Fraction of smallest weights zeroed before quantization (0: no pruning).", _fraction
+    )
+    export_distill: bool = _setting(
+        True,
+        "Distill a smaller student network from the model on its training window and "
+        "measure it among the export variants.",
+        _boolean,
+    )
+    export_ladder: tuple[float, ...] = _setting(
+        (0.25, 0.5, 0.75),
+        "Structured pruning levels measured at export: fractions of each hidden layer's units "
+        "removed, comma-separated (0: none). With EDDY_EXPORT_DISTILL off and no level, the "
+        "export is the model's own int8.",
+        lambda text: tuple(_fraction(level) for level in text.split(",")),
+    )
+    export_student_size: float = _setting(
+        0.25,
+        "Size target of the distilled student: at most this fraction of the model's parameters.",
+        _positive_float,
     )
 
 

@@ -17,8 +17,9 @@ from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.settings import Settings
 from eddy.streams.topics import Topics, create_topics, topic_sizes
 
-# Confluent Platform 7.6 is Apache Kafka 3.6 in KRaft mode (faust is reported broken on 4.x).
-KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
+# Confluent Platform 8.1 is Apache Kafka 4.1 (KRaft), the version docker-compose.yml runs
+# as apache/kafka:4.1.0: testcontainers' KafkaContainer drives Confluent's images only.
+KAFKA_IMAGE = "confluentinc/cp-kafka:8.1.0"
 
 
 def _docker_answers() -> str | None:

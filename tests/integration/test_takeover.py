@@ -1,0 +1,187 @@
+"""Kafka is the only shared infrastructure: a worker on another machine (another data
+directory) takes over a killed worker's partitions from the changelog, and a serving
+client with an empty data directory serves the champion and the online model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from eddy.consumers.exporter import Exporter
+from eddy.consumers.hotswap import HotSwapClient
+from eddy.consumers.retrainer import Retrainer
+from eddy.consumers.service import run_consumer
+from eddy.streams.changelog import Changelog
+from eddy.streams import sources
+from eddy.streams.codec import make_event
+from eddy.streams.kafka import start_producer
+from eddy.streams.keys import state_key
+from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.settings import settings_env
+from eddy.streams.topics import Topics, create_topics
+from tests.integration.worker_helpers import wait_for
+
+# Four streams, one per partition (murmur2 of the name), 4,500 samples each.
+STREAMS = ("s0", "s1", "s16", "s5")
+PER_STREAM = 4_500
+KEY = "takeover-test-key"
+
+
+def _start(settings, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDDY_")}
+    env |= settings_env(settings.with_overrides({"data_dir": data_dir}))
+    env |= {"EDDY_MODEL": "logreg", "EDDY_CHECKPOINT_INTERVAL_S": "1",
+            "EDDY_SNAPSHOT_INTERVAL_S": "2", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    command = [sys.executable, "-m", "eddy.streams.cli", "worker"]
+    return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def _state(settings, data_dir: Path, partition: int):
+    """A partition's last checkpoint, as the changelog holds it (``data_dir`` is the
+    reader's cache: an empty one reads everything from Kafka)."""
+
+    async def load():
+        group = f"{settings.topics.prefix}worker"
+        changelog = Changelog(settings.kafka, Topics(settings.topics.prefix).changelog,
+                              state_key(settings.state), data_dir / "reader" / group, group)  # fmt: skip
+        return await changelog.load(partition)
+
+    restored = asyncio.run(load())
+    return restored.state.state if restored is not None else None
+
+
+def _learned(settings, data_dir: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in range(4):
+        state = _state(settings, data_dir, p)
+        for name, learner in (state.learners.items() if state else ()):
+            out[name] = learner.learned
+    return out
+
+
+def _wait_log(log: Path, pattern: str, within: float, proc: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if re.search(pattern, text):
+            return text
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}):\n{text[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"not within {within} s: {pattern!r} in {log}:\n{text[-3000:]}")
+
+
+def test_a_worker_on_another_machine_takes_over_from_the_changelog(settings, tmp_path):
+    settings = settings.with_overrides({
+        "topic_prefix": settings.topics.prefix + "to.", "partitions": 4, "signing_key": KEY,
+        "retrain_epochs": 3, "retrain_folds": 2, "retrain_hidden": (16,),
+        "retrain_min_examples": 500,
+    })  # fmt: skip
+    asyncio.run(create_topics(settings.kafka, settings.topics))
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+
+    async def send_all() -> None:
+        await asyncio.gather(*(
+            produce(settings.kafka, settings.topics.prefix,
+                    itertools.islice(sources.open_named("sea", seed=i), PER_STREAM),
+                    ProduceOptions(n=PER_STREAM, inline_labels=True, rate=700, stream=name,
+                                   id_prefix=name))
+            for i, name in enumerate(STREAMS)
+        ))  # fmt: skip
+
+    a = _start(settings, machine_a, log_a)
+    b = None
+    loop = asyncio.new_event_loop()
+    try:
+        _wait_log(log_a, r"assigned partitions \[0, 1, 2, 3\]", 60, a)
+        production = loop.run_in_executor(None, lambda: asyncio.run(send_all()))
+        deadline = time.monotonic() + 60
+        while sum(_learned(settings, machine_a).values()) < 2_000:
+            assert time.monotonic() < deadline, _learned(settings, machine_a)
+            time.sleep(0.2)
+        b = _start(settings, machine_b, log_b)
+        _wait_log(log_b, r"assigned partitions", 90, b)  # B holds some partitions now
+        time.sleep(2)  # let both learn a while (checkpoints every second)
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        _wait_log(log_b, r"assigned partitions \[0, 1, 2, 3\]", 90, b)
+        loop.run_until_complete(production)
+        deadline = time.monotonic() + 120
+        while _learned(settings, machine_b) != dict.fromkeys(STREAMS, PER_STREAM):
+            assert time.monotonic() < deadline, _learned(settings, machine_b)
+            assert b.poll() is None, log_b.read_text()[-3000:]
+            time.sleep(0.5)
+        champion, online = asyncio.run(_champion_and_online(settings, tmp_path / "c"))
+        b.send_signal(signal.SIGTERM)
+        assert b.wait(60) == 0, log_b.read_text()[-3000:]
+    finally:
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        loop.close()
+
+    # Exactly once: each stream learned every sample sent to it, no more.
+    final = _learned(settings, machine_b)
+    assert final == dict.fromkeys(STREAMS, PER_STREAM), final
+    # B restored A's partitions from the changelog (machine B never saw A's files),
+    # logging the offsets it resumed at.
+    text = log_b.read_text()
+    restored = re.findall(r"partition (\d) restored from changelog \S+ \(generation (\d+)\), "
+                          r"resuming at \{.*'samples': (\d+)", text)  # fmt: skip
+    assert {p for p, _, _ in restored} == {"0", "1", "2", "3"}, text[-3000:]
+    assert all(int(offset) > 0 for _, _, offset in restored)
+    # Re-sent examples are bounded by one checkpoint interval's worth (1 s at ~2,800/s).
+    duplicates = sum(_state(settings, machine_b, p).counts.get("duplicates", 0) for p in range(4))
+    assert duplicates <= 3_000, duplicates
+    assert champion == "v0001" and online.startswith("online-1@")
+
+
+async def _champion_and_online(settings, empty_dir: Path) -> tuple[str | None, str]:
+    """Retrain stream s0 once (a champion), then serve it and the online model from a
+    third machine with an empty data directory."""
+
+    @contextlib.asynccontextmanager
+    async def running(kind):
+        started = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(run_consumer(settings, kind, on_start=started))
+        consumer = await started
+        try:
+            yield consumer
+        finally:
+            consumer.stop()
+            await asyncio.wait_for(task, 120)
+
+    async with running(Retrainer) as retrainer, running(Exporter) as exporter:
+        request = make_event("retrain.requested", "eddy/test",
+                             {"stream": "s0", "reason": "manual", "window": {"last_n": 3000}},
+                             subject="s0", signing_key=KEY.encode())  # fmt: skip
+        producer = await start_producer(settings.kafka)
+        try:
+            import orjson
+
+            await producer.send_and_wait(Topics(settings.topics.prefix).events,
+                                         orjson.dumps(request))  # fmt: skip
+        finally:
+            await producer.stop()
+        await wait_for(lambda: retrainer.handled >= 1 and exporter.handled >= 1, 120,
+                       "s0 retrained and exported")  # fmt: skip
+    client = HotSwapClient(settings.kafka, "s0", prefix=settings.topics.prefix, data_dir=empty_dir,
+                           signing_key=KEY, follow="both")  # fmt: skip
+    await client.start()
+    try:
+        await wait_for(lambda: {"champion", "online"} <= set(client.held()), 60,
+                       "the champion and the online model held")  # fmt: skip
+        prediction = client.predict([{"0": 5.0, "1": 4.0, "2": 1.0}])
+        assert prediction[0] in (True, False)
+        return client.held()["champion"], client.held()["online"]
+    finally:
+        await client.stop()
