@@ -35,8 +35,13 @@ import orjson
 
 from eddy.consumers.control import ControlConsumer
 from eddy.models.batch import BatchModel
-from eddy.models.compress import CompressionReport, DistillParams, compress, student_hidden_for
-from eddy.models.compress import parameter_count as _parameters
+from eddy.models.compress import (
+    CompressionReport,
+    DistillParams,
+    compress,
+    parameter_count,
+    student_hidden_for,
+)
 from eddy.models.export import compare_int8, prune, quantize_int8, read_train_window, to_onnx
 from eddy.models.registry import RegistryError
 from eddy.streams.codec import ControlEvent
@@ -191,7 +196,7 @@ def student_plan(teacher: BatchModel, size: float) -> tuple[DistillParams | None
     when no student shape is that small (the note says why; the export goes on without
     a student)."""
     outputs = 1 if teacher.classes is None else len(teacher.classes)
-    total = _parameters(len(teacher.feature_names), teacher.params.hidden, outputs)
+    total = parameter_count(len(teacher.feature_names), teacher.params.hidden, outputs)
     try:
         hidden = student_hidden_for(teacher, max_params=int(total * size))
     except ValueError as ex:

@@ -132,13 +132,17 @@ class SnapshotPublisher:
                 out.append(learner)
         return out
 
-    async def publish(self, producer: AIOKafkaProducer, learner: StreamLearner) -> None:
-        """Seal and send one stream's model (skipped, once with a warning, if too large)."""
-        taken = int(time.time() * 1000)
-        self._last[learner.stream] = (time.monotonic(), learner.learned)
-        payload = {"version": learner.version, "learned": learner.learned,
-                   "taken_at_ms": taken, "learner": learner.learner}  # fmt: skip
-        data = await asyncio.to_thread(seal, payload, self.key)
+    async def publish(
+        self, producer: AIOKafkaProducer, learner: StreamLearner, lock: asyncio.Lock
+    ) -> None:
+        """Seal and send one stream's model (skipped, once with a warning, if too large);
+        ``lock`` keeps the worker from changing the model while it is pickled."""
+        async with lock:
+            taken = int(time.time() * 1000)
+            self._last[learner.stream] = (time.monotonic(), learner.learned)
+            payload = {"version": learner.version, "learned": learner.learned,
+                       "taken_at_ms": taken, "learner": learner.learner}  # fmt: skip
+            data = await asyncio.to_thread(seal, payload, self.key)
         if len(data) > MAX_SNAPSHOT_BYTES:
             if learner.stream not in self._too_large:
                 self._too_large.add(learner.stream)

@@ -178,12 +178,13 @@ class Ticker:
                     await self._publish_online(learner)
             if not self.agent.solo:
                 for learner in self.publisher.due(owners):
-                    await self.publisher.publish(self.producer, learner)
+                    await self.publisher.publish(self.producer, learner, self.agent.lock)
         except Exception as ex:  # noqa: BLE001 - serving copies must not stop learning
             log.warning("online snapshots: %r; trying again later", ex)
 
     async def _publish_online(self, learner: Any) -> None:
-        blob = await asyncio.to_thread(seal, learner.learner, self.key)
+        async with self.agent.lock:  # never pickle a model half-way through a batch
+            blob = await asyncio.to_thread(seal, learner.learner, self.key)
         card = {
             "task": learner.spec.task,
             "model_name": learner.spec.model_name,

@@ -123,6 +123,10 @@ class WorkerAgent:
         self._last_lag = 0.0
         self._recovering = False
         self._priority = {t.repartition: 0, t.labels: 1, t.samples: 2}
+        # Held while records are processed and while state is checkpointed or handed
+        # over: a rebalance callback (aiokafka's coordinator task) or a model snapshot
+        # must never see, or pickle, a state half-way through a batch.
+        self.lock = asyncio.Lock()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -185,20 +189,21 @@ class WorkerAgent:
         try:
             while not self._stopping.is_set():
                 batch = await getmany_until(self.consumer, self._stopping, 100, 5000)
-                self._take(batch)
-                for number, part in list(self.partitions.items()):
-                    ready = part.merger.take(lambda topic, n=number: self._lagging(topic, n))
-                    if ready:
-                        part.unit.process(ready)
-                        part.since_checkpoint += len(ready)
-                        for record in ready:
-                            part.positions[record.topic] = position_of(record)
-                self._count(batch)
-                self._idle()
-                if self.on_tick is not None:
-                    self.on_tick()
-                await self._ship()
-                await self._maybe_checkpoint()
+                async with self.lock:
+                    self._take(batch)
+                    for number, part in list(self.partitions.items()):
+                        ready = part.merger.take(lambda topic, n=number: self._lagging(topic, n))
+                        if ready:
+                            part.unit.process(ready)
+                            part.since_checkpoint += len(ready)
+                            for record in ready:
+                                part.positions[record.topic] = position_of(record)
+                    self._count(batch)
+                    self._idle()
+                    if self.on_tick is not None:
+                        self.on_tick()
+                    await self._ship()
+                    await self._maybe_checkpoint()
                 if self._recovering and self.ready.is_set():
                     self._recovering = False
                     log.warning("%s: Kafka is back; resumed from the checkpoint", self.name)
@@ -209,7 +214,8 @@ class WorkerAgent:
             # not done or not acknowledged. The last checkpoint stands.
             try:
                 if clean and self._failure is None:
-                    await self.save(list(self.partitions))
+                    async with self.lock:
+                        await self.save(list(self.partitions))
             finally:
                 # Sends LeaveGroup, so a restart rejoins at once; bounded if Kafka is gone.
                 await close_client(self.consumer)
@@ -217,10 +223,22 @@ class WorkerAgent:
             raise self._failure
 
     def _take(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Hand fetched records to their partition's merger, in offset order with no gap.
+
+        A fetch that was in flight across a rebalance can return records of a partition
+        from before its restore (already processed, or past records the restored state
+        has not processed): only the records that continue exactly where the partition
+        stands are taken; the consumer, seeked at the restore, delivers the rest again.
+        """
         for tp, records in batch.items():
             part = self.partitions.get(tp.partition)
             if part is None or not records:
                 continue  # revoked while the fetch was in flight
+            expected = part.fetched.get(tp.topic, part.unit.state.offsets.get(tp.topic, 0))
+            if records[0].offset != expected:
+                records = [r for r in records if r.offset >= expected]
+                if not records or records[0].offset != expected:
+                    continue  # not contiguous with the partition's position: stale
             part.merger.add(tp.topic, records)
             part.fetched[tp.topic] = records[-1].offset + 1
 
@@ -295,7 +313,8 @@ class WorkerAgent:
     # -- checkpoints -------------------------------------------------------------------------
 
     async def save(self, partitions: list[int]) -> None:
-        """Flush outputs, then checkpoint the given partitions' states."""
+        """Flush outputs, then checkpoint the given partitions' states (the caller holds
+        :attr:`lock`)."""
         partitions = [p for p in partitions if p in self.partitions]
         if not partitions:
             return
@@ -470,17 +489,19 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         partitions = {tp.partition for tp in revoked}
-        try:
-            await self.agent.save(sorted(partitions))
-        except Exception as ex:  # noqa: BLE001 - surfaced through agent.fail
-            self.agent.fail(ex)
-        self.agent.release(partitions)
+        async with self.agent.lock:
+            try:
+                await self.agent.save(sorted(partitions))
+            except Exception as ex:  # noqa: BLE001 - surfaced through agent.fail
+                self.agent.fail(ex)
+            self.agent.release(partitions)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        try:
-            await self.agent.restore({tp.partition for tp in assigned})
-        except Exception as ex:  # noqa: BLE001 - surfaced through agent.fail
-            self.agent.fail(ex)
-            return
+        async with self.agent.lock:
+            try:
+                await self.agent.restore({tp.partition for tp in assigned})
+            except Exception as ex:  # noqa: BLE001 - surfaced through agent.fail
+                self.agent.fail(ex)
+                return
         log.info("%s: assigned partitions %s", self.agent.name, sorted(self.agent.partitions))
         self.agent.ready.set()

@@ -23,7 +23,7 @@ from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import running_worker, wait_for
 
-N, DRIFT_AT, TRIALS = 10_000, 5_000, 4
+N, BEFORE, DRIFT_AT, TRIALS = 10_000, 4500, 5000, 4
 VARIANTS = [
     "teacher-fp32", "teacher-int8", "student-fp32", "student-int8",
     "structured-25-int8", "structured-50-int8", "structured-75-int8",
@@ -88,9 +88,13 @@ def test_search_compress_gate_and_hot_swap_on_a_drifted_stream(settings, tmp_pat
             client = HotSwapClient.from_settings(settings, "default")
             await client.start()
             try:
+                # before the drift: the first champion is trained, exported and served
                 await produce(settings.kafka, settings.topics.prefix, stream,
-                              ProduceOptions(n=N, label_delay=0))  # fmt: skip
+                              ProduceOptions(n=BEFORE))  # fmt: skip
                 await wait_for(lambda: client.version == "v0001", 120, "v0001 served")
+                # the rest of the same stream: the drift, a retrain, its export and the swap
+                await produce(settings.kafka, settings.topics.prefix, stream,
+                              ProduceOptions(n=N - BEFORE))  # fmt: skip
                 await wait_for(lambda: client.version == "v0002", 180, "v0002 served after drift")
                 prediction = client.predict([{"0": 5.0, "1": 4.2, "2": 1.0}])
             finally:
