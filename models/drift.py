@@ -111,16 +111,15 @@ class DriftMonitor:
         self._recent.append(error)
         self._since_reset_sum += error
         self._since_reset_n += 1
-        self._detector.update(error)
+        detector = self._detector
+        before = (getattr(detector, "width", None), getattr(detector, "estimation", None))
+        detector.update(error)
         if self._warning is not None:
             self._warning.update(error)
         if self.count < self.min_examples or self._cooling_down():
             return None
-        if self._detector.drift_detected:
-            recent = self.recent_error
-            worse = recent > self._since_reset_sum / self._since_reset_n or (
-                recent > self._window_before()
-            )
+        if detector.drift_detected:
+            worse = self._worse(before, error)
             self._in_warning = False
             self._reset_detectors()
             if not worse:
@@ -145,6 +144,27 @@ class DriftMonitor:
         """Mean error over the recent window."""
         recent = list(self._recent)[-self.recent_window :]
         return sum(recent) / len(recent) if recent else 0.0
+
+    def _worse(self, before: tuple[Any, Any], error: float) -> bool:
+        """Whether the change the detector found is a rise of the error.
+
+        ADWIN says so itself: on a detection it drops the older sub-window and keeps the
+        newer one, so the two means follow from its width and mean before and after.
+        Other detectors: the recent window's error against the error since the last
+        reset, or against the window before it (see the module docstring).
+        """
+        width, mean = before
+        detector = self._detector
+        if isinstance(width, int | float) and isinstance(mean, int | float):
+            kept, kept_mean = detector.width, detector.estimation
+            total, total_sum = width + 1, width * mean + error
+            if 0 < kept < total:
+                dropped_mean = (total_sum - kept * kept_mean) / (total - kept)
+                return bool(kept_mean > dropped_mean)
+        recent = self.recent_error
+        return recent > self._since_reset_sum / self._since_reset_n or (
+            recent > self._window_before()
+        )
 
     def _window_before(self) -> float:
         """Mean error of the window before the recent one (infinite until there is one)."""

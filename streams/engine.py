@@ -540,7 +540,9 @@ class Unit:
         if served is not None:
             headers.append((SERVED, orjson.dumps(served.as_json(), option=orjson.OPT_NON_STR_KEYS)))
         self.ctx.out.append(
-            Out(self.ctx.topics.repartition, stored.value, stored.key, to, headers, stored.timestamp)
+            Out(
+                self.ctx.topics.repartition, stored.value, stored.key, to, headers, stored.timestamp
+            )
         )
         self.ctx.metrics.forwarded.labels(kind.decode()).inc()
 

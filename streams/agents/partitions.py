@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 COMMIT_TIMEOUT_S = 5.0
+HOLE_RETRIES = 5  # reads of a missing offset before it counts as a real gap
 
 # (offset, timestamp, crc32 of the key) of the last record a checkpoint reflects.
 Position = tuple[int, int, int]
@@ -79,6 +80,7 @@ class _Partition:
     positions: dict[str, Position]
     generation: int
     fetched: dict[str, int] = field(default_factory=dict)  # topic -> next offset to fetch
+    holes: dict[str, tuple[int, int]] = field(default_factory=dict)  # topic -> (offset, tries)
     since_checkpoint: int = 0
     restored_from: str = "new"
 
@@ -127,6 +129,7 @@ class WorkerAgent:
         # over: a rebalance callback (aiokafka's coordinator task) or a model snapshot
         # must never see, or pickle, a state half-way through a batch.
         self.lock = asyncio.Lock()
+        self._epoch = 0  # counts restores and releases (rebalances)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -188,9 +191,14 @@ class WorkerAgent:
         clean = False
         try:
             while not self._stopping.is_set():
+                epoch = self._epoch
                 batch = await getmany_until(self.consumer, self._stopping, 100, 5000)
                 async with self.lock:
-                    self._take(batch)
+                    if self._epoch == epoch:
+                        self._take(batch)
+                    # else: a rebalance restored partitions while this fetch was in flight:
+                    # its records may predate the restored positions (the consumer was
+                    # seeked there, and delivers them again).
                     for number, part in list(self.partitions.items()):
                         ready = part.merger.take(lambda topic, n=number: self._lagging(topic, n))
                         if ready:
@@ -223,24 +231,43 @@ class WorkerAgent:
             raise self._failure
 
     def _take(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Hand fetched records to their partition's merger, in offset order with no gap.
+        """Hand fetched records to their partition's merger: never one already taken, and
+        never past a hole in the offsets until it was looked at again.
 
-        A fetch that was in flight across a rebalance can return records of a partition
-        from before its restore (already processed, or past records the restored state
-        has not processed): only the records that continue exactly where the partition
-        stands are taken; the consumer, seeked at the restore, delivers the rest again.
+        The embedded broker (Tansu) can answer a fetch with a record batch missing
+        between two others while producers write concurrently; aiokafka then skips it
+        for good. On a hole the records before it are taken and the partition is read
+        again from the missing offset, up to ``HOLE_RETRIES`` times: a hole that is
+        still there is a real one (Kafka compaction or transaction markers).
         """
         for tp, records in batch.items():
             part = self.partitions.get(tp.partition)
             if part is None or not records:
                 continue  # revoked while the fetch was in flight
             expected = part.fetched.get(tp.topic, part.unit.state.offsets.get(tp.topic, 0))
-            if records[0].offset != expected:
-                records = [r for r in records if r.offset >= expected]
-                if not records or records[0].offset != expected:
-                    continue  # not contiguous with the partition's position: stale
-            part.merger.add(tp.topic, records)
-            part.fetched[tp.topic] = records[-1].offset + 1
+            taken = []
+            for record in records:
+                if record.offset < expected:
+                    continue  # taken already
+                if record.offset > expected:
+                    hole_at, tries = part.holes.get(tp.topic, (expected, 0))
+                    tries = tries if hole_at == expected else 0
+                    if tries < HOLE_RETRIES:
+                        part.holes[tp.topic] = (expected, tries + 1)
+                        log.debug("%s: %s[%d] offset %d missing from a fetch; reading again "
+                                  "(%d/%d)", self.name, tp.topic, tp.partition, expected,
+                                  tries + 1, HOLE_RETRIES)  # fmt: skip
+                        assert self.consumer is not None
+                        self.consumer.seek(tp, expected)  # look again from the missing offset
+                        break
+                taken.append(record)
+                expected = record.offset + 1
+            if taken:
+                part.merger.add(tp.topic, taken)
+                part.fetched[tp.topic] = expected
+                hole = part.holes.get(tp.topic)
+                if hole is not None and expected > hole[0]:
+                    del part.holes[tp.topic]
 
     def _lagging(self, topic: str, partition: int) -> bool:
         """Whether the broker holds records of ``topic[partition]`` not fetched yet."""
@@ -365,6 +392,7 @@ class WorkerAgent:
     async def restore(self, numbers: set[int]) -> None:
         """Restore the assigned partitions (from the changelog) and seek their inputs."""
         assert self.consumer is not None
+        self._epoch += 1
         for p in sorted(numbers):
             restored = await self.changelog.load(p)
             if restored is not None and isinstance(restored.state, Checkpointed):
@@ -403,6 +431,7 @@ class WorkerAgent:
 
     def release(self, numbers: set[int]) -> None:
         """Forget revoked partitions (after they were saved)."""
+        self._epoch += 1
         for p in numbers:
             part = self.partitions.pop(p, None)
             if part is not None:

@@ -24,8 +24,8 @@ from eddy.models import checkpoint
 from eddy.models.registry import Registry
 from eddy.streams.codec import decode_event
 from eddy.streams.kafka import read_records
-from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.keys import state_key
+from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.settings import Settings, settings_env
 from eddy.streams.sources import open_named

@@ -44,7 +44,10 @@ async def _send_as_simulate_qa(settings, dataset, delay):
         sends = []
         for t, (i, x, y) in enumerate(river_stream.simulate_qa(dataset, None, delay)):
             if y is None:
-                topic, value = topics.samples, {"id": str(i), "features": {str(k): v for k, v in x.items()}}
+                topic, value = (
+                    topics.samples,
+                    {"id": str(i), "features": {str(k): v for k, v in x.items()}},
+                )
             else:
                 topic, value = topics.labels, {"id": str(i), "label": y}
             sends.append(await producer.send(topic, orjson.dumps(value), key=str(i).encode(),

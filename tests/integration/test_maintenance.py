@@ -14,8 +14,8 @@ from eddy.consumers.service import run_consumer
 from eddy.streams import sources
 from eddy.streams.codec import decode_event, make_event, schema_errors
 from eddy.streams.kafka import start_producer
-from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import running_worker, wait_for

@@ -65,7 +65,10 @@ def test_a_bad_request_is_refused_and_the_next_one_is_served(settings):
         await produce(settings.kafka, settings.topics.prefix, examples, ProduceOptions(n=3000))
         async with running_worker(settings) as worker:
             await wait_for(lambda: learned(worker) >= 3000, 90, "3,000 examples learned")
-        async with running(settings, Retrainer) as retrainer, running(settings, Exporter) as exporter:
+        async with (
+            running(settings, Retrainer) as retrainer,
+            running(settings, Exporter) as exporter,
+        ):
             await wait_for(lambda: retrainer.ready.is_set() and exporter.ready.is_set(), 60,
                            "the consumers joined their groups")  # fmt: skip
             bad_version = make_event("model.updated", "eddy/test", {
@@ -92,7 +95,10 @@ def test_a_bad_request_is_refused_and_the_next_one_is_served(settings):
     events = [e for e in events if e is not None]
     refusals = [e.data for e in events if e.type == "maintenance.refused"]
     assert sorted((r["consumer"], r["model"]) for r in refusals) == [
-        ("exporter", "default"), ("retrainer", "default"), ("retrainer", "ghost")]
+        ("exporter", "default"),
+        ("retrainer", "default"),
+        ("retrainer", "ghost"),
+    ]
     assert any("EDDY_RETRAIN_MIN_EXAMPLES" in r["reason"] for r in refusals)
     assert [e.data["version"] for e in events if e.type == "model.exported"] == ["v0001"]
 

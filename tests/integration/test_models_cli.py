@@ -15,7 +15,9 @@ def _flags(settings, data_dir):
             "--topic-prefix", settings.topics.prefix, "--producer-idempotence", "off"]  # fmt: skip
 
 
-def test_list_show_verify_promote_rollback_history_from_an_empty_data_dir(settings, tmp_path, capsys):
+def test_list_show_verify_promote_rollback_history_from_an_empty_data_dir(
+    settings, tmp_path, capsys
+):
     async def register() -> None:
         async with KafkaRegistry.open(settings.kafka, settings.topics.prefix,
                                       settings.data_dir / "registry") as registry:  # fmt: skip

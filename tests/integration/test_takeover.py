@@ -19,8 +19,8 @@ from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
 from eddy.consumers.service import run_consumer
-from eddy.streams.changelog import Changelog
 from eddy.streams import sources
+from eddy.streams.changelog import Changelog
 from eddy.streams.codec import make_event
 from eddy.streams.kafka import start_producer
 from eddy.streams.keys import state_key
@@ -62,7 +62,7 @@ def _learned(settings, data_dir: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for p in range(4):
         state = _state(settings, data_dir, p)
-        for name, learner in (state.learners.items() if state else ()):
+        for name, learner in state.learners.items() if state else ():
             out[name] = learner.learned
     return out
 
@@ -82,7 +82,7 @@ def test_a_worker_on_another_machine_takes_over_from_the_changelog(settings, tmp
     settings = settings.with_overrides({
         "topic_prefix": settings.topics.prefix + "to.", "partitions": 4, "signing_key": KEY,
         "retrain_epochs": 3, "retrain_folds": 2, "retrain_hidden": (16,),
-        "retrain_min_examples": 500,
+        "retrain_min_examples": 500, "retrain_wait_s": 10.0,
     })  # fmt: skip
     asyncio.run(create_topics(settings.kafka, settings.topics))
     machine_a, machine_b = tmp_path / "a", tmp_path / "b"

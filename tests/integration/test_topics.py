@@ -9,7 +9,9 @@ from eddy.streams.topics import Topics, create_topics, topic_sizes
 
 
 def test_topics_are_created_with_explicit_partitions_and_idempotently(broker, tmp_path):
-    s = Settings.build(bootstrap=broker.bootstrap, topic_prefix="tc1.", partitions=4, data_dir=tmp_path)
+    s = Settings.build(
+        bootstrap=broker.bootstrap, topic_prefix="tc1.", partitions=4, data_dir=tmp_path
+    )
     first = asyncio.run(create_topics(s.kafka, s.topics))
     assert set(first.values()) == {"created"}
     again = asyncio.run(create_topics(s.kafka, s.topics))
@@ -25,7 +27,9 @@ def test_topics_are_created_with_explicit_partitions_and_idempotently(broker, tm
 
 
 def test_existing_topics_with_other_partition_counts_are_an_error(broker, tmp_path):
-    s = Settings.build(bootstrap=broker.bootstrap, topic_prefix="tc2.", partitions=2, data_dir=tmp_path)
+    s = Settings.build(
+        bootstrap=broker.bootstrap, topic_prefix="tc2.", partitions=2, data_dir=tmp_path
+    )
     asyncio.run(create_topics(s.kafka, s.topics))
     with pytest.raises(TopicError, match="exists with 2 partitions but eddy needs 3"):
         bigger = s.with_overrides({"partitions": 3})
@@ -53,7 +57,9 @@ def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
 
     from eddy.streams.kafka import start_admin, start_producer
 
-    s = Settings.build(bootstrap=broker.bootstrap, topic_prefix="tc3.", partitions=1, data_dir=tmp_path)
+    s = Settings.build(
+        bootstrap=broker.bootstrap, topic_prefix="tc3.", partitions=1, data_dir=tmp_path
+    )
     topics = Topics("tc3.")
 
     async def name_them() -> set[str]:
@@ -82,7 +88,9 @@ def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_p
     from eddy.streams.kafka import start_producer
     from eddy.streams.topics import require_topics, wait_for_topics
 
-    s = Settings.build(bootstrap=broker.bootstrap, topic_prefix="tc4.", partitions=1, data_dir=tmp_path)
+    s = Settings.build(
+        bootstrap=broker.bootstrap, topic_prefix="tc4.", partitions=1, data_dir=tmp_path
+    )
     names = Topics("tc4.").all()
 
     async def scenario() -> tuple[bool, bool]:

@@ -58,7 +58,10 @@ def test_a_feature_shift_is_reported_before_any_label_from_after_it_arrives():
     first = next(e for e in events if any(f["feature"] == "amount" for f in e["findings"]))
     position = first["position"]["offset"]  # the sample that completed the detecting window
     assert SHIFT_AT < position <= SHIFT_AT + 2_000, position
-    assert reported_at is not None and reported_at < first_post_shift_label_at == SHIFT_AT + LABEL_DELAY
+    assert (
+        reported_at is not None
+        and reported_at < first_post_shift_label_at == SHIFT_AT + LABEL_DELAY
+    )
     finding = next(f for f in first["findings"] if f["feature"] == "amount")
     assert finding["test"] == "ks" and finding["p_value"] < 1e-6
     assert finding["reference_size"] == finding["recent_size"] == 1000

@@ -130,9 +130,7 @@ def test_an_example_that_makes_outputs_non_finite_is_refused_and_undone():
         learner.learn_many([x], [y], [i])
     refused = learner.take_refused()
     assert [(r.ref, r.reason) for r in refused] == [(300, NON_FINITE)]
-    assert all(
-        p.proba and all(math.isfinite(v) for v in p.proba.values()) for p in predictions[1:]
-    )
+    assert all(p.proba and all(math.isfinite(v) for v in p.proba.values()) for p in predictions[1:])
     clean = make_learner(preprocessing.StandardScaler() | linear_model.LogisticRegression(),
                          "binary")  # fmt: skip
     clean.learn_many([x for i, x in enumerate(xs) if i != 300],
@@ -202,7 +200,10 @@ def test_torch_learner_takes_text_and_boolean_features():
     rows = [{"x": 1.0, "color": "red", "ok": True}, {"x": -1.0, "color": "blue", "ok": False}] * 2
     learner.learn_many(rows, [True, False, True, False], range(4))
     assert set(learner.features) == {"x", "color=red", "ok", "color=blue"}
-    assert learner.predict_many([{"x": 1.0, "color": "green", "ok": True}])[0].value in (True, False)
+    assert learner.predict_many([{"x": 1.0, "color": "green", "ok": True}])[0].value in (
+        True,
+        False,
+    )
 
 
 def test_torch_learner_grows_for_new_features_and_classes_without_changing_old_predictions():
