@@ -72,9 +72,13 @@ def faust_rate(bootstrap: str, topic: str, n: int, take: int) -> float:
         bootstrap=bootstrap, topic=topic, n=n, take=take, app=uuid.uuid4().hex
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/tmp",
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/tmp",
         preexec_fn=die_with_parent,  # a killed benchmark leaves no faust worker behind
-    )  # fmt: skip
+    )
     for line in out.stdout.splitlines():
         if line.startswith("RATE "):
             return float(line.split()[1])

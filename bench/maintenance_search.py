@@ -40,8 +40,13 @@ STREAMS = {  # name: (source, variant before, variant after)
     "Agrawal 0→2": ("agrawal", 0, 2),
 }
 DRIFT_AT = 6000
-EVENT = ControlEvent("retrain.requested", "bench", "eddy/bench", "2026-01-01T00:00:00Z",
-                     {"stream": "default", "reason": "drift"})  # fmt: skip
+EVENT = ControlEvent(
+    "retrain.requested",
+    "bench",
+    "eddy/bench",
+    "2026-01-01T00:00:00Z",
+    {"stream": "default", "reason": "drift"},
+)
 
 
 def pairs(name: str, before: int, after: int, start: int, n: int) -> list[tuple[Any, Any]]:
@@ -65,8 +70,9 @@ def retrain(
     r._champion = lambda model: ("v0001", champion)
     r._task = lambda model, champ: "binary"
     started = time.monotonic()
-    card, artifacts, _ = r._train("default", EVENT, {"topic": "examples", "partition": 0,
-                                                     "examples": window})  # fmt: skip
+    card, artifacts, _ = r._train(
+        "default", EVENT, {"topic": "examples", "partition": 0, "examples": window}
+    )
     return card, artifacts, time.monotonic() - started
 
 
@@ -78,9 +84,11 @@ def export(settings: Settings, artifacts: dict[str, bytes]) -> tuple[dict, float
         for name, data in artifacts.items():
             (Path(tmp) / name).write_bytes(data)
         version = SimpleNamespace(
-            model="default", version="v0002", card={"artifacts": dict.fromkeys(artifacts)},
+            model="default",
+            version="v0002",
+            card={"artifacts": dict.fromkeys(artifacts)},
             artifact=lambda name: Path(tmp) / name,
-        )  # fmt: skip
+        )
         started = time.monotonic()
         updates, _ = exporter._export(version)
         return updates, time.monotonic() - started
@@ -95,8 +103,13 @@ def bench_stream(title: str, source: tuple[str, int, int], args: argparse.Namesp
     base = Settings.build(retrain_window=args.window)
     old = pairs(name, before, after, DRIFT_AT - args.window - 500, args.window)
     matrix, names = vectorize([e.features for _, e in old])
-    champion = train(matrix, [e.label for _, e in old], "binary", names,
-                     TrainParams(hidden=base.maintenance.retrain_hidden))  # fmt: skip
+    champion = train(
+        matrix,
+        [e.label for _, e in old],
+        "binary",
+        names,
+        TrainParams(hidden=base.maintenance.retrain_hidden),
+    )
     window = pairs(name, before, after, DRIFT_AT + 200, args.window)
     runs = {
         "today (no search)": base.with_overrides({"retrain_trials": 0}),
@@ -108,11 +121,15 @@ def bench_stream(title: str, source: tuple[str, int, int], args: argparse.Namesp
     hold_x = vectorize([e.features for _, e in window[cut:]], names)[0]
     hold_y = [e.label for _, e in window[cut:]]
     champion_right = right(champion, hold_x, hold_y)
-    print(f"\n== {title}: window of {len(window):,} examples from the drift on "
-          f"({cut:,} train, {len(window) - cut:,} held out); champion trained before it, "
-          f"holdout accuracy {np.mean(champion_right):.4f}")  # fmt: skip
-    print(f"{'retrain':32} {'chosen':8} {'hidden':12} {'cv':>7} {'holdout':>8} "
-          f"{'p vs champion':>14} {'p vs today':>11} {'seconds':>8}")  # fmt: skip
+    print(
+        f"\n== {title}: window of {len(window):,} examples from the drift on "
+        f"({cut:,} train, {len(window) - cut:,} held out); champion trained before it, "
+        f"holdout accuracy {np.mean(champion_right):.4f}"
+    )
+    print(
+        f"{'retrain':32} {'chosen':8} {'hidden':12} {'cv':>7} {'holdout':>8} "
+        f"{'p vs champion':>14} {'p vs today':>11} {'seconds':>8}"
+    )
     results: dict[str, Any] = {}
     for label, settings in runs.items():
         card, artifacts, seconds = retrain(settings, champion, window)
@@ -122,33 +139,47 @@ def bench_stream(title: str, source: tuple[str, int, int], args: argparse.Namesp
         p_today = f"{mcnemar_p(today['right'], is_right):.3g}" if today else "-"
         h = card["hyperparameters"]
         cv = card["metrics"].get(f"cv_{h['strategy']}", float("nan"))
-        print(f"{label:32} {h['strategy']:8} {'x'.join(map(str, h['hidden'])):12} {cv:7.4f} "
-              f"{np.mean(is_right):8.4f} {mcnemar_p(champion_right, is_right):14.3g} "
-              f"{p_today:>11} {seconds:8.1f}")  # fmt: skip
-        results[label] = {"card": card, "artifacts": artifacts, "right": is_right,
-                          "seconds": seconds}  # fmt: skip
+        print(
+            f"{label:32} {h['strategy']:8} {'x'.join(map(str, h['hidden'])):12} {cv:7.4f} "
+            f"{np.mean(is_right):8.4f} {mcnemar_p(champion_right, is_right):14.3g} "
+            f"{p_today:>11} {seconds:8.1f}"
+        )
+        results[label] = {
+            "card": card,
+            "artifacts": artifacts,
+            "right": is_right,
+            "seconds": seconds,
+        }
     today, searched = results.values()
     search = searched["card"]["search"]
-    print(f"search: {len(search['trials'])} trials ({search.get('n_complete', 0)} complete, "
-          f"{search.get('n_pruned', 0)} pruned) in {search['seconds']:.1f} s, stopped by "
-          f"{search.get('stopped_by')}; CV of the candidates "
-          f"{json.dumps({k: round(v, 4) for k, v in search['candidates'].items()})}")  # fmt: skip
+    print(
+        f"search: {len(search['trials'])} trials ({search.get('n_complete', 0)} complete, "
+        f"{search.get('n_pruned', 0)} pruned) in {search['seconds']:.1f} s, stopped by "
+        f"{search.get('stopped_by')}; CV of the candidates "
+        f"{json.dumps({k: round(v, 4) for k, v in search['candidates'].items()})}"
+    )
     if "best_params" in search:
         print(f"best trial {search['best_trial']}: {search['best_params']}")
     acc_today, acc_search = np.mean(today["right"]), np.mean(searched["right"])
-    print(f"search vs today: holdout accuracy {acc_search - acc_today:+.4f}, "
-          f"time x{searched['seconds'] / today['seconds']:.1f} "
-          f"({searched['seconds']:.1f} s vs {today['seconds']:.1f} s)")  # fmt: skip
+    print(
+        f"search vs today: holdout accuracy {acc_search - acc_today:+.4f}, "
+        f"time x{searched['seconds'] / today['seconds']:.1f} "
+        f"({searched['seconds']:.1f} s vs {today['seconds']:.1f} s)"
+    )
     updates, seconds = export(base, searched["artifacts"])
     q = updates["quantization"]
-    print(f"\nexport of the searched model ({seconds:.1f} s; gate: accuracy loss <= "
-          f"{base.maintenance.export_max_delta}, size ratio >= {base.maintenance.export_min_ratio}; "
-          f"student: {updates['compression']['student']}):")  # fmt: skip
+    print(
+        f"\nexport of the searched model ({seconds:.1f} s; gate: accuracy loss <= "
+        f"{base.maintenance.export_max_delta}, size ratio >= {base.maintenance.export_min_ratio}; "
+        f"student: {updates['compression']['student']}):"
+    )
     print(updates["compression"]["table"])
-    print(f"served {q['variant']}: {q['size_ratio']:.2f}x smaller than the teacher fp32, "
-          f"accuracy {q['accuracy_delta']:+.4f}, batch-1 {q['int8_batch1_us']:.1f} µs vs "
-          f"{q['fp32_batch1_us']:.1f}, batch-256 {q['int8_batch256_per_s']:,.0f} vs "
-          f"{q['fp32_batch256_per_s']:,.0f} rows/s")  # fmt: skip
+    print(
+        f"served {q['variant']}: {q['size_ratio']:.2f}x smaller than the teacher fp32, "
+        f"accuracy {q['accuracy_delta']:+.4f}, batch-1 {q['int8_batch1_us']:.1f} µs vs "
+        f"{q['fp32_batch1_us']:.1f}, batch-256 {q['int8_batch256_per_s']:,.0f} vs "
+        f"{q['fp32_batch256_per_s']:,.0f} rows/s"
+    )
 
 
 def main() -> None:

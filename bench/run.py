@@ -104,8 +104,14 @@ def ingest(broker: EmbeddedBroker, data_dir: str, n: int) -> list[dict[str, Any]
         raw = asyncio.run(raw_rate(settings, Topics(settings.topics.prefix).samples, n))
         eddy = asyncio.run(worker_rate(settings, n))
         learn = learning_rate(settings, min(n, 50_000))
-        row = {"model": model, "raw_per_s": raw, "eddy_per_s": eddy, "eddy_vs_raw": eddy / raw,
-               "learn_only_per_s": learn, "eddy_vs_learn_only": eddy / learn}  # fmt: skip
+        row = {
+            "model": model,
+            "raw_per_s": raw,
+            "eddy_per_s": eddy,
+            "eddy_vs_raw": eddy / raw,
+            "learn_only_per_s": learn,
+            "eddy_vs_learn_only": eddy / learn,
+        }
         if model in RIVER_MODELS:
             row["river_per_s"] = river_rate(model, min(n, 50_000))
             row["eddy_vs_river"] = eddy / row["river_per_s"]
@@ -124,13 +130,27 @@ async def _latency(settings: Settings, n: int, rate: float) -> dict[str, float]:
     # take turns with the worker on one event loop and add its own pauses.
     producer = await asyncio.create_subprocess_exec(
         *eddy_argv(
-            "produce", "--dataset", "sea", "--seed", "2", "--n", str(n), "--rate", str(rate),
-            "--no-progress", "--bootstrap", settings.kafka.bootstrap or "",
-            "--topic-prefix", settings.topics.prefix, "--partitions", str(settings.topics.partitions),
-            "--producer-idempotence", "off",
+            "produce",
+            "--dataset",
+            "sea",
+            "--seed",
+            "2",
+            "--n",
+            str(n),
+            "--rate",
+            str(rate),
+            "--no-progress",
+            "--bootstrap",
+            settings.kafka.bootstrap or "",
+            "--topic-prefix",
+            settings.topics.prefix,
+            "--partitions",
+            str(settings.topics.partitions),
+            "--producer-idempotence",
+            "off",
         ),
         stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     if await producer.wait() != 0:
         msg = f"eddy produce exited with code {producer.returncode}"
         raise RuntimeError(msg)
@@ -188,11 +208,17 @@ async def _maintenance(settings: Settings, window: int) -> dict[str, Any]:
         await consumer.ready.wait()
     topics = Topics(settings.topics.prefix)
     request = make_event(
-        "retrain.requested", "eddy/bench",
-        {"stream": "default", "reason": "manual",
-         "window": {"offsets": [{"topic": topics.examples, "partition": 0, "start": 0, "end": window}]}},
+        "retrain.requested",
+        "eddy/bench",
+        {
+            "stream": "default",
+            "reason": "manual",
+            "window": {
+                "offsets": [{"topic": topics.examples, "partition": 0, "start": 0, "end": window}]
+            },
+        },
         subject="default",
-    )  # fmt: skip
+    )
     producer = await start_producer(settings)
     sent = time.time()
     await producer.send_and_wait(topics.events, orjson.dumps(request))
@@ -215,9 +241,13 @@ async def _maintenance(settings: Settings, window: int) -> dict[str, Any]:
         consumer.stop()
         await task
     card = registry_of(settings).get("default", exported.data["version"]).card
-    return {"window": window, "request_to_exported_s": seconds,
-            "retrain_s": card["seconds"], "export_s": card["quantization"]["seconds"],
-            "quantization": card["quantization"]}  # fmt: skip
+    return {
+        "window": window,
+        "request_to_exported_s": seconds,
+        "retrain_s": card["seconds"],
+        "export_s": card["quantization"]["seconds"],
+        "quantization": card["quantization"],
+    }
 
 
 def join_memory(samples: int, cap: int) -> dict[str, Any]:
@@ -234,16 +264,39 @@ TARGETS = [
     ("ingest torch-linear eddy/raw", lambda r: r["ingest"][0]["eddy_vs_raw"], ">=", 0.5),
     ("learning logreg eddy/River", lambda r: r["ingest"][1]["eddy_vs_river"], ">=", 0.75),
     ("learning hoeffding eddy/River", lambda r: r["ingest"][2]["eddy_vs_river"], ">=", 0.75),
-    ("p99 sample->prediction ms @5k/s", lambda r: r["latency"]["sample_to_prediction_p99_ms"], "<=", 50),
+    (
+        "p99 sample->prediction ms @5k/s",
+        lambda r: r["latency"]["sample_to_prediction_p99_ms"],
+        "<=",
+        50,
+    ),
     ("request->exported s (window)", lambda r: r["maintenance"]["request_to_exported_s"], "<=", 30),
     ("int8 size ratio", lambda r: r["maintenance"]["quantization"]["size_ratio"], ">=", 3.5),
-    ("int8/fp32 batch-1 latency", lambda r: r["maintenance"]["quantization"]["int8_batch1_us"]
-     / r["maintenance"]["quantization"]["fp32_batch1_us"], "<=", 1.0),
-    ("int8/fp32 batch-256 throughput", lambda r: r["maintenance"]["quantization"]["int8_batch256_per_s"]
-     / r["maintenance"]["quantization"]["fp32_batch256_per_s"], ">=", 1.3),
-    ("int8 accuracy delta (points)", lambda r: abs(r["maintenance"]["quantization"]["accuracy_delta"]) * 100,
-     "<=", 0.5),
-]  # fmt: skip
+    (
+        "int8/fp32 batch-1 latency",
+        lambda r: (
+            r["maintenance"]["quantization"]["int8_batch1_us"]
+            / r["maintenance"]["quantization"]["fp32_batch1_us"]
+        ),
+        "<=",
+        1.0,
+    ),
+    (
+        "int8/fp32 batch-256 throughput",
+        lambda r: (
+            r["maintenance"]["quantization"]["int8_batch256_per_s"]
+            / r["maintenance"]["quantization"]["fp32_batch256_per_s"]
+        ),
+        ">=",
+        1.3,
+    ),
+    (
+        "int8 accuracy delta (points)",
+        lambda r: abs(r["maintenance"]["quantization"]["accuracy_delta"]) * 100,
+        "<=",
+        0.5,
+    ),
+]
 
 
 def main() -> None:
@@ -325,7 +378,7 @@ def report(r: dict[str, Any]) -> None:
     for name, get, op, goal in TARGETS:
         value = get(r)
         ok = value >= goal if op == ">=" else value <= goal
-        print(f"{name:<36}{value:>12.3f}  {op} {goal:<7}{'met' if ok else 'MISSED'}")  # fmt: skip
+        print(f"{name:<36}{value:>12.3f}  {op} {goal:<7}{'met' if ok else 'MISSED'}")
 
 
 if __name__ == "__main__":

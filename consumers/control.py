@@ -82,12 +82,21 @@ class ControlConsumer(ABC):
         self.source = f"eddy/{settings.topics.prefix}{self.name}"
         self.signing_key = signing_key(settings.state)
         self.registry = KafkaRegistry(
-            settings.kafka, settings.topics.prefix, settings.data_dir / "registry",
-            self.signing_key, producer,
-        )  # fmt: skip
+            settings.kafka,
+            settings.topics.prefix,
+            settings.data_dir / "registry",
+            self.signing_key,
+            producer,
+        )
         edge = EngineMetrics.create(registry or CollectorRegistry())
-        self.dlq = DeadLetterQueue(producer, self.topics.deadletter, edge, self.topics.kind,
-                                   self.group, settings.kafka.max_message_bytes - 16 * 1024)  # fmt: skip
+        self.dlq = DeadLetterQueue(
+            producer,
+            self.topics.deadletter,
+            edge,
+            self.topics.kind,
+            self.group,
+            settings.kafka.max_message_bytes - 16 * 1024,
+        )
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once the group has given this consumer its partitions
         self._seen_path = settings.data_dir / "consumers" / f"{self.group}.handled.jsonl"
@@ -109,9 +118,13 @@ class ControlConsumer(ABC):
     ) -> dict[str, Any]:
         """Publish a control event and wait until the broker has it."""
         event = make_event(
-            event_type, self.source, data, subject=subject, event_id=event_id,
+            event_type,
+            self.source,
+            data,
+            subject=subject,
+            event_id=event_id,
             signing_key=self.signing_key,
-        )  # fmt: skip
+        )
         await self.producer.send_and_wait(
             self.topics.events, orjson.dumps(event), key=subject.encode()
         )
@@ -122,12 +135,16 @@ class ControlConsumer(ABC):
         if not await wait_for_topics(self.producer, self.topics.all(), self.name, self._stopping):
             return
         consumer = make_consumer(
-            self.settings.kafka, self.name, self.topics.events, group_id=self.group,
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            self.settings.kafka,
+            self.name,
+            self.topics.events,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
             session_timeout_ms=self.settings.kafka.session_timeout_ms,
             heartbeat_interval_ms=max(self.settings.kafka.session_timeout_ms // 3, 100),
             max_poll_interval_ms=30 * 60 * 1000,  # a retrain may take minutes
-        )  # fmt: skip
+        )
         await consumer.start()
         try:
             await self.registry.sync()
@@ -145,9 +162,12 @@ class ControlConsumer(ABC):
                             # Bounded: without a coordinator aiokafka retries for good.
                             await asyncio.wait_for(consumer.commit(offsets), 10)
                         except TimeoutError:
-                            log.warning("%s: commit of offset %d timed out; the event is "
-                                        "recorded as handled, a redelivery is skipped",
-                                        self.name, record.offset + 1)  # fmt: skip
+                            log.warning(
+                                "%s: commit of offset %d timed out; the event is "
+                                "recorded as handled, a redelivery is skipped",
+                                self.name,
+                                record.offset + 1,
+                            )
         finally:
             await close_client(consumer)
             await self.registry.close()
@@ -159,8 +179,10 @@ class ControlConsumer(ABC):
                 record.value, self.settings.kafka.max_message_bytes, self.signing_key
             )
             if self.signing_key is not None and not self._fresh(event):
-                msg = (f"control event {event.id!r} of {event.source} is older than one "
-                       "already seen from that source about that subject: a replay")  # fmt: skip
+                msg = (
+                    f"control event {event.id!r} of {event.source} is older than one "
+                    "already seen from that source about that subject: a replay"
+                )
                 raise Replayed(msg)
         except DecodeError as ex:
             handled.labels(self.name, "unknown", ex.reason).inc()
@@ -204,12 +226,15 @@ class ControlConsumer(ABC):
         reason = f"{type(error).__name__}: {error}"[:2000]
         log.warning("%s: refused %s %s for %r: %s", self.name, event.type, event.id, model, reason)
         if model != "-" and _is_name(model):
-            await self.registry.log(f"{self.name}-refused", model, None,
-                                    why=f"{event.type} {event.id}", result=reason)  # fmt: skip
+            await self.registry.log(
+                f"{self.name}-refused", model, None, why=f"{event.type} {event.id}", result=reason
+            )
         data = {
-            "consumer": self.name, "model": model[:256], "reason": reason,
+            "consumer": self.name,
+            "model": model[:256],
+            "reason": reason,
             "request": {"type": f"eddy.{event.type}", "id": event.id, "source": event.source},
-        }  # fmt: skip
+        }
         event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}/{event.id}/refused"))
         await self.emit("maintenance.refused", data, model[:256] or "-", event_id)
 

@@ -83,8 +83,15 @@ class Exporter(ControlConsumer):
             reason = updates["export_gate"]["reason"]
             result = "servable" if passed else f"not servable: {reason}"
             extra = {"variant": report["variant"]} if "variant" in report else {}
-            await self.registry.log("export", model, version, f"model.updated {event.id}", result,
-                                    seconds=report["seconds"], **extra)  # fmt: skip
+            await self.registry.log(
+                "export",
+                model,
+                version,
+                f"model.updated {event.id}",
+                result,
+                seconds=report["seconds"],
+                **extra,
+            )
         champion = mirror.aliases(model).get("champion") == version
         gate = v.card["export_gate"]
         servable = gate["passed"] and champion
@@ -92,11 +99,15 @@ class Exporter(ControlConsumer):
         data = {
             "model": model,
             "version": version,
-            "artifact": {"uri": f"{model}/{version}/{INT8}", "sha256": info["sha256"],
-                         "size_bytes": info["size_bytes"], "format": "onnx-int8"},
+            "artifact": {
+                "uri": f"{model}/{version}/{INT8}",
+                "sha256": info["sha256"],
+                "size_bytes": info["size_bytes"],
+                "format": "onnx-int8",
+            },
             "servable": servable,
             "report": v.card["quantization"] | {"gate": gate, "champion": champion},
-        }  # fmt: skip
+        }
         if "variant" in v.card["quantization"]:
             data["variant"] = v.card["quantization"]["variant"]
         await self.emit(
@@ -130,13 +141,19 @@ class Exporter(ControlConsumer):
         if m.export_distill:
             student, student_note = student_plan(teacher, m.export_student_size)
         report = compress(
-            teacher, train_x, hold_x, holdout["y"],
-            max_delta=m.export_max_delta, min_size_ratio=m.export_min_ratio,
-            ladder=ladder_levels(m.export_ladder), student=student,
-            with_student=student is not None, magnitude=m.export_prune > 0,
+            teacher,
+            train_x,
+            hold_x,
+            holdout["y"],
+            max_delta=m.export_max_delta,
+            min_size_ratio=m.export_min_ratio,
+            ladder=ladder_levels(m.export_ladder),
+            student=student,
+            with_student=student is not None,
+            magnitude=m.export_prune > 0,
             magnitude_ladder=(m.export_prune,) if m.export_prune > 0 else None,
             seed=teacher.params.seed,
-        )  # fmt: skip
+        )
         served = report.chosen_model if report.chosen_model is not None else teacher
         check_same_interface(teacher, served)
         int8 = (
@@ -175,8 +192,10 @@ class Exporter(ControlConsumer):
             passed, reason = False, f"{report.metric} worse by {loss:.4f} > {m.export_max_delta}"
         else:
             passed, reason = True, "size and accuracy within the gate"
-        updates = {"quantization": report.as_dict(),
-                   "export_gate": {"passed": passed, "reason": reason}}  # fmt: skip
+        updates = {
+            "quantization": report.as_dict(),
+            "export_gate": {"passed": passed, "reason": reason},
+        }
         return updates, {FP32: fp32, INT8: int8}
 
 

@@ -94,8 +94,9 @@ class HotSwapClient:
         key = Secret(signing_key) if isinstance(signing_key, str) else signing_key
         state = StateConfig(data_dir=data_dir, signing_key=key)
         self._key = state_key(state)
-        self.registry = KafkaRegistry(kafka, prefix, data_dir / "registry",
-                                      configured_signing_key(state))  # fmt: skip
+        self.registry = KafkaRegistry(
+            kafka, prefix, data_dir / "registry", configured_signing_key(state)
+        )
         self._models: dict[Kind, Served] = {}
         self.swaps: list[tuple[str, str, float]] = []  # (kind, version, epoch s) of each swap
         self.refused: list[tuple[str, str]] = []  # (version, why) of each refusal
@@ -106,9 +107,14 @@ class HotSwapClient:
     @classmethod
     def from_settings(cls, settings: Any, model: str, **options: Any) -> HotSwapClient:
         """A client with an eddy process's Kafka, prefix, data directory and key."""
-        return cls(settings.kafka, model, prefix=settings.topics.prefix,
-                   data_dir=settings.data_dir, signing_key=settings.state.signing_key,
-                   **options)  # fmt: skip
+        return cls(
+            settings.kafka,
+            model,
+            prefix=settings.topics.prefix,
+            data_dir=settings.data_dir,
+            signing_key=settings.state.signing_key,
+            **options,
+        )
 
     def held(self) -> dict[str, str]:
         """``{kind: version}`` of every model loaded (served and shadow)."""
@@ -163,8 +169,9 @@ class HotSwapClient:
         await self.registry.close()
 
     async def _follow(self) -> None:
-        consumer = make_consumer(self.kafka, "hotswap", enable_auto_commit=False,
-                                 auto_offset_reset="earliest")  # fmt: skip
+        consumer = make_consumer(
+            self.kafka, "hotswap", enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await consumer.start()
         try:
             async for models in self.registry.follow(consumer, self._stop):
@@ -204,8 +211,14 @@ class HotSwapClient:
                 served = self._load(kind, v)
             except (RegistryError, SealError) as ex:
                 self.refused.append((v.version, str(ex)))
-                log.error("hot-swap: refused %s %s %s: %s; still serving %s",
-                          self.model, kind, v.version, ex, self.version)  # fmt: skip
+                log.error(
+                    "hot-swap: refused %s %s %s: %s; still serving %s",
+                    self.model,
+                    kind,
+                    v.version,
+                    ex,
+                    self.version,
+                )
                 continue
             self._models[kind] = served  # the swap: one reference assignment
             self.swaps.append((kind, served.version, time.time()))
@@ -216,15 +229,22 @@ class HotSwapClient:
             msg = f"{self.model} {v.version} fails its SHA-256 checks"
             raise RegistryError(msg)
         if kind == "online":
-            learner = unseal(v.artifact(ONLINE_ARTIFACT).read_bytes(), self._key,
-                             f"online model of {self.model!r}")  # fmt: skip
+            learner = unseal(
+                v.artifact(ONLINE_ARTIFACT).read_bytes(),
+                self._key,
+                f"online model of {self.model!r}",
+            )
             label = v.card.get("online_version", ONLINE)
 
             def predict_online(rows: Sequence[Any]) -> list[Any]:
                 return [p.value for p in learner.predict_many(rows)]
 
-            return Served("online", f"{label}@{v.card.get('learned', 0)}", predict_online,
-                          v.card["artifacts"][ONLINE_ARTIFACT]["sha256"])  # fmt: skip
+            return Served(
+                "online",
+                f"{label}@{v.card.get('learned', 0)}",
+                predict_online,
+                v.card["artifacts"][ONLINE_ARTIFACT]["sha256"],
+            )
         meta = BatchModel.from_bytes(v.artifact("model.pt").read_bytes())
         sess = session(v.artifact(INT8).read_bytes())
         names, classes, strict, model = meta.feature_names, meta.classes, self.strict, self.model
@@ -247,11 +267,12 @@ def check_features(rows: Sequence[Any], columns: list[str], model: str) -> None:
     the model never saw is allowed (all its columns are 0).
 
     >>> check_features([{"x": 1.0, "color": "red"}], ["x", "color=red"], "m")
-    >>> try:
+    >>> try:  # doctest: +NORMALIZE_WHITESPACE
     ...     check_features([{"color": "red"}], ["x", "color=red"], "m")
     ... except ServingError as ex:
     ...     print(ex)
-    row 0 of a request to model 'm' lacks feature(s) x (strict serving: HotSwapClient(strict=False) counts missing features as 0 and ignores unknown ones)
+    row 0 of a request to model 'm' lacks feature(s) x (strict serving:
+    HotSwapClient(strict=False) counts missing features as 0 and ignores unknown ones)
     """
     raw = set()
     for column in columns:

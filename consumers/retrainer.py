@@ -82,15 +82,20 @@ class Retrainer(ControlConsumer):
             card["seconds"] = round(time.monotonic() - started, 3)
             version = await self.registry.register(model, card, artifacts)
             await self.registry.log(
-                "retrain", model, version.version, why=f"{event.data['reason']} ({event.id})",
+                "retrain",
+                model,
+                version.version,
+                why=f"{event.data['reason']} ({event.id})",
                 result="promoted" if promote else f"kept champion: {card['gate']['reason']}",
-                seconds=card["seconds"], **search_log(card),
-            )  # fmt: skip
+                seconds=card["seconds"],
+                **search_log(card),
+            )
             self.metrics.results.labels(self.name, "promoted" if promote else "kept_champion").inc()
             if promote:
                 previous = await self.registry.set_alias(model, "champion", version.version)
-                await self.registry.log("promote", model, version.version, "gate passed",
-                                        "champion", previous=previous)  # fmt: skip
+                await self.registry.log(
+                    "promote", model, version.version, "gate passed", "champion", previous=previous
+                )
             done = version.version
         version = self.registry.mirror.get(model, done)
         card = version.card
@@ -111,11 +116,16 @@ class Retrainer(ControlConsumer):
         if card["gate"]["promoted"]:
             await self.emit(
                 "model.promoted",
-                {"model": model, "version": version.version, "alias": "champion",
-                 "previous_version": card.get("parent_version"), "reason": card["gate"]["reason"]},
+                {
+                    "model": model,
+                    "version": version.version,
+                    "alias": "champion",
+                    "previous_version": card.get("parent_version"),
+                    "reason": card["gate"]["reason"],
+                },
                 subject=model,
                 event_id=_derived_id(event, "model.promoted"),
-            )  # fmt: skip
+            )
         log.info(
             "retrainer: %s %s registered (updated event %s)", model, version.version, updated["id"]
         )
@@ -138,8 +148,9 @@ class Retrainer(ControlConsumer):
         if window.get("offsets"):
             r = window["offsets"][0]
             partition, start, stop = r["partition"], r["start"], r["end"]
-            records = await read_range(self.settings.kafka, topic, partition, start, stop,
-                                       within=m.retrain_wait_s)  # fmt: skip
+            records = await read_range(
+                self.settings.kafka, topic, partition, start, stop, within=m.retrain_wait_s
+            )
             examples = self._of_stream(records, stream)
         elif data["reason"] in ("drift", "feature_drift"):
             start = await self._drift_point(stream, partition, end, data.get("position") or {})
@@ -147,8 +158,9 @@ class Retrainer(ControlConsumer):
         else:
             size = window.get("last_n", m.retrain_window)
             start = max(0, end - size)
-            records = await read_range(self.settings.kafka, topic, partition, start, end,
-                                       within=m.retrain_wait_s)  # fmt: skip
+            records = await read_range(
+                self.settings.kafka, topic, partition, start, end, within=m.retrain_wait_s
+            )
             examples = self._of_stream(records, stream)[-size:]
         if len(examples) < m.retrain_min_examples:
             msg = (
@@ -171,8 +183,9 @@ class Retrainer(ControlConsumer):
         stop, step = end, 5000
         while stop > 0 and end - stop < 200_000:
             start = max(0, stop - step)
-            records = await read_range(self.settings.kafka, self.topics.examples, partition,
-                                       start, stop, within=30)  # fmt: skip
+            records = await read_range(
+                self.settings.kafka, self.topics.examples, partition, start, stop, within=30
+            )
             for record, example in reversed(self._of_stream(records, stream)):
                 if tuple(example.sample) == wanted:
                     return int(record.offset)
@@ -191,8 +204,9 @@ class Retrainer(ControlConsumer):
         while len(examples) < size and loop.time() < deadline and not self._stopping.is_set():
             end = await partition_end(self.settings.kafka, self.topics.examples, partition)
             if end > position:
-                records = await read_range(self.settings.kafka, self.topics.examples, partition,
-                                           position, end, within=30)  # fmt: skip
+                records = await read_range(
+                    self.settings.kafka, self.topics.examples, partition, position, end, within=30
+                )
                 examples += self._of_stream(records, stream)
                 position = records[-1].offset + 1 if records else end
             else:
@@ -229,8 +243,9 @@ class Retrainer(ControlConsumer):
             warm = champion[1] if (strategy == "warm" and champion) else None
             if strategy == "warm" and warm is None:
                 continue
-            scores = cross_validate(train_x, train_y, task, names, self.params, m.retrain_folds,
-                                    warm)  # fmt: skip
+            scores = cross_validate(
+                train_x, train_y, task, names, self.params, m.retrain_folds, warm
+            )
             tried[strategy] = float(np.mean(scores))
         # The search fine-tunes the champion where a trial's layers match it, unless the
         # strategy is scratch; its winner is trained the same way.
@@ -254,10 +269,14 @@ class Retrainer(ControlConsumer):
         )
         promote = comparison.significant if champion else True
         reason = (
-            "no champion yet" if not champion
-            else ("better and significant" if promote else
-                  ("not better" if not comparison.better else "not significant"))
-        )  # fmt: skip
+            "no champion yet"
+            if not champion
+            else (
+                "better and significant"
+                if promote
+                else ("not better" if not comparison.better else "not significant")
+            )
+        )
         records = [r for r, _ in examples]
         card = {
             "parent_version": champion[0] if champion else None,
@@ -265,18 +284,26 @@ class Retrainer(ControlConsumer):
             "trigger": {"type": event.type, "source": event.source, "reason": event.data["reason"]},
             "task": task,
             "window": {
-                "offsets": [{"topic": window["topic"], "partition": window["partition"],
-                             "start": records[0].offset, "end": records[-1].offset + 1}],
+                "offsets": [
+                    {
+                        "topic": window["topic"],
+                        "partition": window["partition"],
+                        "start": records[0].offset,
+                        "end": records[-1].offset + 1,
+                    }
+                ],
                 "time_ms": [records[0].timestamp, records[-1].timestamp],
-                "examples": len(examples), "train": cut, "holdout": len(targets) - cut,
+                "examples": len(examples),
+                "train": cut,
+                "holdout": len(targets) - cut,
             },
-            "hyperparameters": params[best].as_dict() | {"strategy": best,
-                                                         "epochs_run": candidate.epochs_run},
-            "metrics": {"cv_" + k: v for k, v in tried.items()} | {
-                "holdout_" + comparison.metric: comparison.candidate},
+            "hyperparameters": params[best].as_dict()
+            | {"strategy": best, "epochs_run": candidate.epochs_run},
+            "metrics": {"cv_" + k: v for k, v in tried.items()}
+            | {"holdout_" + comparison.metric: comparison.candidate},
             "comparison": comparison.as_dict(),
             "gate": {"promoted": promote, "reason": reason, "alpha": m.promote_alpha},
-        }  # fmt: skip
+        }
         if searched is not None:
             card["search"] = searched | {"candidates": tried, "chosen": best}
         holdout = {"feature_names": names, "X": hold_x.tolist(), "y": hold_y}
@@ -302,15 +329,28 @@ class Retrainer(ControlConsumer):
         started = time.monotonic()
         try:
             result = search(
-                matrix, targets, task, names, folds=m.retrain_folds, trials=m.retrain_trials,
-                budget_s=m.retrain_budget_s, seed=self.params.seed, base=self.params,
-                space=space, warm_start=warm, try_base=False,
+                matrix,
+                targets,
+                task,
+                names,
+                folds=m.retrain_folds,
+                trials=m.retrain_trials,
+                budget_s=m.retrain_budget_s,
+                seed=self.params.seed,
+                base=self.params,
+                space=space,
+                warm_start=warm,
+                try_base=False,
                 startup_trials=startup_trials(m.retrain_trials),
-            )  # fmt: skip
+            )
         except TrainingError as ex:
             log.warning("retrainer: search skipped, keeping the fixed candidates: %s", ex)
-            skipped = {"space": space.as_dict(), "skipped": str(ex), "trials": [],
-                       "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+            skipped = {
+                "space": space.as_dict(),
+                "skipped": str(ex),
+                "trials": [],
+                "seconds": round(time.monotonic() - started, 3),
+            }
             return skipped, None
         return result.as_dict() | {"warm_start": warm is not None}, result
 

@@ -7,7 +7,8 @@ on the features, and the maintenance loop (retrain, quantize, hot-swap) around i
 >>> import eddy
 >>> from river import linear_model, preprocessing
 >>> app = eddy.App(eddy.KafkaConfig("localhost:9092"), prefix="fraud.")
->>> _ = app.stream("cards", model=preprocessing.StandardScaler() | linear_model.LogisticRegression())
+>>> model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+>>> _ = app.stream("cards", model=model)
 >>> _ = app.stream("merchants", model="hoeffding")
 >>> sorted(app.streams)
 ['cards', 'merchants']

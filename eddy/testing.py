@@ -157,10 +157,12 @@ class TestRun:
         (default: the logical clock now)."""
         now = next(self._clock)
         for unit in self.units.values():
-            unit.on_idle({
-                "labels": now if label_clock_ms is None else label_clock_ms,
-                "samples": now if sample_clock_ms is None else sample_clock_ms,
-            })  # fmt: skip
+            unit.on_idle(
+                {
+                    "labels": now if label_clock_ms is None else label_clock_ms,
+                    "samples": now if sample_clock_ms is None else sample_clock_ms,
+                }
+            )
         self._collect()
         self.process()
 
@@ -185,7 +187,7 @@ class TestRun:
                             record.value,
                             tuple(record.headers),
                         )
-                    ],  # fmt: skip
+                    ],
                 )
             self.produced.append(record)
 

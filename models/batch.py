@@ -154,9 +154,14 @@ class BatchModel:
         net = _network(len(state["feature_names"]), n_out, params.hidden)
         net.load_state_dict(state["state_dict"])
         return cls(
-            state["task"], state["feature_names"], state["classes"],
-            state["mean"].numpy(), state["std"].numpy(), params, net,
-        )  # fmt: skip
+            state["task"],
+            state["feature_names"],
+            state["classes"],
+            state["mean"].numpy(),
+            state["std"].numpy(),
+            params,
+            net,
+        )
 
 
 def _network(d: int, k: int, hidden: tuple[int, ...]) -> nn.Sequential:
@@ -246,9 +251,16 @@ def train(
         net.load_state_dict(best_state)
     net.eval()
     return BatchModel(
-        task, feature_names, classes, mean.astype(np.float32), std.astype(np.float32), params,
-        net, epochs_run, losses,
-    )  # fmt: skip
+        task,
+        feature_names,
+        classes,
+        mean.astype(np.float32),
+        std.astype(np.float32),
+        params,
+        net,
+        epochs_run,
+        losses,
+    )
 
 
 def _loss(out: torch.Tensor, y: torch.Tensor, regression: bool) -> torch.Tensor:

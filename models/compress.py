@@ -173,16 +173,28 @@ def distill(
         torch.manual_seed(seed)
         net = _network(len(teacher.feature_names), _outputs(teacher), tuple(hidden))
         _fit_to_teacher(
-            teacher, net, _standardized(teacher, matrix), epochs=epochs, lr=lr,
-            temperature=temperature, batch_size=batch_size, seed=seed,
-        )  # fmt: skip
+            teacher,
+            net,
+            _standardized(teacher, matrix),
+            epochs=epochs,
+            lr=lr,
+            temperature=temperature,
+            batch_size=batch_size,
+            seed=seed,
+        )
     params = TrainParams(
         hidden=tuple(hidden), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, patience=0
     )
     return BatchModel(
-        teacher.task, list(teacher.feature_names), copy.copy(teacher.classes),
-        teacher.mean.copy(), teacher.std.copy(), params, net, epochs,
-    )  # fmt: skip
+        teacher.task,
+        list(teacher.feature_names),
+        copy.copy(teacher.classes),
+        teacher.mean.copy(),
+        teacher.std.copy(),
+        params,
+        net,
+        epochs,
+    )
 
 
 def prune_structured(model: BatchModel, fraction: float) -> BatchModel:
@@ -322,24 +334,40 @@ class CompressionReport:
     def table(self) -> str:
         """A plain-text table of the variants; ``*`` marks the chosen one."""
         header = (
-            "variant", "pruning", "hidden", "bytes", "ratio", self.metric, "delta",
-            "b1 µs", "b256 rows/s", "gate",
-        )  # fmt: skip
+            "variant",
+            "pruning",
+            "hidden",
+            "bytes",
+            "ratio",
+            self.metric,
+            "delta",
+            "b1 µs",
+            "b256 rows/s",
+            "gate",
+        )
         lines = [header]
         for v in self.variants:
             gate = "-" if v.passed is None else ("pass" if v.passed else "fail")
             pruning = v.pruning if v.pruning == "none" else f"{v.pruning} {v.sparsity:.0%}"
             lines.append(
                 (
-                    ("* " if v.name == self.chosen else "  ") + v.name, pruning,
-                    "x".join(map(str, v.hidden)), str(v.bytes), f"{v.size_ratio:.2f}",
-                    f"{v.quality:.4f}", f"{v.delta:+.4f}", f"{v.batch1_us:.1f}",
-                    f"{v.batch256_per_s:,.0f}", gate,
+                    ("* " if v.name == self.chosen else "  ") + v.name,
+                    pruning,
+                    "x".join(map(str, v.hidden)),
+                    str(v.bytes),
+                    f"{v.size_ratio:.2f}",
+                    f"{v.quality:.4f}",
+                    f"{v.delta:+.4f}",
+                    f"{v.batch1_us:.1f}",
+                    f"{v.batch256_per_s:,.0f}",
+                    gate,
                 )
-            )  # fmt: skip
+            )
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                for line in lines]  # fmt: skip
+        text = [
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in lines
+        ]
         text.append(f"chosen: {self.chosen or 'none'} ({self.reason})")
         return "\n".join(text)
 
@@ -412,9 +440,15 @@ def compress(
             teacher, max_params=int(_count(teacher) * student.size_fraction)
         )
         distilled = distill(
-            teacher, train_matrix, hidden=hidden, epochs=student.epochs, lr=student.lr,
-            temperature=student.temperature, seed=seed, batch_size=student.batch_size,
-        )  # fmt: skip
+            teacher,
+            train_matrix,
+            hidden=hidden,
+            epochs=student.epochs,
+            lr=student.lr,
+            temperature=student.temperature,
+            seed=seed,
+            batch_size=student.batch_size,
+        )
         variants += [
             _Variant("student-fp32", "student", distilled, "fp32"),
             _Variant("student-int8", "student", distilled, "int8"),
@@ -426,9 +460,15 @@ def compress(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 _fit_to_teacher(
-                    teacher, pruned.net, x_train, epochs=fine_tune_epochs, lr=student.lr,
-                    temperature=student.temperature, batch_size=student.batch_size, seed=seed,
-                )  # fmt: skip
+                    teacher,
+                    pruned.net,
+                    x_train,
+                    epochs=fine_tune_epochs,
+                    lr=student.lr,
+                    temperature=student.temperature,
+                    batch_size=student.batch_size,
+                    seed=seed,
+                )
         name = f"structured-{round(fraction * 100)}-int8"
         variants.append(
             _Variant(name, "teacher", pruned, "int8", "structured", fraction, fine_tune_epochs)

@@ -81,9 +81,17 @@ def compare(
         diff_lo, _ = bootstrap_ci(champ_err - cand_err)
         better = float(cand_err.mean()) < float(champ_err.mean())
         return Comparison(
-            "mae", float(champ_err.mean()), float(cand_err.mean()), bootstrap_ci(champ_err),
-            cand_ci, None, "paired bootstrap", n, better, diff_lo > 0,
-        )  # fmt: skip
+            "mae",
+            float(champ_err.mean()),
+            float(cand_err.mean()),
+            bootstrap_ci(champ_err),
+            cand_ci,
+            None,
+            "paired bootstrap",
+            n,
+            better,
+            diff_lo > 0,
+        )
     cand_right = np.asarray([p == t for p, t in zip(candidate, targets, strict=True)], float)
     cand_acc = float(cand_right.mean())
     if champion is None:
@@ -94,6 +102,14 @@ def compare(
     p = mcnemar_p(champ_right.astype(bool).tolist(), cand_right.astype(bool).tolist())
     better = cand_acc > float(champ_right.mean())
     return Comparison(
-        "accuracy", float(champ_right.mean()), cand_acc, bootstrap_ci(champ_right),
-        bootstrap_ci(cand_right), p, "mcnemar", n, better, better and p < alpha,
-    )  # fmt: skip
+        "accuracy",
+        float(champ_right.mean()),
+        cand_acc,
+        bootstrap_ci(champ_right),
+        bootstrap_ci(cand_right),
+        p,
+        "mcnemar",
+        n,
+        better,
+        better and p < alpha,
+    )

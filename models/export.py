@@ -63,10 +63,15 @@ def to_onnx(model: BatchModel) -> bytes:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                servable, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                servable,
+                (example,),
+                str(path),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                opset_version=17, dynamo=False,
-            )  # fmt: skip
+                opset_version=17,
+                dynamo=False,
+            )
         return path.read_bytes()
 
 
@@ -145,13 +150,19 @@ def compare_int8(
     b256 = _interleaved_latency(sessions, batch, calls=50)
     timing = {name: (b1[name], 256 / b256[name]) for name in sessions}
     return QuantizationReport(
-        fp32_bytes=len(fp32), int8_bytes=len(int8), size_ratio=len(fp32) / len(int8),
-        fp32_accuracy=quality["fp32"], int8_accuracy=quality["int8"],
+        fp32_bytes=len(fp32),
+        int8_bytes=len(int8),
+        size_ratio=len(fp32) / len(int8),
+        fp32_accuracy=quality["fp32"],
+        int8_accuracy=quality["int8"],
         accuracy_delta=quality["int8"] - quality["fp32"],
-        fp32_batch1_us=timing["fp32"][0] * 1e6, int8_batch1_us=timing["int8"][0] * 1e6,
-        fp32_batch256_per_s=timing["fp32"][1], int8_batch256_per_s=timing["int8"][1],
-        pruned=pruned, metric="mae" if model.task == "regression" else "accuracy",
-    )  # fmt: skip
+        fp32_batch1_us=timing["fp32"][0] * 1e6,
+        int8_batch1_us=timing["int8"][0] * 1e6,
+        fp32_batch256_per_s=timing["fp32"][1],
+        int8_batch256_per_s=timing["int8"][1],
+        pruned=pruned,
+        metric="mae" if model.task == "regression" else "accuracy",
+    )
 
 
 def _interleaved_latency(

@@ -18,6 +18,7 @@ learned every other example.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import time
@@ -121,10 +122,8 @@ def finite_numbers(obj: Any, limit: int = 200_000) -> set[str]:
         elif isinstance(value, list | tuple):
             stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
         elif hasattr(value, "items") and callable(value.items):  # River's VectorDict and kin
-            try:
+            with contextlib.suppress(TypeError):
                 stack.extend((f"{path}[{k!r}]", v) for k, v in value.items())
-            except TypeError:
-                pass
         elif hasattr(value, "__dict__"):
             stack.extend((f"{path}.{k}", v) for k, v in vars(value).items())
     return found

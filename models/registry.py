@@ -110,10 +110,10 @@ class Registry:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (
-                self.versions(p.name) or (p / ONLINE / "card.json").exists()
-            )
-        )  # fmt: skip
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and (self.versions(p.name) or (p / ONLINE / "card.json").exists())
+        )
 
     def aliases(self, model: str) -> dict[str, str]:
         """``{alias: version}`` of ``model``."""

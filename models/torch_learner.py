@@ -257,12 +257,15 @@ class TorchLearner:
     def learn_many(self, xs: Sequence[Features], ys: Sequence[Any], refs: Sequence[Any]) -> None:
         """Collect the examples; take a step for every full mini-batch."""
         for x, y, ref in zip(xs, ys, refs, strict=True):
-            if self.task != "regression" and self.spec.module is not None:
-                if y not in self._class_index:
-                    known = ", ".join(map(repr, self.classes))
-                    message = f"class {y!r} is not one of the module's classes ({known})"
-                    self._refused.append(Refused(ref, LEARN_ERROR, message))
-                    continue
+            if (
+                self.task != "regression"
+                and self.spec.module is not None
+                and y not in self._class_index
+            ):
+                known = ", ".join(map(repr, self.classes))
+                message = f"class {y!r} is not one of the module's classes ({known})"
+                self._refused.append(Refused(ref, LEARN_ERROR, message))
+                continue
             self._pending.append((x, y, ref))
             if len(self._pending) >= self.batch_size:
                 self._step_pending()

@@ -270,9 +270,13 @@ def search(
                     raise optuna.TrialPruned
                 keep = np.r_[0:lo, hi:n]
                 model = train(
-                    matrix[keep], [targets[i] for i in keep], task, feature_names, params,
+                    matrix[keep],
+                    [targets[i] for i in keep],
+                    task,
+                    feature_names,
+                    params,
                     warm_start,
-                )  # fmt: skip
+                )
                 running.append(score(model, matrix[lo:hi], targets[lo:hi]))
                 trial.set_user_attr("folds_run", step + 1)
                 mean = float(np.mean(running))

@@ -31,10 +31,18 @@ from eddy.streams.settings import KafkaConfig, Settings
 
 # Per-stream settings a [streams.<name>] table (or App.stream) may give.
 STREAM_KEYS = (
-    "model", "task", "detector", "metrics", "drift_min_examples", "drift_cooldown",
-    "metrics_window", "batch_size", "score_at_label_time", "feature_drift",
+    "model",
+    "task",
+    "detector",
+    "metrics",
+    "drift_min_examples",
+    "drift_cooldown",
+    "metrics_window",
+    "batch_size",
+    "score_at_label_time",
+    "feature_drift",
     "feature_drift_retrain",
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -48,7 +56,8 @@ class App:
 
     >>> from river import linear_model, preprocessing
     >>> app = App(KafkaConfig("localhost:9092"), prefix="fraud.")
-    >>> spec = app.stream("cards", model=preprocessing.StandardScaler() | linear_model.LogisticRegression())
+    >>> model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    >>> spec = app.stream("cards", model=model)
     >>> spec.task, sorted(app.streams)
     ('binary', ['cards'])
     """
@@ -118,13 +127,17 @@ class App:
         assert self.settings is not None
         learning = self.settings.learning
         values: dict[str, Any] = {
-            "model": learning.model, "task": learning.task, "detector": learning.detector,
+            "model": learning.model,
+            "task": learning.task,
+            "detector": learning.detector,
             "drift_min_examples": learning.drift_min_examples,
-            "drift_cooldown": learning.drift_cooldown, "metrics_window": learning.metrics_window,
-            "batch_size": learning.batch_size, "score_at_label_time": learning.score_at_label_time,
+            "drift_cooldown": learning.drift_cooldown,
+            "metrics_window": learning.metrics_window,
+            "batch_size": learning.batch_size,
+            "score_at_label_time": learning.score_at_label_time,
             "feature_drift": learning.feature_drift,
             "feature_drift_retrain": learning.feature_drift_retrain,
-        }  # fmt: skip
+        }
         values |= {k: v for k, v in options.items() if v is not None}
         if isinstance(values.get("metrics"), list):
             values["metrics"] = tuple(values["metrics"])

@@ -76,9 +76,16 @@ class Changelog:
         slot = other_slot(self._slots.get(partition, (None, 0))[0])
         previous = self._chunks_in.get((partition, slot), 0)
         manifest = await send_blob(
-            producer, self.topic, partition, NAME, data, self.chunk_bytes, slot, previous,
+            producer,
+            self.topic,
+            partition,
+            NAME,
+            data,
+            self.chunk_bytes,
+            slot,
+            previous,
             {"generation": generation, "group": self.group},
-        )  # fmt: skip
+        )
         self._slots[partition] = (slot, len(manifest["chunks"]))
         self._chunks_in[(partition, slot)] = len(manifest["chunks"])
         await asyncio.to_thread(self._write_cache, partition, data, manifest)
@@ -118,8 +125,11 @@ class Changelog:
             else:
                 log.warning(
                     "partition %d: the changelog %s holds no usable checkpoint; restored the "
-                    "local copy (generation %s)", partition, self.topic, cached.get("generation"),
-                )  # fmt: skip
+                    "local copy (generation %s)",
+                    partition,
+                    self.topic,
+                    cached.get("generation"),
+                )
                 return Restored(state, int(cached.get("generation", 0)), "cache", cached)
         return None
 
@@ -140,14 +150,19 @@ class Changelog:
                 )
                 return Restored(state, generation, f"{where} (local copy)", manifest)
             except (OSError, SealError) as ex:
-                log.warning("partition %d: local copy refused (%s); reading the changelog",
-                            partition, ex)  # fmt: skip
+                log.warning(
+                    "partition %d: local copy refused (%s); reading the changelog", partition, ex
+                )
         try:
             data = await fetch_blob(consumer, tp, manifest)
             state = await asyncio.to_thread(unseal, data, self.key, where)
         except (BrokerError, SealError, KeyError, TypeError) as ex:
-            log.warning("partition %d: checkpoint at %s refused (%s); trying an older one",
-                        partition, where, ex)  # fmt: skip
+            log.warning(
+                "partition %d: checkpoint at %s refused (%s); trying an older one",
+                partition,
+                where,
+                ex,
+            )
             return None
         return Restored(state, generation, where, manifest)
 

@@ -271,9 +271,11 @@ def decode_example(raw: bytes, max_bytes: int = 1_048_576) -> Example:
 
 def _served(value: Any) -> Served:
     _require_object(
-        value, ("prediction", "model_version", "model_examples"),
-        ("prediction", "model_version", "model_examples", "proba"), "$.served",
-    )  # fmt: skip
+        value,
+        ("prediction", "model_version", "model_examples"),
+        ("prediction", "model_version", "model_examples", "proba"),
+        "$.served",
+    )
     prediction = value["prediction"]
     if prediction is not None:
         _label_value(prediction, "$.served.prediction")

@@ -119,8 +119,15 @@ class Stored:
     @classmethod
     def of(cls, record: Record) -> Stored:
         """Keep what dead-lettering needs of ``record``."""
-        return cls(record.topic, record.partition, record.offset, record.timestamp,
-                   record.key, record.value, tuple(record.headers or ()))  # fmt: skip
+        return cls(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.key,
+            record.value,
+            tuple(record.headers or ()),
+        )
 
 
 class Unmatched(DecodeError):
@@ -137,6 +144,9 @@ class Unmatched(DecodeError):
             "duplicate)",
         }[reason]
         super().__init__(f"{kind} {what}")
+
+
+VALUE_TOO_LARGE = "value_too_large"
 
 
 class Refusal(DecodeError):
@@ -318,7 +328,7 @@ class Unit:
             raise Refusal(reason, message)
         problem = feature_magnitude_problem(sample.features, self.ctx.max_feature_magnitude)
         if problem is not None:
-            raise Refusal("value_too_large", problem)
+            raise Refusal(VALUE_TOO_LARGE, problem)
         if sample.label is not None:
             problem = label_problem(spec.task, sample.label) or self._label_magnitude(
                 spec, sample.label
@@ -396,7 +406,7 @@ class Unit:
                     orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS),
                     sample.id.encode(),
                     j,
-                )  # fmt: skip
+                )
             )
             if hook is not None:
                 self._call(hook, event)
@@ -425,9 +435,13 @@ class Unit:
             self._feature_drift(stream, found, monitor, version, items[-1][1])
 
     def _feature_drift(
-        self, stream: str, found: list[FeatureDrift], monitor: FeatureMonitor, version: str,
+        self,
+        stream: str,
+        found: list[FeatureDrift],
+        monitor: FeatureMonitor,
+        version: str,
         stored: Stored,
-    ) -> None:  # fmt: skip
+    ) -> None:
         metrics = self.ctx.metrics
         for finding in found:
             metrics.feature_drifts.labels(stream, finding.kind).inc()
@@ -441,26 +455,35 @@ class Unit:
         data = {
             "stream": stream,
             "partition": self.p,
-            "position": {"partition": stored.partition, "offset": stored.offset,
-                         "sample_count": monitor.count},
+            "position": {
+                "partition": stored.partition,
+                "offset": stored.offset,
+                "sample_count": monitor.count,
+            },
             "retrain": retrain,
             "findings": [_finding_json(f) for f in found[:256]],
-        }  # fmt: skip
+        }
         if version != "none":
             data["model_version"] = version
         log.info(
             "features of stream %r moved (partition %d, %d samples): %s",
-            stream, self.p, monitor.count,
+            stream,
+            self.p,
+            monitor.count,
             ", ".join(f"{f.feature} {f.test} p={f.p_value:.2g}" for f in found[:8]),
-        )  # fmt: skip
+        )
         event_id = self._event_id("feature_drift", stream, monitor.count)
         event = self._event("feature_drift.detected", data, stream, event_id)
         if self.ctx.hooks.on_drift is not None:
             self._call(self.ctx.hooks.on_drift, {"type": "feature_drift"} | data)
         if retrain:
             request = {"stream": stream, "reason": "feature_drift", "trigger_event_id": event["id"]}
-            self._event("retrain.requested", request, stream,
-                        self._event_id("retrain-features", stream, monitor.count))  # fmt: skip
+            self._event(
+                "retrain.requested",
+                request,
+                stream,
+                self._event_id("retrain-features", stream, monitor.count),
+            )
 
     # -- labels and the join -----------------------------------------------------------------
 
@@ -477,15 +500,20 @@ class Unit:
         self, sample: Sample, served: Served | None, prediction: Prediction | None, stored: Stored
     ) -> None:
         at = stored.timestamp
-        pending = Pending(sample.id, _Held(sample, served, prediction, stored),
-                          (stored.partition, stored.offset), at)  # fmt: skip
+        pending = Pending(
+            sample.id,
+            _Held(sample, served, prediction, stored),
+            (stored.partition, stored.offset),
+            at,
+        )
         self._emit(self.state.join.add_sample(pending, sample.label))
 
     def _join_label(self, label: Label, stored: Stored) -> None:
         if label.id in self._waiting_ids:
             self.flush_predictions()  # its sample was read in this batch: hold it first
-        pending = Pending(label.id, (label, stored), (stored.partition, stored.offset),
-                          stored.timestamp)  # fmt: skip
+        pending = Pending(
+            label.id, (label, stored), (stored.partition, stored.offset), stored.timestamp
+        )
         self._emit(self.state.join.add_label(pending))
 
     def _emit(self, results: list[Joined | Unjoined]) -> None:
@@ -509,10 +537,15 @@ class Unit:
                 counts["joined"] += 1
                 sample = held.sample
                 example = Example(
-                    id=sample.id, stream=sample.stream, features=sample.features, label=value,
+                    id=sample.id,
+                    stream=sample.stream,
+                    features=sample.features,
+                    label=value,
                     sample=(held.stored.partition, held.stored.offset),
-                    label_at=result.label_position, ts=sample.ts, served=held.served,
-                )  # fmt: skip
+                    label_at=result.label_position,
+                    ts=sample.ts,
+                    served=held.served,
+                )
                 if sample.ts is not None and result.label_position is not None:
                     delay = max(now_ms() - sample.ts, 0) / 1000
                     self.ctx.metrics.label_delay.observe(delay)
@@ -522,9 +555,11 @@ class Unit:
                 else:
                     self._forward_example(example, held.stored, q)
             else:
-                stored = result.entry.payload.stored if result.kind == "sample" else (
-                    result.entry.payload[1]
-                )  # fmt: skip
+                stored = (
+                    result.entry.payload.stored
+                    if result.kind == "sample"
+                    else (result.entry.payload[1])
+                )
                 error = Unmatched(result.kind, result.reason, self.ctx.join_ttl_ms / 1000)
                 counts[error.reason] += 1
                 self.ctx.metrics.unjoined.labels(result.kind, result.reason).inc()
@@ -551,8 +586,15 @@ class Unit:
             (KIND, b"example"),
             (SOURCE, f"{stored.topic}:{stored.partition}:{stored.offset}".encode()),
         ]
-        self.ctx.out.append(Out(self.ctx.topics.repartition, encode_example(example),
-                                example.stream.encode(), to, headers))  # fmt: skip
+        self.ctx.out.append(
+            Out(
+                self.ctx.topics.repartition,
+                encode_example(example),
+                example.stream.encode(),
+                to,
+                headers,
+            )
+        )
         self.ctx.metrics.forwarded.labels("example").inc()
 
     def _on_forwarded(self, record: Record, latest: int, now: int) -> None:
@@ -567,7 +609,8 @@ class Unit:
             return
         where, _, offset = source.rpartition(":")
         if kind not in (b"sample", b"label") or not offset.isdigit():
-            raise DecodeError(f"repartition record with kind {kind!r} and source {source!r}")
+            message = f"repartition record with kind {kind!r} and source {source!r}"
+            raise DecodeError(message)
         if int(offset) <= self.state.forwarded.get(where, -1):
             return  # replayed by its sender after a restart: applied already
         self.state.forwarded[where] = int(offset)
@@ -596,8 +639,13 @@ class Unit:
             spec = self.ctx.policy.spec(example.stream)
             learner = state.learners[example.stream] = StreamLearner(example.stream, spec)
             self.ctx.directory.owned(example.stream, learner)
-            log.info("new stream %r (%s, %s) in partition %d",
-                     example.stream, spec.model_name, spec.task, self.p)  # fmt: skip
+            log.info(
+                "new stream %r (%s, %s) in partition %d",
+                example.stream,
+                spec.model_name,
+                spec.task,
+                self.p,
+            )
         if learner.changes_on_learn() and self._to_predict:
             self.flush_predictions()  # samples read before this label see the model before it
         state.recent.add(example.id)
@@ -617,7 +665,7 @@ class Unit:
                     encode_example(example),
                     example.stream.encode(),
                     self.p,
-                )  # fmt: skip
+                )
             )
         for refused in learned.refused:
             self._refused(example.stream, refused)
@@ -639,33 +687,58 @@ class Unit:
         error = Refusal(refused.reason, f"learning stream {stream!r}: {refused.message}")
         value = encode_example(example)
         self.dead_letter(stored, error, value=value)
-        log.warning("stream %r refused example %r (%s): %s",
-                    stream, example.id, refused.reason, refused.message)  # fmt: skip
+        log.warning(
+            "stream %r refused example %r (%s): %s",
+            stream,
+            example.id,
+            refused.reason,
+            refused.message,
+        )
 
     def _drift(self, learner: StreamLearner, finding: DriftFinding) -> None:
         signal = finding.signal
         stream = learner.stream
         self.ctx.metrics.drifts.labels(stream, signal.level).inc()
         _, stored = finding.ref
-        position = {"partition": stored.partition, "offset": stored.offset,
-                    "sample_count": signal.count}  # fmt: skip
-        log.info("%s %s on stream %r at example %d", signal.detector, signal.level, stream,
-                 signal.count)  # fmt: skip
+        position = {
+            "partition": stored.partition,
+            "offset": stored.offset,
+            "sample_count": signal.count,
+        }
+        log.info(
+            "%s %s on stream %r at example %d", signal.detector, signal.level, stream, signal.count
+        )
         data = {
-            "stream": stream, "model_version": learner.version, "detector": signal.detector,
-            "level": signal.level, "position": position,
-            "metrics_before": finding.metrics_before, "metrics_after": finding.metrics_after,
-        }  # fmt: skip
-        drift = self._event("drift.detected", data, stream,
-                            self._event_id("drift", stream, signal.count, signal.level))  # fmt: skip
+            "stream": stream,
+            "model_version": learner.version,
+            "detector": signal.detector,
+            "level": signal.level,
+            "position": position,
+            "metrics_before": finding.metrics_before,
+            "metrics_after": finding.metrics_after,
+        }
+        drift = self._event(
+            "drift.detected",
+            data,
+            stream,
+            self._event_id("drift", stream, signal.count, signal.level),
+        )
         if self.ctx.hooks.on_drift is not None:
             self._call(self.ctx.hooks.on_drift, {"type": "drift"} | data)
         if signal.level != "drift":
             return
-        request = {"stream": stream, "reason": "drift", "trigger_event_id": drift["id"],
-                   "position": position}  # fmt: skip
-        self._event("retrain.requested", request, stream,
-                    self._event_id("retrain", stream, signal.count, signal.level))  # fmt: skip
+        request = {
+            "stream": stream,
+            "reason": "drift",
+            "trigger_event_id": drift["id"],
+            "position": position,
+        }
+        self._event(
+            "retrain.requested",
+            request,
+            stream,
+            self._event_id("retrain", stream, signal.count, signal.level),
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -681,19 +754,33 @@ class Unit:
         self.ctx.metrics.dead_lettered.labels(kind, reason).inc()
         self.state.counts[f"dead:{reason}"] += 1
         if self.ctx.hooks.on_error is not None:
-            self._call(self.ctx.hooks.on_error, {
-                "reason": reason, "message": str(error), "topic": record.topic,
-                "partition": record.partition, "offset": record.offset,
-            })  # fmt: skip
-        log.debug("dead-lettered %s[%d]@%d (%s): %s",
-                  record.topic, record.partition, record.offset, reason, error)  # fmt: skip
+            self._call(
+                self.ctx.hooks.on_error,
+                {
+                    "reason": reason,
+                    "message": str(error),
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+        log.debug(
+            "dead-lettered %s[%d]@%d (%s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            error,
+        )
 
     def _decode(self, decode: Any, record: Record, latest: int) -> Any:
         event = decode(record.value, self.ctx.max_message_bytes)
         if event.ts is not None and event.ts > latest:
             ahead = (event.ts - latest + self.ctx.max_future_ms) / 1000
-            msg = (f"$.ts is {ahead:,.0f} s ahead of this machine's clock; at most "
-                   f"{self.ctx.max_future_ms / 1000:g} s is accepted (EDDY_MAX_FUTURE_S)")  # fmt: skip
+            msg = (
+                f"$.ts is {ahead:,.0f} s ahead of this machine's clock; at most "
+                f"{self.ctx.max_future_ms / 1000:g} s is accepted (EDDY_MAX_FUTURE_S)"
+            )
             raise TimestampInFuture(msg)
         return event
 
@@ -719,9 +806,11 @@ class Unit:
             return
         self.ctx.warned.add(key)
         if spec.task == "binary":
-            fix = ("its labels look like classes such as %r: set the stream's task to "
-                   "multiclass (--task multiclass, EDDY_TASK, or task = \"multiclass\" in its "
-                   "[streams.%s] table)") % (label, stream)  # fmt: skip
+            fix = (
+                f"its labels look like classes such as {label!r}: set the stream's task to "
+                'multiclass (--task multiclass, EDDY_TASK, or task = "multiclass" in its '
+                f"[streams.{stream}] table)"
+            )
         elif spec.task == "regression":
             fix = (
                 f"its labels look like classes such as {label!r}, not numbers: set the "
@@ -732,14 +821,23 @@ class Unit:
         log.warning(
             "stream %r is configured for task %s but %s; until then its examples are "
             "dead-lettered (unknown_class). This is said once per stream.",
-            stream, spec.task, fix,
-        )  # fmt: skip
+            stream,
+            spec.task,
+            fix,
+        )
 
     def _event(self, kind: str, data: dict[str, Any], stream: str, event_id: str) -> dict[str, Any]:
         self.state.sequence = next_sequence(self.state.sequence)
         # Each partition is its own source: its sequence numbers grow on their own.
-        event = make_event(kind, self._source, data, subject=stream, event_id=event_id,
-                           signing_key=self.ctx.signing_key, sequence=self.state.sequence)  # fmt: skip
+        event = make_event(
+            kind,
+            self._source,
+            data,
+            subject=stream,
+            event_id=event_id,
+            signing_key=self.ctx.signing_key,
+            sequence=self.state.sequence,
+        )
         self.ctx.out.append(Out(self.ctx.topics.events, orjson.dumps(event), stream.encode(), 0))
         return event
 
@@ -765,11 +863,14 @@ def _dense(features: list[Any]) -> dict[str, Any]:
 
 def _finding_json(f: FeatureDrift) -> dict[str, Any]:
     return {
-        "feature": f.feature[:256], "kind": f.kind, "test": f.test,
+        "feature": f.feature[:256],
+        "kind": f.kind,
+        "test": f.test,
         "statistic": float(f.statistic) if abs(f.statistic) < 1e300 else 1e300,
         "p_value": min(max(float(f.p_value), 0.0), 1.0),
-        "reference_size": f.reference_size, "recent_size": f.recent_size,
-    }  # fmt: skip
+        "reference_size": f.reference_size,
+        "recent_size": f.recent_size,
+    }
 
 
 _INTERNAL_HEADERS = frozenset((KIND, SOURCE, SERVED))
@@ -781,15 +882,26 @@ def _origin(record: Record, source: str) -> Stored:
     where_topic, _, partition = topic.rpartition(":")
     headers = tuple((k, v) for k, v in (record.headers or ()) if k not in _INTERNAL_HEADERS)
     try:
-        return Stored(where_topic, int(partition), int(rest), record.timestamp, record.key,
-                      record.value, headers)  # fmt: skip
+        return Stored(
+            where_topic,
+            int(partition),
+            int(rest),
+            record.timestamp,
+            record.key,
+            record.value,
+            headers,
+        )
     except ValueError:
         return Stored.of(record)
 
 
 def _served_from_json(value: dict[str, Any]) -> Served:
-    return Served(value.get("prediction"), value.get("proba"), value["model_version"],
-                  int(value["model_examples"]))  # fmt: skip
+    return Served(
+        value.get("prediction"),
+        value.get("proba"),
+        value["model_version"],
+        int(value["model_examples"]),
+    )
 
 
 def _prediction_of(served: Served | None, label: Any) -> Prediction | None:

@@ -365,7 +365,8 @@ async def watch_connectivity(
                 log.warning(
                     "%s: Kafka at %s does not answer: agents wait and reconnect by "
                     "themselves, then resume from their checkpoints",
-                    role, where,
-                )  # fmt: skip
+                    role,
+                    where,
+                )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)

@@ -87,15 +87,19 @@ def _with_registry(
 
     async def main() -> Any:
         registry = KafkaRegistry(
-            settings.kafka, settings.topics.prefix, settings.data_dir / "registry",
+            settings.kafka,
+            settings.topics.prefix,
+            settings.data_dir / "registry",
             signing_key(settings.state),
-        )  # fmt: skip
+        )
         try:
             try:
                 await registry.sync()
             except (BrokerError, EddyError, OSError) as ex:
-                console.print(f"[yellow]eddy: the registry topic could not be read ({ex}); "
-                              f"showing the local mirror {registry.mirror.root}[/]")  # fmt: skip
+                console.print(
+                    f"[yellow]eddy: the registry topic could not be read ({ex}); "
+                    f"showing the local mirror {registry.mirror.root}[/]"
+                )
             return await work(registry)
         finally:
             await registry.close()
@@ -111,9 +115,13 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         table = Table("model", "versions", "champion", "challenger", "online model")
         for model in mirror.models():
             aliases = mirror.aliases(model)
-            table.add_row(model, ", ".join(mirror.versions(model)) or "-",
-                          aliases.get("champion", "-"), aliases.get("challenger", "-"),
-                          _online(mirror, model))  # fmt: skip
+            table.add_row(
+                model,
+                ", ".join(mirror.versions(model)) or "-",
+                aliases.get("champion", "-"),
+                aliases.get("challenger", "-"),
+                _online(mirror, model),
+            )
         console.print(table if mirror.models() else f"no models registered ({registry.topic})")
 
     _with_registry(settings, work)
@@ -207,13 +215,19 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(registry: KafkaRegistry) -> str | None:
         previous = await registry.set_alias(args.model, "champion", args.version)
-        await registry.log("promote", args.model, args.version, args.reason, "champion",
-                           previous=previous)  # fmt: skip
+        await registry.log(
+            "promote", args.model, args.version, args.reason, "champion", previous=previous
+        )
         return previous
 
     previous = _with_registry(settings, work)
-    data = {"model": args.model, "version": args.version, "alias": "champion",
-            "previous_version": previous, "reason": args.reason}  # fmt: skip
+    data = {
+        "model": args.model,
+        "version": args.version,
+        "alias": "champion",
+        "previous_version": previous,
+        "reason": args.reason,
+    }
     asyncio.run(_announce(settings, "model.promoted", data, args.model))
     console.print(f"{args.model}: champion {previous or '-'} -> {args.version}")
     return 0
@@ -229,13 +243,13 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
             msg = f"{args.model} {current.version} has no parent to roll back to; give --to VERSION"
             raise RegistryError(msg)
         await registry.set_alias(args.model, "champion", target)
-        await registry.log("rollback", args.model, target, args.reason, "champion",
-                           previous=current.version)  # fmt: skip
+        await registry.log(
+            "rollback", args.model, target, args.reason, "champion", previous=current.version
+        )
         return current.version, target
 
     current, target = _with_registry(settings, work)
-    data = {"model": args.model, "version": target, "from_version": current,
-            "reason": args.reason}  # fmt: skip
+    data = {"model": args.model, "version": target, "from_version": current, "reason": args.reason}
     asyncio.run(_announce(settings, "model.rolled_back", data, args.model))
     console.print(f"{args.model}: champion {current} -> {target}")
     return 0
@@ -271,9 +285,12 @@ async def _announce(
     settings: Settings, kind: str, data: dict[str, Any], subject: str
 ) -> dict[str, Any]:
     event = make_event(
-        kind, f"eddy/{settings.topics.prefix}cli", data, subject=subject,
+        kind,
+        f"eddy/{settings.topics.prefix}cli",
+        data,
+        subject=subject,
         signing_key=signing_key(settings.state),
-    )  # fmt: skip
+    )
     producer = await start_producer(settings.kafka, "cli")
     events = Topics(settings.topics.prefix).events
     try:

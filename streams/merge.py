@@ -36,7 +36,8 @@ class InputMerger:
 
     >>> from types import SimpleNamespace as R
     >>> m = InputMerger({"labels": 0, "samples": 1})
-    >>> m.add("samples", [R(topic="samples", offset=0, timestamp=10), R(topic="samples", offset=1, timestamp=30)])
+    >>> m.add("samples", [R(topic="samples", offset=0, timestamp=10),
+    ...                   R(topic="samples", offset=1, timestamp=30)])
     >>> m.add("labels", [R(topic="labels", offset=0, timestamp=20)])
     >>> [(r.topic, r.timestamp) for r in m.take(lambda topic: topic == "labels")]
     [('samples', 10), ('labels', 20)]

@@ -55,66 +55,85 @@ class EngineMetrics:
         """Register the metrics in ``registry`` (pass a fresh one in tests)."""
         return cls(
             predictions=Counter(
-                "eddy_predictions", "Predictions published when samples arrived.",
-                ["stream"], registry=registry,
+                "eddy_predictions",
+                "Predictions published when samples arrived.",
+                ["stream"],
+                registry=registry,
             ),
             staleness=Histogram(
                 "eddy_prediction_staleness_seconds",
                 "How far behind its stream's learner the model that predicted a sample was "
                 "(0: the learner itself; a replica of it in another process otherwise).",
-                ["stream"], buckets=(0, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+                ["stream"],
+                buckets=(0, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
                 registry=registry,
             ),
             predict_seconds=Histogram(
-                "eddy_predict_seconds", "Time to predict one sample (batch time / batch size).",
-                ["stream"], buckets=_SECONDS, registry=registry,
+                "eddy_predict_seconds",
+                "Time to predict one sample (batch time / batch size).",
+                ["stream"],
+                buckets=_SECONDS,
+                registry=registry,
             ),
             learned=Counter(
                 "eddy_examples_learned", "Examples learned.", ["stream"], registry=registry
             ),
             learn_seconds=Histogram(
-                "eddy_learn_seconds", "Time to score and learn one example.",
-                ["stream"], buckets=_SECONDS, registry=registry,
+                "eddy_learn_seconds",
+                "Time to score and learn one example.",
+                ["stream"],
+                buckets=_SECONDS,
+                registry=registry,
             ),
             duplicates=Counter(
                 "eddy_examples_duplicate",
                 "Examples dropped because their id was already learned (re-sent after a crash).",
-                ["stream"], registry=registry,
+                ["stream"],
+                registry=registry,
             ),
             drifts=Counter(
-                "eddy_drift_signals", "Drift detector signals on the error, by level.",
-                ["stream", "level"], registry=registry,
+                "eddy_drift_signals",
+                "Drift detector signals on the error, by level.",
+                ["stream", "level"],
+                registry=registry,
             ),
             feature_drifts=Counter(
                 "eddy_feature_drift_signals",
                 "Features (or predictions) whose distribution moved, found at sample time, by "
                 "kind: numeric, categorical, missing, prediction.",
-                ["stream", "kind"], registry=registry,
+                ["stream", "kind"],
+                registry=registry,
             ),
             feature_drifts_suppressed=Counter(
                 "eddy_feature_drift_suppressed",
                 "Feature drift findings not announced because of the stream's cooldown.",
-                ["stream"], registry=registry,
+                ["stream"],
+                registry=registry,
             ),
             feature_p_value=Gauge(
                 "eddy_feature_drift_p_value",
                 "p-value of the last drift test of each monitored feature (low: moved).",
-                ["stream", "feature", "kind"], registry=registry,
+                ["stream", "feature", "kind"],
+                registry=registry,
             ),
             unjoined=Counter(
                 "eddy_join_unmatched",
                 "Samples or labels that left the join unmatched, by kind and reason.",
-                ["kind", "reason"], registry=registry,
+                ["kind", "reason"],
+                registry=registry,
             ),
             unjoined_state=Gauge(
                 "eddy_join_unmatched_state",
                 "Samples or labels that left the join unmatched since its state began, by "
                 "reason (kept in the checkpoint, so it survives restarts).",
-                ["reason"], registry=registry,
+                ["reason"],
+                registry=registry,
             ),
             pending=Gauge(
-                "eddy_join_pending", "Samples and labels waiting in the join, per partition.",
-                ["partition"], registry=registry,
+                "eddy_join_pending",
+                "Samples and labels waiting in the join, per partition.",
+                ["partition"],
+                registry=registry,
             ),
             label_delay=Histogram(
                 "eddy_label_delay_seconds",
@@ -127,36 +146,43 @@ class EngineMetrics:
                 "Records forwarded to the partition that joins or learns them (samples and "
                 "labels a non-murmur2 partitioner put elsewhere; examples of streams learned "
                 "in another partition).",
-                ["kind"], registry=registry,
+                ["kind"],
+                registry=registry,
             ),
             dead_lettered=Counter(
                 "eddy_dead_letter",
                 "Events sent to the dead-letter topic, by source topic kind and reason (every "
                 "dead letter, join expirations included).",
-                ["topic", "reason"], registry=registry,
+                ["topic", "reason"],
+                registry=registry,
             ),
             examples=Gauge(
                 "eddy_stream_examples",
                 "Examples a stream's model has learned since it began (kept in the "
                 "checkpoint, so it survives restarts; eddy_examples_learned_total does not).",
-                ["stream"], registry=registry,
+                ["stream"],
+                registry=registry,
             ),
             metric=Gauge(
                 "eddy_prequential_metric",
                 "Prequential metrics of the online model on served predictions (cumulative, "
                 "rolling; immediate: as if labels came at once).",
-                ["stream", "metric", "scope"], registry=registry,
+                ["stream", "metric", "scope"],
+                registry=registry,
             ),
             champion_metric=Gauge(
                 "eddy_champion_metric",
                 "The champion's (int8) metrics on the same labels, beside the online model's.",
-                ["stream", "metric", "scope"], registry=registry,
+                ["stream", "metric", "scope"],
+                registry=registry,
             ),
             model_info=Gauge(
-                "eddy_model_info", "The model version learning each stream (value 1).",
-                ["stream", "model", "version"], registry=registry,
+                "eddy_model_info",
+                "The model version learning each stream (value 1).",
+                ["stream", "model", "version"],
+                registry=registry,
             ),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)

@@ -380,9 +380,11 @@ class KafkaRegistry:
         producer = await self._producer_()
         value = sign(record, self.key) if self.key is not None else record
         await producer.send_and_wait(
-            self.topic, orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS), key=key.encode(),
+            self.topic,
+            orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS),
+            key=key.encode(),
             partition=0,
-        )  # fmt: skip
+        )
 
 
 async def seed_registry(settings: Any) -> int:
@@ -394,8 +396,9 @@ async def seed_registry(settings: Any) -> int:
     local = Registry(root)
     if not local.models():
         return 0
-    registry = KafkaRegistry(settings.kafka, settings.topics.prefix, root,
-                             signing_key(settings.state))  # fmt: skip
+    registry = KafkaRegistry(
+        settings.kafka, settings.topics.prefix, root, signing_key(settings.state)
+    )
     sent = 0
     try:
         await registry.sync()
@@ -414,8 +417,9 @@ async def seed_registry(settings: Any) -> int:
                 sent += 1
             aliases = local.aliases(model)
             if aliases:
-                await registry._send(f"aliases/{model}", {"model": model, "aliases": aliases,
-                                                          "seq": next_sequence()})  # fmt: skip
+                await registry._send(
+                    f"aliases/{model}", {"model": model, "aliases": aliases, "seq": next_sequence()}
+                )
         for entry in local.history():
             entry = dict(entry)
             entry.setdefault("id", str(uuid.uuid4()))

@@ -140,8 +140,12 @@ class SnapshotPublisher:
         async with lock:
             taken = int(time.time() * 1000)
             self._last[learner.stream] = (time.monotonic(), learner.learned)
-            payload = {"version": learner.version, "learned": learner.learned,
-                       "taken_at_ms": taken, "learner": learner.learner}  # fmt: skip
+            payload = {
+                "version": learner.version,
+                "learned": learner.learned,
+                "taken_at_ms": taken,
+                "learner": learner.learner,
+            }
             data = await asyncio.to_thread(seal, payload, self.key)
         if len(data) > MAX_SNAPSHOT_BYTES:
             if learner.stream not in self._too_large:
@@ -149,13 +153,16 @@ class SnapshotPublisher:
                 log.warning(
                     "stream %r: its model is %d bytes sealed, over the %d-byte snapshot cap; "
                     "other processes keep predicting it with their last copy",
-                    learner.stream, len(data), MAX_SNAPSHOT_BYTES,
-                )  # fmt: skip
+                    learner.stream,
+                    len(data),
+                    MAX_SNAPSHOT_BYTES,
+                )
             return
         last_slot, chunks = self._slots.get(learner.stream, (None, 0))
         slot = other_slot(last_slot)
-        manifest = await send_blob(producer, self.topic, 0, f"s/{learner.stream}", data,
-                                   self.chunk, slot, chunks)  # fmt: skip
+        manifest = await send_blob(
+            producer, self.topic, 0, f"s/{learner.stream}", data, self.chunk, slot, chunks
+        )
         self._slots[learner.stream] = (slot, len(manifest["chunks"]))
 
 
@@ -217,7 +224,12 @@ class ReplicaFollower:
             log.warning("replicas: snapshot %s refused: %s", key.decode(errors="replace"), ex)
             return
         stream = key.decode()[2:]
-        replica = Replica(stream, snapshot["version"], snapshot["learned"],
-                          snapshot["taken_at_ms"], snapshot["learner"])  # fmt: skip
+        replica = Replica(
+            stream,
+            snapshot["version"],
+            snapshot["learned"],
+            snapshot["taken_at_ms"],
+            snapshot["learner"],
+        )
         if self.directory.install(replica):
             self.installed += 1

@@ -179,8 +179,9 @@ class Supervisor:
             if not child.spec.restart:
                 child.finished = True
                 if code != 0:
-                    self.report(f"{child.spec.name} failed with exit code {code}:\n"
-                                f"{child.log_tail()}")  # fmt: skip
+                    self.report(
+                        f"{child.spec.name} failed with exit code {code}:\n{child.log_tail()}"
+                    )
                 continue
             if now - child.started_at >= HEALTHY_AFTER_S:
                 child.backoff_s = BACKOFF_FIRST_S
@@ -269,11 +270,27 @@ def child_specs(
     if demo is not None:
         n = int(demo["n"])
         args = [
-            "produce", "--dataset", "sea", "--n", str(n), "--seed", str(demo.get("seed", 7)),
-            "--variant", "0", "--drift-at", str(n // 2), "--drift-to", "3",
-            "--label-delay", "500", "--label-drop", "0.01", "--rate", str(demo["rate"]),
+            "produce",
+            "--dataset",
+            "sea",
+            "--n",
+            str(n),
+            "--seed",
+            str(demo.get("seed", 7)),
+            "--variant",
+            "0",
+            "--drift-at",
+            str(n // 2),
+            "--drift-to",
+            "3",
+            "--label-delay",
+            "500",
+            "--label-drop",
+            "0.01",
+            "--rate",
+            str(demo["rate"]),
             "--no-progress",
-        ]  # fmt: skip
+        ]
         # After the worker is ready, so that the demo is learned live, not as a backlog.
         specs.append(
             ChildSpec("producer", eddy_argv(*args), env, None, restart=False, after_ready="worker")

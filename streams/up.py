@@ -58,11 +58,17 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--n", type=int, default=20_000, help="samples the demo sends (default 20,000)")
     p.add_argument("--rate", type=float, default=1_000, help="demo samples per second (1,000)")
-    p.add_argument("--exit-when-done", action="store_true",
-                   help="with --demo: stop once everything is learned and maintained, "
-                        "print a summary")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=600,
-                   help="with --exit-when-done: give up after this many seconds (600)")  # fmt: skip
+    p.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="with --demo: stop once everything is learned and maintained, print a summary",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        help="with --exit-when-done: give up after this many seconds (600)",
+    )
     p.add_argument(
         "--fresh",
         action="store_true",
@@ -150,9 +156,12 @@ def status_view(supervisor: Supervisor, figures: Figures, header: str) -> Group:
     table = Table("process", "state", "pid", "restarts", "metrics", box=None, pad_edge=False)
     for child in supervisor.children:
         table.add_row(
-            child.spec.name, _state(child), str(child.pid or "-"), str(child.restarts),
+            child.spec.name,
+            _state(child),
+            str(child.pid or "-"),
+            str(child.restarts),
             f":{child.spec.metrics_port}" if child.spec.metrics_port else "-",
-        )  # fmt: skip
+        )
     return Group(line, table)
 
 
@@ -194,8 +203,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
         console.print(f"eddy up: removed {path} (state of an earlier run)")
     if settings.state.signing_key is None and not (data_dir / SIGNING_KEY_FILE).exists():
         path = create_key_file(data_dir / SIGNING_KEY_FILE)
-        console.print(f"eddy up: signing events and registry records with a new key in {path} "
-                      "(mode 0600; give EDDY_SIGNING_KEY to use your own)")  # fmt: skip
+        console.print(
+            f"eddy up: signing events and registry records with a new key in {path} "
+            "(mode 0600; give EDDY_SIGNING_KEY to use your own)"
+        )
     broker: EmbeddedBroker | None = None
     with contextlib.ExitStack() as stack:
         if settings.kafka.bootstrap is None:
@@ -223,10 +234,14 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
         if broker is not None:
             seeded = asyncio.run(seed_registry(settings))
             if seeded:
-                console.print(f"eddy up: the registry mirror's {seeded} versions republished "
-                              "to the new broker (it keeps topics in memory only)")  # fmt: skip
-        console.print(f"eddy up: topics ready ({sum(v == 'created' for v in created.values())} "
-                      f"created) with prefix {settings.topics.prefix!r}")  # fmt: skip
+                console.print(
+                    f"eddy up: the registry mirror's {seeded} versions republished "
+                    "to the new broker (it keeps topics in memory only)"
+                )
+        console.print(
+            f"eddy up: topics ready ({sum(v == 'created' for v in created.values())} "
+            f"created) with prefix {settings.topics.prefix!r}"
+        )
         base = settings.observability.metrics_port or DEFAULT_BASE_PORT
         demo = {"n": args.n, "rate": args.rate} if args.demo else None
         specs = child_specs(settings, base, demo, getattr(args, "config", None))
@@ -248,8 +263,10 @@ def _supervise(
     supervisor = Supervisor(children, messages.append, about)
     status_path = settings.state.data_dir / "up.json"
     worker_port = children[0].spec.metrics_port
-    console.print(f"eddy up: dashboard http://127.0.0.1:{worker_port}/ · logs in {logs}/ · "
-                  "Ctrl-C stops everything")  # fmt: skip
+    console.print(
+        f"eddy up: dashboard http://127.0.0.1:{worker_port}/ · logs in {logs}/ · "
+        "Ctrl-C stops everything"
+    )
     figures = Figures()
     last_learned, last_t = 0.0, time.monotonic()
     deadline = time.monotonic() + args.timeout
@@ -312,11 +329,15 @@ async def _what_serving_holds(settings: Settings) -> list[tuple[str, str]]:
         if champion is not None:
             q = mirror.get("default", champion).card.get("quantization", {})
             if q:
-                rows.append(("int8 export of the champion",
-                             f"{q['size_ratio']:.2f}x smaller than fp32, accuracy "
-                             f"{q['accuracy_delta']:+.4f}, batch-1 {q['int8_batch1_us']:.1f} vs "
-                             f"{q['fp32_batch1_us']:.1f} µs, batch-256 "
-                             f"{q['int8_batch256_per_s']:,.0f} vs {q['fp32_batch256_per_s']:,.0f}/s"))  # fmt: skip
+                rows.append(
+                    (
+                        "int8 export of the champion",
+                        f"{q['size_ratio']:.2f}x smaller than fp32, accuracy "
+                        f"{q['accuracy_delta']:+.4f}, batch-1 {q['int8_batch1_us']:.1f} vs "
+                        f"{q['fp32_batch1_us']:.1f} µs, batch-256 "
+                        f"{q['int8_batch256_per_s']:,.0f} vs {q['fp32_batch256_per_s']:,.0f}/s",
+                    )
+                )
         held = ", ".join(f"{kind} {version}" for kind, version in client.held().items())
         rows.append(("serving client (follows both) holds", held or "nothing yet"))
     finally:
@@ -361,10 +382,15 @@ def _summary(
     rows = [
         ("samples produced", f"{n:,}"),
         ("predicted when the sample came", f"{figures.predicted:,.0f}"),
-        ("learned / expired (no label)", f"{figures.learned:,.0f} / {figures.expired:,.0f} "
-                                         f"({accounted:,.0f} of {n:,} accounted for)"),
-        ("prequential metric, labels 500 late", f"{delayed} (the prediction served when "
-                                                "each sample came, scored when its label did)"),
+        (
+            "learned / expired (no label)",
+            f"{figures.learned:,.0f} / {figures.expired:,.0f} "
+            f"({accounted:,.0f} of {n:,} accounted for)",
+        ),
+        (
+            "prequential metric, labels 500 late",
+            f"{delayed} (the prediction served when each sample came, scored when its label did)",
+        ),
         ("…had the labels come at once", immediate),
         ("rolling metric at the end", metric),
         ("drifts detected", f"{figures.drifts:.0f} (the concept changed at sample {n // 2:,})"),
@@ -373,15 +399,17 @@ def _summary(
         *served,
         ("online model / champion", f"{figures.version} / {figures.champion}"),
         ("restarts", ", ".join(f"{c.spec.name} {c.restarts}" for c in supervisor.children)),
-    ]  # fmt: skip
+    ]
     for row in rows:
         table.add_row(*row)
     console.print(table)
     registry = Registry(settings.state.data_dir / "registry")
     for model in registry.models():
         champion = registry.aliases(model).get("champion")
-        console.print(f"registry {Path(settings.state.data_dir) / 'registry' / model}: versions "
-                      f"{', '.join(registry.versions(model)) or '-'}; champion {champion}")  # fmt: skip
+        console.print(
+            f"registry {Path(settings.state.data_dir) / 'registry' / model}: versions "
+            f"{', '.join(registry.versions(model)) or '-'}; champion {champion}"
+        )
     if outcome == "timeout":
         logs = settings.state.data_dir / "logs"
         console.print(

@@ -138,8 +138,13 @@ class Ticker:
                     for metric, value in snapshot[scope].items():
                         if value is not None:
                             m.metric.labels(name, metric, scope).set(value)
-                event = {"stream": name, "model_version": learner.version, "ts": now_ms(),
-                         "examples": learner.learned, "scored": snapshot["examples"]}  # fmt: skip
+                event = {
+                    "stream": name,
+                    "model_version": learner.version,
+                    "ts": now_ms(),
+                    "examples": learner.learned,
+                    "scored": snapshot["examples"],
+                }
                 event |= {k: snapshot[k] for k in ("cumulative", "rolling", "window")}
                 if learner.immediate is not None:
                     immediate = learner.immediate.values()
@@ -247,18 +252,27 @@ async def run_worker(
             hooks=hooks or Hooks(),
             on_learned=scorer.add,
         )
-        changelog = Changelog(settings.kafka, topics.changelog, pickle_key,
-                              settings.data_dir / "checkpoints" / group, group)  # fmt: skip
-        kafka_registry = KafkaRegistry(settings.kafka, topics.prefix,
-                                       settings.data_dir / "registry", sign_key, producer)  # fmt: skip
-        publisher = SnapshotPublisher(settings.kafka, topics.snapshots, pickle_key,
-                                      learning.max_staleness_ms)  # fmt: skip
+        changelog = Changelog(
+            settings.kafka,
+            topics.changelog,
+            pickle_key,
+            settings.data_dir / "checkpoints" / group,
+            group,
+        )
+        kafka_registry = KafkaRegistry(
+            settings.kafka, topics.prefix, settings.data_dir / "registry", sign_key, producer
+        )
+        publisher = SnapshotPublisher(
+            settings.kafka, topics.snapshots, pickle_key, learning.max_staleness_ms
+        )
         agent = WorkerAgent(settings.kafka, settings.state, ctx, producer, changelog, consumed)
-        agent.on_tick = Ticker(settings, agent, metrics, scorer, kafka_registry, publisher,
-                               producer, pickle_key)  # fmt: skip
+        agent.on_tick = Ticker(
+            settings, agent, metrics, scorer, kafka_registry, publisher, producer, pickle_key
+        )
         events = EventsFollower(settings.kafka, topics.events, sign_key, events_metrics)
-        champions = RegistryFollower(kafka_registry, settings.kafka, directory, scorer,
-                                     events_metrics)  # fmt: skip
+        champions = RegistryFollower(
+            kafka_registry, settings.kafka, directory, scorer, events_metrics
+        )
         history = History(registry, lambda: list(events.seen))
         worker = Worker(agent, directory, registry, history, events, champions, kafka_registry)
         obs = settings.observability
@@ -266,17 +280,23 @@ async def run_worker(
             server = worker.server = MetricsServer(
                 obs.metrics_port, registry, history, host=obs.metrics_host
             ).start()
-            log.info("worker: dashboard on http://%s:%d/ (metrics at /metrics)",
-                     obs.metrics_host, server.port)  # fmt: skip
+            log.info(
+                "worker: dashboard on http://%s:%d/ (metrics at /metrics)",
+                obs.metrics_host,
+                server.port,
+            )
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, worker.stop)
         if on_start is not None:
             on_start.set_result(worker)
-        log.info("worker: topics %s*, streams %s", topics.prefix,
-                 ", ".join(streams.configured) or f"any (defaults: {streams.default.model_name}, "
-                 f"{streams.default.task})")  # fmt: skip
+        log.info(
+            "worker: topics %s*, streams %s",
+            topics.prefix,
+            ", ".join(streams.configured)
+            or f"any (defaults: {streams.default.model_name}, {streams.default.task})",
+        )
         if await wait_for_topics(producer, topics.all(), "worker", worker.stopping):
             follower = ReplicaFollower(settings.kafka, topics.snapshots, pickle_key, directory)
             await _run_tasks(worker, producer, settings, consumed, follower)
@@ -304,11 +324,13 @@ async def _run_tasks(
         asyncio.create_task(worker.history.run(stop)),
         asyncio.create_task(
             watch_connectivity(
-                producer, settings.kafka.bootstrap or "the embedded broker", stop,
+                producer,
+                settings.kafka.bootstrap or "the embedded broker",
+                stop,
                 lambda up: consumed.kafka_up.set(1 if up else 0),
             )
         ),
-    ]  # fmt: skip
+    ]
     # A stop, or one task failing, stops them all; then a failure propagates.
     stop_asked = asyncio.create_task(stop.wait())
     await asyncio.wait([*tasks, stop_asked], return_when=asyncio.FIRST_COMPLETED)
@@ -321,8 +343,9 @@ async def _run_tasks(
         log.warning(
             "worker: %d task(s) still waiting on Kafka %.0f s after stop; stopping them "
             "without a final checkpoint (they resume from the last one)",
-            len(stuck), STOP_GRACE_S,
-        )  # fmt: skip
+            len(stuck),
+            STOP_GRACE_S,
+        )
         for task in stuck:
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -85,7 +85,7 @@ class ChampionScorer:
         for stream, pending in self._pending.items():
             if not pending:
                 continue
-            version, sess, names, classes = self._models[stream]
+            _version, sess, names, classes = self._models[stream]
             self._pending[stream] = []
             matrix = vectorize([x for x, _ in pending], names)[0]
             out = run(sess, matrix)

@@ -147,8 +147,11 @@ class WorkerAgent:
                 return
             except KafkaError as ex:
                 if self._stopping.is_set():
-                    log.warning("%s: stopped while Kafka failed (%r); the last checkpoint "
-                                "stands", self.name, ex)  # fmt: skip
+                    log.warning(
+                        "%s: stopped while Kafka failed (%r); the last checkpoint stands",
+                        self.name,
+                        ex,
+                    )
                     return
                 self.outages += 1
                 if self.consumer_metrics is not None:
@@ -158,8 +161,12 @@ class WorkerAgent:
                     "%s: Kafka failed (%r%s): outputs since the last checkpoint may be "
                     "unacknowledged, so the agent restarts from its last checkpoint in "
                     "%.0f s (outage restart %d)",
-                    self.name, ex, f", {where}" if where else "", backoff, self.outages,
-                )  # fmt: skip
+                    self.name,
+                    ex,
+                    f", {where}" if where else "",
+                    backoff,
+                    self.outages,
+                )
                 self._drop_all()
                 self.sender.reset()
                 self.ready.clear()
@@ -254,9 +261,15 @@ class WorkerAgent:
                     tries = tries if hole_at == expected else 0
                     if tries < HOLE_RETRIES:
                         part.holes[tp.topic] = (expected, tries + 1)
-                        log.debug("%s: %s[%d] offset %d missing from a fetch; reading again "
-                                  "(%d/%d)", self.name, tp.topic, tp.partition, expected,
-                                  tries + 1, HOLE_RETRIES)  # fmt: skip
+                        log.debug(
+                            "%s: %s[%d] offset %d missing from a fetch; reading again (%d/%d)",
+                            self.name,
+                            tp.topic,
+                            tp.partition,
+                            expected,
+                            tries + 1,
+                            HOLE_RETRIES,
+                        )
                         assert self.consumer is not None
                         self.consumer.seek(tp, expected)  # look again from the missing offset
                         break
@@ -314,8 +327,14 @@ class WorkerAgent:
         self.ctx.out = []
         send = self.sender.send
         for record in out:
-            await send(record.topic, record.value, record.key, record.headers, record.partition,
-                       record.timestamp_ms)  # fmt: skip
+            await send(
+                record.topic,
+                record.value,
+                record.key,
+                record.headers,
+                record.partition,
+                record.timestamp_ms,
+            )
         await self.sender.ship()
 
     def _count(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
@@ -355,8 +374,13 @@ class WorkerAgent:
             saved = Checkpointed(part.unit.state, dict(part.positions), part.generation)
             manifest = await self.changelog.save(self.producer, p, saved, part.generation)
             part.since_checkpoint = 0
-            log.debug("%s: checkpointed partition %d (%d bytes, generation %d)",
-                      self.name, p, manifest["size"], part.generation)  # fmt: skip
+            log.debug(
+                "%s: checkpointed partition %d (%d bytes, generation %d)",
+                self.name,
+                p,
+                manifest["size"],
+                part.generation,
+            )
         self._last_checkpoint = time.monotonic()
         await self._commit(partitions)
 
@@ -403,8 +427,10 @@ class WorkerAgent:
                         "%s: %s[%d] is not the partition the checkpoint was taken on (the "
                         "topic was recreated, or the broker lost its data): keeping the "
                         "learned state, reading the partition from its start",
-                        self.name, topic, p,
-                    )  # fmt: skip
+                        self.name,
+                        topic,
+                        p,
+                    )
                     state.offsets[topic] = 0
                     positions.pop(topic, None)
                 generation, source = max(saved.generation, restored.generation), restored.source
@@ -419,15 +445,19 @@ class WorkerAgent:
             for topic in self.topics:
                 self.consumer.seek(TopicPartition(topic, p), state.offsets.get(topic, 0))
             merger = InputMerger(self._priority)
-            part = _Partition(Unit(state, self.ctx), merger, positions, generation,
-                              restored_from=source)  # fmt: skip
+            part = _Partition(
+                Unit(state, self.ctx), merger, positions, generation, restored_from=source
+            )
             # Only now, with no await in between: the loop sees a partition whole or not.
             self.partitions[p] = part
             log.info(
                 "%s: partition %d restored from %s (generation %d), resuming at %s",
-                self.name, p, source, generation,
+                self.name,
+                p,
+                source,
+                generation,
                 {t.removeprefix(self.ctx.topics.prefix): o for t, o in state.offsets.items()},
-            )  # fmt: skip
+            )
 
     def release(self, numbers: set[int]) -> None:
         """Forget revoked partitions (after they were saved)."""
@@ -466,8 +496,13 @@ class WorkerAgent:
                     "%s: %s[%d] starts at offset %d but this partition's state has processed "
                     "it only up to %d: %d records were deleted by the topic's retention "
                     "before they were learned (raise retention.ms, or keep workers running)",
-                    self.name, tp.topic, p, start, offset, start - offset,
-                )  # fmt: skip
+                    self.name,
+                    tp.topic,
+                    p,
+                    start,
+                    offset,
+                    start - offset,
+                )
                 offsets[tp.topic] = start
 
     async def _recreated(self, partition: int, positions: dict[str, Position]) -> list[str]:

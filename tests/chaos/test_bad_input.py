@@ -44,12 +44,14 @@ BAD_SAMPLES = [
     (orjson.dumps({"id": "s-extra", "features": {"x": 1}, "evil": 1}), "schema"),
     (orjson.dumps({"id": "s-huge", "features": {f"f{i}": 1 for i in range(20_000)}}), "schema"),
     (orjson.dumps({"id": "s-long", "features": [1.5] * 200_000}), "too_large"),
-    (orjson.dumps({"id": "s-future", "features": {"x": 1}, "ts": NOW_MS + 10 * YEAR_MS}),
-     "ts_future"),
+    (
+        orjson.dumps({"id": "s-future", "features": {"x": 1}, "ts": NOW_MS + 10 * YEAR_MS}),
+        "ts_future",
+    ),
     (orjson.dumps({"id": "s-path", "stream": "../../etc", "features": {"x": 1}}), "schema"),
     (b"", "invalid_json"),
     (b"\xff\xfe\x00garbage", "invalid_json"),
-]  # fmt: skip
+]
 BAD_LABELS = [
     (b"{oops", "invalid_json"),
     (orjson.dumps({"id": "l-type", "label": {"nested": 1}}), "schema"),
@@ -60,10 +62,13 @@ BAD_LABELS = [
 # producer) is dead-lettered like any bad event.
 BAD_REPARTITION = [
     (b"{bad example", [("eddy-kind", b"example")], "invalid_json"),
-    (orjson.dumps({"id": "e-1", "stream": "default", "features": {"x": 1}}),
-     [("eddy-kind", b"example")], "schema"),
+    (
+        orjson.dumps({"id": "e-1", "stream": "default", "features": {"x": 1}}),
+        [("eddy-kind", b"example")],
+        "schema",
+    ),
     (b'{"id": "r-1", "features": {"x": 1}}', [], "invalid"),  # no kind: not eddy's
-]  # fmt: skip
+]
 
 
 def test_fuzzed_topics_dead_letter_bad_events_and_learn_good_ones(settings: Settings) -> None:
@@ -136,8 +141,9 @@ def test_fuzzed_topics_dead_letter_bad_events_and_learn_good_ones(settings: Sett
                 for raw, _ in BAD_LABELS:
                     sends.append(await producer.send(topics.labels, raw, partition=0))
                 for raw, headers, _ in BAD_REPARTITION:
-                    sends.append(await producer.send(topics.repartition, raw, partition=0,
-                                                     headers=headers))  # fmt: skip
+                    sends.append(
+                        await producer.send(topics.repartition, raw, partition=0, headers=headers)
+                    )
                 await asyncio.gather(*sends)
             finally:
                 await producer.stop()

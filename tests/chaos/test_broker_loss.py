@@ -33,9 +33,19 @@ def stream_examples(port: int) -> float:
 
 def produce(bootstrap: str, prefix: str, n: int) -> None:
     cmd = eddy_argv(
-        "produce", "--dataset", "sea", "--n", str(n), "--id-prefix", prefix, "--no-progress",
-        "--bootstrap", bootstrap, "--producer-idempotence", "off",
-    )  # fmt: skip
+        "produce",
+        "--dataset",
+        "sea",
+        "--n",
+        str(n),
+        "--id-prefix",
+        prefix,
+        "--no-progress",
+        "--bootstrap",
+        bootstrap,
+        "--producer-idempotence",
+        "off",
+    )
     subprocess.run(cmd, cwd=REPO, env=eddy_env(), check=True, capture_output=True, timeout=120)
 
 
@@ -47,8 +57,10 @@ def test_workers_ride_out_a_broker_restart_that_loses_every_topic(tmp_path: Path
         up = subprocess.Popen(cmd, cwd=REPO, env=eddy_env(), stdout=sink, stderr=sink)
     try:
         status = wait_until(
-            lambda: (data / "up.json").exists() and json.loads(
-                (data / "up.json").read_text()), 60, "up.json")  # fmt: skip
+            lambda: (data / "up.json").exists() and json.loads((data / "up.json").read_text()),
+            60,
+            "up.json",
+        )
         port = status["children"]["worker"]["metrics_port"]
         pids = {name: c["pid"] for name, c in status["children"].items()}
         wait_until(lambda: stream_examples(port) >= 0, 60, "the worker's metrics")
@@ -94,8 +106,14 @@ class StandaloneWorker:
         return self.broker.bootstrap
 
     def create_topics(self) -> None:
-        done = subprocess.run(eddy_argv("topics", "create"), cwd=REPO, env=self.env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            eddy_argv("topics", "create"),
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, f"eddy topics create failed:\n{done.stderr[-3000:]}"
 
     def lose_the_broker(self) -> None:
@@ -106,16 +124,21 @@ class StandaloneWorker:
 @contextlib.contextmanager
 def standalone_worker(tmp_path: Path) -> Iterator[StandaloneWorker]:
     port, metrics = free_port("127.0.0.1"), free_port("127.0.0.1")
-    env = eddy_env() | {"EDDY_BOOTSTRAP": f"127.0.0.1:{port}",
-                        "EDDY_DATA_DIR": str(tmp_path / "data"), "EDDY_PARTITIONS": "1",
-                        "EDDY_PRODUCER_IDEMPOTENCE": "off", "EDDY_METRICS_PORT": str(metrics),
-                        "EDDY_JOIN_TTL_S": "2"}  # fmt: skip
+    env = eddy_env() | {
+        "EDDY_BOOTSTRAP": f"127.0.0.1:{port}",
+        "EDDY_DATA_DIR": str(tmp_path / "data"),
+        "EDDY_PARTITIONS": "1",
+        "EDDY_PRODUCER_IDEMPOTENCE": "off",
+        "EDDY_METRICS_PORT": str(metrics),
+        "EDDY_JOIN_TTL_S": "2",
+    }
     w = StandaloneWorker(EmbeddedBroker(port=port).start(), env, metrics, tmp_path / "worker.log")
     try:
         w.create_topics()
         with open(w.log, "wb") as sink:
-            w.process = subprocess.Popen(eddy_argv("worker"), cwd=REPO, env=env, stdout=sink,
-                                         stderr=sink)  # fmt: skip
+            w.process = subprocess.Popen(
+                eddy_argv("worker"), cwd=REPO, env=env, stdout=sink, stderr=sink
+            )
         yield w
     finally:
         if w.process is not None and w.process.poll() is None:

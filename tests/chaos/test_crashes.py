@@ -38,10 +38,12 @@ N_PER_SEGMENT = 50_000
 
 
 def segment(seed: int, variant: int, drift_to: int, prefix: str) -> tuple[Any, ProduceOptions]:
-    examples = open_named("sea", seed=seed, variant=variant, drift_at=N_PER_SEGMENT // 2,
-                          drift_to=drift_to)  # fmt: skip
-    options = ProduceOptions(n=N_PER_SEGMENT, label_delay=300, label_drop=0.005, seed=seed,
-                             rate=8_000, id_prefix=prefix)  # fmt: skip
+    examples = open_named(
+        "sea", seed=seed, variant=variant, drift_at=N_PER_SEGMENT // 2, drift_to=drift_to
+    )
+    options = ProduceOptions(
+        n=N_PER_SEGMENT, label_delay=300, label_drop=0.005, seed=seed, rate=8_000, id_prefix=prefix
+    )
     return examples, options
 
 
@@ -92,10 +94,15 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
     settings: Settings, seed: int, tmp_path: Path
 ) -> None:
     settings = settings.with_overrides(
-        {"topic_prefix": f"crash{seed}{settings.topics.prefix}", "partitions": 1,
-         "join_ttl_s": 3.0, "checkpoint_interval_s": 1.0, "retrain_wait_s": 20.0,
-         "producer_idempotence": "off"}
-    )  # fmt: skip
+        {
+            "topic_prefix": f"crash{seed}{settings.topics.prefix}",
+            "partitions": 1,
+            "join_ttl_s": 3.0,
+            "checkpoint_interval_s": 1.0,
+            "retrain_wait_s": 20.0,
+            "producer_idempotence": "off",
+        }
+    )
     asyncio.run(create_topics(settings.kafka, settings.topics))
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDDY_")}
     env |= settings_env(settings) | FAST | {"PYTHONUNBUFFERED": "1"}
@@ -164,8 +171,11 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
     state = final_state(settings)
     learned = state.learners["default"].learned
     expired = state.counts.get("sample_expired", 0)
-    unjoined = {k: v for k, v in state.counts.items() if not k.startswith("dead:")
-                and k.endswith(("_expired", "_evicted", "_duplicate"))}  # fmt: skip
+    unjoined = {
+        k: v
+        for k, v in state.counts.items()
+        if not k.startswith("dead:") and k.endswith(("_expired", "_evicted", "_duplicate"))
+    }
     assert learned + expired == produced, (learned, expired, state.counts)
     assert set(unjoined) <= {"sample_expired"}, unjoined
     assert killer.kills["worker"] == 2 and killer.kills["retrainer"] == 1
@@ -174,8 +184,7 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
     # No half-written version; each control event acted on once: as the registry on
     # Kafka holds it (the truth), mirrored into an empty directory.
     async def rebuilt() -> Registry:
-        kafka_registry = KafkaRegistry(settings.kafka, settings.topics.prefix,
-                                       tmp_path / "rebuilt")  # fmt: skip
+        kafka_registry = KafkaRegistry(settings.kafka, settings.topics.prefix, tmp_path / "rebuilt")
         await kafka_registry.sync()
         await kafka_registry.close()
         return kafka_registry.mirror
@@ -184,8 +193,9 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
     evs = events()
     requests = {(e.source, e.id) for e in evs if e.type == "retrain.requested"}
     versions = registry.versions("default")
-    triggers = collections.Counter(registry.get("default", v).card["trigger_event_id"]
-                                   for v in versions)  # fmt: skip
+    triggers = collections.Counter(
+        registry.get("default", v).card["trigger_event_id"] for v in versions
+    )
     assert sorted(triggers) == sorted(i for _, i in requests), (triggers, requests)
     assert max(triggers.values()) == 1
     for version in versions:
@@ -194,6 +204,8 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
     for action in ("retrain", "export"):
         per_version = collections.Counter(h["version"] for h in history if h["action"] == action)
         assert per_version == {v: 1 for v in versions}, (action, per_version)
-    print(f"\nseed {seed}: produced {produced:,}, learned {learned:,}, expired {expired:,}, "
-          f"kills {dict(killer.kills)}, retrains {len(requests)}, versions {versions}, "
-          f"restarts { {n: c.restarts for n, c in children.items()} }")  # fmt: skip
+    print(
+        f"\nseed {seed}: produced {produced:,}, learned {learned:,}, expired {expired:,}, "
+        f"kills {dict(killer.kills)}, retrains {len(requests)}, versions {versions}, "
+        f"restarts { {n: c.restarts for n, c in children.items()} }"
+    )

@@ -38,9 +38,14 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: Path) -> None:
-    settings = settings.with_overrides({"topic_prefix": "load." + settings.topics.prefix,
-                                        "partitions": 1, "join_ttl_s": 3.0,
-                                        "producer_idempotence": "off"})  # fmt: skip
+    settings = settings.with_overrides(
+        {
+            "topic_prefix": "load." + settings.topics.prefix,
+            "partitions": 1,
+            "join_ttl_s": 3.0,
+            "producer_idempotence": "off",
+        }
+    )
     from eddy.streams.topics import create_topics
 
     asyncio.run(create_topics(settings.kafka, settings.topics))
@@ -49,8 +54,7 @@ def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: P
     env |= settings_env(settings) | {"EDDY_METRICS_PORT": str(port)}
     log = tmp_path / "worker.log"
     with open(log, "wb") as sink:
-        worker = subprocess.Popen(eddy_argv("worker"), cwd=REPO,
-                                  env=env, stdout=sink, stderr=sink)  # fmt: skip
+        worker = subprocess.Popen(eddy_argv("worker"), cwd=REPO, env=env, stdout=sink, stderr=sink)
     samples: list[dict[str, float]] = []
     stop = threading.Event()
 
@@ -65,13 +69,17 @@ def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: P
     try:
         wait_until(lambda: scrape(port), 60, "the worker's metrics")
         watcher.start()
-        sustained = ProduceOptions(n=SUSTAINED_N, label_delay=100, seed=1, rate=SUSTAINED_RATE,
-                                   id_prefix="steady")  # fmt: skip
+        sustained = ProduceOptions(
+            n=SUSTAINED_N, label_delay=100, seed=1, rate=SUSTAINED_RATE, id_prefix="steady"
+        )
         asyncio.run(
             produce(settings.kafka, settings.topics.prefix, open_named("sea", seed=1), sustained)
         )
-        wait_until(lambda: scrape(port).get("eddy_stream_examples", 0) >= SUSTAINED_N - 50, 60,
-                   "the sustained part learned")  # fmt: skip
+        wait_until(
+            lambda: scrape(port).get("eddy_stream_examples", 0) >= SUSTAINED_N - 50,
+            60,
+            "the sustained part learned",
+        )
         baseline = max(s["eddy_process_resident_memory_bytes"] for s in samples)
         started = time.monotonic()
         burst = ProduceOptions(n=BURST_N, label_delay=100, seed=2, id_prefix="burst")

@@ -33,11 +33,15 @@ KEY = "s3cret-signing-key"
 EXPORTED = {
     "model": "default",
     "version": "v0002",
-    "artifact": {"uri": "default/v0002/model.int8.onnx", "sha256": "ab" * 32,
-                 "size_bytes": 1000, "format": "onnx-int8"},
+    "artifact": {
+        "uri": "default/v0002/model.int8.onnx",
+        "sha256": "ab" * 32,
+        "size_bytes": 1000,
+        "format": "onnx-int8",
+    },
     "servable": True,
     "report": {},
-}  # fmt: skip
+}
 
 
 @pytest.fixture
@@ -47,10 +51,25 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
         pytest.skip("no openssl to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=eddy-test", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=eddy-test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, cert, key
 
 
@@ -60,10 +79,16 @@ def test_sasl_ssl_options_reach_consumers_and_admin_clients(
 ) -> None:
     ca, cert, key = tls_files
     settings = Settings.build(
-        bootstrap="kafka.example:9093", security_protocol="SASL_SSL", sasl_mechanism=mechanism,
-        sasl_username="eddy", sasl_password="pw", ssl_cafile=ca, ssl_certfile=cert,
-        ssl_keyfile=key, signing_key=KEY,
-    )  # fmt: skip
+        bootstrap="kafka.example:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism=mechanism,
+        sasl_username="eddy",
+        sasl_password="pw",
+        ssl_cafile=ca,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        signing_key=KEY,
+    )
     options = client_options(settings.kafka, "worker")
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == mechanism
@@ -131,17 +156,28 @@ def test_signed_events_verify_and_anything_else_is_refused() -> None:
 
 
 def _record(value: bytes) -> SimpleNamespace:
-    return SimpleNamespace(topic="eddy.events", partition=0, offset=0, timestamp=0, key=b"k",
-                           value=value, headers=())  # fmt: skip
+    return SimpleNamespace(
+        topic="eddy.events", partition=0, offset=0, timestamp=0, key=b"k", value=value, headers=()
+    )
 
 
 def test_control_consumers_refuse_unsigned_and_replayed_events(tmp_path: Path) -> None:
     settings = Settings.build(data_dir=tmp_path, signing_key=KEY, bootstrap="127.0.0.1:1")
     exporter = Exporter(settings, producer=None)
     key = KEY.encode()
-    unsigned = make_event("model.updated", "eddy/t", {"model": "m", "version": "v0001",
-                          "parent_version": None, "card": "c", "promoted": True,
-                          "metrics": {}}, subject="m")  # fmt: skip
+    unsigned = make_event(
+        "model.updated",
+        "eddy/t",
+        {
+            "model": "m",
+            "version": "v0001",
+            "parent_version": None,
+            "card": "c",
+            "promoted": True,
+            "metrics": {},
+        },
+        subject="m",
+    )
     newer = dict(unsigned, id="newer", eddyseq=unsigned["eddyseq"] + 5)
     newer["eddysig"] = event_signature(newer, key)
     older = dict(unsigned, id="older")  # a replay of an older event: lower sequence
@@ -196,46 +232,73 @@ def test_serving_follows_the_registry_not_forged_or_replayed_events(settings, tm
     key = KEY.encode()
 
     async def scenario() -> tuple[list[str], list[str]]:
-        async with KafkaRegistry.open(settings.kafka, settings.topics.prefix,
-                                      settings.data_dir / "registry", key) as registry:  # fmt: skip
+        async with KafkaRegistry.open(
+            settings.kafka, settings.topics.prefix, settings.data_dir / "registry", key
+        ) as registry:
             artifacts = {"model.pt": model.to_bytes(), "model.int8.onnx": int8}
             passed = {"export_gate": {"passed": True, "reason": "ok"}, "parent_version": None}
-            failed = {"export_gate": {"passed": False, "reason": "accuracy"},
-                      "parent_version": "v0001"}  # fmt: skip
+            failed = {
+                "export_gate": {"passed": False, "reason": "accuracy"},
+                "parent_version": "v0001",
+            }
             await registry.register("default", passed, artifacts)
             await registry.register("default", failed, artifacts)
             await registry.set_alias("default", "champion", "v0001")
-            client = HotSwapClient.from_settings(settings.with_overrides(
-                {"data_dir": tmp_path / "serving"}), "default")  # fmt: skip
+            client = HotSwapClient.from_settings(
+                settings.with_overrides({"data_dir": tmp_path / "serving"}), "default"
+            )
             await client.start()
             try:
                 await wait_for(lambda: client.version == "v0001", 30, "v0001 served")
                 producer = await start_producer(settings.kafka)
                 events = Topics(settings.topics.prefix).events
-                forged = make_event("model.rolled_back", "eddy/attacker", {
-                    "model": "default", "version": "v0002", "from_version": "v0001",
-                    "reason": "forged"}, subject="default")  # fmt: skip
-                replayed = make_event("model.promoted", "eddy/t", {
-                    "model": "default", "version": "v0002", "alias": "champion",
-                    "previous_version": "v0001"}, subject="default", signing_key=key)  # fmt: skip
+                forged = make_event(
+                    "model.rolled_back",
+                    "eddy/attacker",
+                    {
+                        "model": "default",
+                        "version": "v0002",
+                        "from_version": "v0001",
+                        "reason": "forged",
+                    },
+                    subject="default",
+                )
+                replayed = make_event(
+                    "model.promoted",
+                    "eddy/t",
+                    {
+                        "model": "default",
+                        "version": "v0002",
+                        "alias": "champion",
+                        "previous_version": "v0001",
+                    },
+                    subject="default",
+                    signing_key=key,
+                )
                 # A forged aliases record (no signature) straight onto the registry topic.
-                forged_alias = {"model": "default", "aliases": {"champion": "v0002"},
-                                "seq": 2**62}  # fmt: skip
+                forged_alias = {"model": "default", "aliases": {"champion": "v0002"}, "seq": 2**62}
                 try:
                     for event in (forged, replayed, replayed):
                         await producer.send_and_wait(events, orjson.dumps(event))
-                    await producer.send_and_wait(registry.topic, orjson.dumps(forged_alias),
-                                                 key=b"aliases/default")  # fmt: skip
+                    await producer.send_and_wait(
+                        registry.topic, orjson.dumps(forged_alias), key=b"aliases/default"
+                    )
                 finally:
                     await producer.stop()
                 # Wait for the client to have read past the forged record, then check.
-                await wait_for(lambda: client.registry.fold.refused >= 1, 30,
-                               "the forged aliases record read and refused")  # fmt: skip
+                await wait_for(
+                    lambda: client.registry.fold.refused >= 1,
+                    30,
+                    "the forged aliases record read and refused",
+                )
                 served = [client.version]
                 await registry.set_alias("default", "champion", "v0002")  # the real thing
                 await asyncio.sleep(0)
-                await wait_for(lambda: client.registry.mirror.aliases("default").get("champion")
-                               == "v0002", 30, "the real alias change seen")  # fmt: skip
+                await wait_for(
+                    lambda: client.registry.mirror.aliases("default").get("champion") == "v0002",
+                    30,
+                    "the real alias change seen",
+                )
                 served.append(client.version)
                 return served, [why for _, why in client.refused]
             finally:
@@ -259,8 +322,9 @@ def test_a_crafted_checkpoint_is_refused_and_the_partition_starts_over(settings,
     from eddy.streams.topics import create_topics
     from tests.integration.worker_helpers import learned, running_worker
 
-    settings = settings.with_overrides({"topic_prefix": settings.topics.prefix + "x.",
-                                        "partitions": 1})  # fmt: skip
+    settings = settings.with_overrides(
+        {"topic_prefix": settings.topics.prefix + "x.", "partitions": 1}
+    )
     asyncio.run(create_topics(settings.kafka, settings.topics))
     marker = tmp_path / "pwned"
 
@@ -280,8 +344,17 @@ def test_a_crafted_checkpoint_is_refused_and_the_partition_starts_over(settings,
 
         producer = await start_producer(settings.kafka)
         try:  # and the same crafted bytes as the changelog's latest checkpoint
-            await send_blob(producer, Topics(settings.topics.prefix).changelog, 0, "state",
-                            forged, 1 << 19, "a", 0, {"generation": 9})  # fmt: skip
+            await send_blob(
+                producer,
+                Topics(settings.topics.prefix).changelog,
+                0,
+                "state",
+                forged,
+                1 << 19,
+                "a",
+                0,
+                {"generation": 9},
+            )
         finally:
             await producer.stop()
         examples = itertools.islice(sources.open_named("sea", seed=3), 500)

@@ -67,10 +67,18 @@ async def _send_paced(settings, examples, rate):
             if delay > 0:
                 await asyncio.sleep(delay)
             key = str(i).encode()
-            await producer.send(topics.samples, orjson.dumps({"id": str(i), "features": x}),
-                                key=key, timestamp_ms=base + 2 * i)  # fmt: skip
-            await producer.send(topics.labels, orjson.dumps({"id": str(i), "label": y}),
-                                key=key, timestamp_ms=base + 2 * i + 1)  # fmt: skip
+            await producer.send(
+                topics.samples,
+                orjson.dumps({"id": str(i), "features": x}),
+                key=key,
+                timestamp_ms=base + 2 * i,
+            )
+            await producer.send(
+                topics.labels,
+                orjson.dumps({"id": str(i), "label": y}),
+                key=key,
+                timestamp_ms=base + 2 * i + 1,
+            )
         await producer.flush()
     finally:
         await producer.stop()

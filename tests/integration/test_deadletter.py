@@ -71,6 +71,11 @@ def test_bad_samples_are_dead_lettered_with_reason_and_origin_and_counted_once(s
         return counted("eddy_dead_letter_total", {"topic": "samples", "reason": reason})
 
     by_reason = {reason: count(reason) for reason in set(BAD.values())}
-    assert by_reason == {"invalid_json": 1, "schema": 2, "too_large": 1, "value_too_large": 1,
-                         "sample_expired": 1}  # fmt: skip
+    assert by_reason == {
+        "invalid_json": 1,
+        "schema": 2,
+        "too_large": 1,
+        "value_too_large": 1,
+        "sample_expired": 1,
+    }
     assert sum(by_reason.values()) == len(dead)  # one counter for every dead letter

@@ -113,15 +113,26 @@ def test_faust_agent_predicts_and_learns(broker: EmbeddedBroker, tmp_path: Path)
     log_path = tmp_path / "faust.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLE), "--broker", broker.bootstrap, "--app-id",
-             f"eddy-faust-{run}", "--samples", samples, "--predictions", predictions,
-             "--loglevel", "warning"],
+            [
+                sys.executable,
+                str(EXAMPLE),
+                "--broker",
+                broker.bootstrap,
+                "--app-id",
+                f"eddy-faust-{run}",
+                "--samples",
+                samples,
+                "--predictions",
+                predictions,
+                "--loglevel",
+                "warning",
+            ],
             cwd=tmp_path,  # faust keeps an app data directory in its working directory
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=die_with_parent,  # an interrupted test leaves no worker behind
-        )  # fmt: skip
+        )
     try:
         labels = asyncio.run(produce_sea(broker.bootstrap, samples, N))
         got = asyncio.run(read_predictions(broker.bootstrap, predictions, N, 90.0, proc))

@@ -50,8 +50,11 @@ async def _send_as_simulate_qa(settings, dataset, delay):
                 )
             else:
                 topic, value = topics.labels, {"id": str(i), "label": y}
-            sends.append(await producer.send(topic, orjson.dumps(value), key=str(i).encode(),
-                                              timestamp_ms=base + t))  # fmt: skip
+            sends.append(
+                await producer.send(
+                    topic, orjson.dumps(value), key=str(i).encode(), timestamp_ms=base + t
+                )
+            )
         await producer.flush()
         await asyncio.gather(*sends)
     finally:
@@ -59,21 +62,52 @@ async def _send_as_simulate_qa(settings, dataset, delay):
 
 
 CASES = [
-    ("sea-d0", lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000), "binary",
-     lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(), "accuracy",
-     metrics.Accuracy, 0),
-    ("sea-d100", lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000), "binary",
-     lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(), "accuracy",
-     metrics.Accuracy, 100),
-    ("sea-d1000", lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000), "binary",
-     lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(), "accuracy",
-     metrics.Accuracy, 1000),
-    ("shuttle-macro-f1-d200", lambda: itertools.islice(datasets.Shuttle(), 8000), "multiclass",
-     tree.HoeffdingTreeClassifier, "f1", metrics.MacroF1, 200),
-    ("trump-mae-d10", datasets.TrumpApproval, "regression",
-     lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(), "mae",
-     metrics.MAE, 10),
-]  # fmt: skip
+    (
+        "sea-d0",
+        lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000),
+        "binary",
+        lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+        "accuracy",
+        metrics.Accuracy,
+        0,
+    ),
+    (
+        "sea-d100",
+        lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000),
+        "binary",
+        lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+        "accuracy",
+        metrics.Accuracy,
+        100,
+    ),
+    (
+        "sea-d1000",
+        lambda: itertools.islice(synth.SEA(variant=0, seed=4), 20_000),
+        "binary",
+        lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+        "accuracy",
+        metrics.Accuracy,
+        1000,
+    ),
+    (
+        "shuttle-macro-f1-d200",
+        lambda: itertools.islice(datasets.Shuttle(), 8000),
+        "multiclass",
+        tree.HoeffdingTreeClassifier,
+        "f1",
+        metrics.MacroF1,
+        200,
+    ),
+    (
+        "trump-mae-d10",
+        datasets.TrumpApproval,
+        "regression",
+        lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(),
+        "mae",
+        metrics.MAE,
+        10,
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -114,16 +148,22 @@ def test_samples_are_predicted_when_they_arrive_not_when_their_labels_do(setting
             await producer.start()
             try:
                 for i, (x, _) in enumerate(data):
-                    await producer.send(topics.samples, orjson.dumps({"id": f"u{i}", "features": x}),
-                                        key=f"u{i}".encode())  # fmt: skip
+                    await producer.send(
+                        topics.samples,
+                        orjson.dumps({"id": f"u{i}", "features": x}),
+                        key=f"u{i}".encode(),
+                    )
                 await producer.flush()
                 sent_at = time.monotonic()
                 predictions = await read_topic(settings, topics.predictions, at_least=50)
                 waited = time.monotonic() - sent_at
                 assert learned(worker) == 0  # no label has come: nothing learned
                 for i, (_, y) in enumerate(data):
-                    await producer.send(topics.labels, orjson.dumps({"id": f"u{i}", "label": y}),
-                                        key=f"u{i}".encode())  # fmt: skip
+                    await producer.send(
+                        topics.labels,
+                        orjson.dumps({"id": f"u{i}", "label": y}),
+                        key=f"u{i}".encode(),
+                    )
                 await producer.flush()
             finally:
                 await producer.stop()
@@ -144,18 +184,25 @@ def test_late_and_missing_labels_are_learned_or_counted_as_expired(settings):
     options = ProduceOptions(n=n, label_delay=500, label_drop=0.01, seed=5)
 
     async def scenario():
-        report = await produce(settings.kafka, settings.topics.prefix,
-                               sources.open_named("sea", seed=5), options)  # fmt: skip
+        report = await produce(
+            settings.kafka, settings.topics.prefix, sources.open_named("sea", seed=5), options
+        )
         async with running_worker(settings) as worker:
 
             def expired():
                 return worker.counts().get("sample_expired", 0)
 
-            await wait_for(lambda: learned(worker) + expired() >= n, 120,
-                           "every sample accounted for")  # fmt: skip
-            unjoined = Counter({k: v for k, v in worker.counts().items()
-                                if not k.startswith("dead:")
-                                and k.endswith(("_expired", "_evicted", "_duplicate"))})  # fmt: skip
+            await wait_for(
+                lambda: learned(worker) + expired() >= n, 120, "every sample accounted for"
+            )
+            unjoined = Counter(
+                {
+                    k: v
+                    for k, v in worker.counts().items()
+                    if not k.startswith("dead:")
+                    and k.endswith(("_expired", "_evicted", "_duplicate"))
+                }
+            )
             predicted = sum(v for _, v in _sample_values(worker, "eddy_predictions_total"))
             return report, learned(worker), expired(), unjoined, predicted
 
@@ -222,8 +269,11 @@ def test_samples_from_aiokafka_and_labels_from_librdkafka_all_join(settings):
         await producer.start()
         try:
             for i, (x, _) in enumerate(data):
-                await producer.send(topics.samples, orjson.dumps({"id": f"k{i}", "features": x}),
-                                    key=f"k{i}".encode())  # fmt: skip
+                await producer.send(
+                    topics.samples,
+                    orjson.dumps({"id": f"k{i}", "features": x}),
+                    key=f"k{i}".encode(),
+                )
             await producer.flush()
         finally:
             await producer.stop()
@@ -232,9 +282,14 @@ def test_samples_from_aiokafka_and_labels_from_librdkafka_all_join(settings):
     labels = confluent_kafka.Producer({"bootstrap.servers": settings.kafka.bootstrap})
     delivered = []
     for i, (_, y) in enumerate(data):
-        labels.produce(topics.labels, orjson.dumps({"id": f"k{i}", "label": y}),
-                       key=f"k{i}".encode(), on_delivery=lambda err, msg: delivered.append(
-                           (err, msg.key().decode(), msg.partition())))  # fmt: skip
+        labels.produce(
+            topics.labels,
+            orjson.dumps({"id": f"k{i}", "label": y}),
+            key=f"k{i}".encode(),
+            on_delivery=lambda err, msg: delivered.append(
+                (err, msg.key().decode(), msg.partition())
+            ),
+        )
     assert labels.flush(30) == 0
     assert all(err is None for err, _, _ in delivered)
     crc = {f"k{i}": zlib.crc32(f"k{i}".encode()) % settings.topics.partitions for i in range(n)}

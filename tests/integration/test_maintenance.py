@@ -40,11 +40,22 @@ async def _request_manual_retrain(settings, start, end):
     event = make_event(
         "retrain.requested",
         "eddy/test",
-        {"stream": "default", "reason": "manual",
-         "window": {"offsets": [{"topic": Topics(settings.topics.prefix).examples,
-                                 "partition": 0, "start": start, "end": end}]}},
+        {
+            "stream": "default",
+            "reason": "manual",
+            "window": {
+                "offsets": [
+                    {
+                        "topic": Topics(settings.topics.prefix).examples,
+                        "partition": 0,
+                        "start": start,
+                        "end": end,
+                    }
+                ]
+            },
+        },
         subject="default",
-    )  # fmt: skip
+    )
     producer = await start_producer(settings.kafka)
     try:
         await producer.send_and_wait(Topics(settings.topics.prefix).events, orjson.dumps(event))
@@ -125,13 +136,19 @@ def test_drift_to_served_int8_model(settings, tmp_path):
     assert ("export", "v0002") in actions
     assert ("adopt", "v0002") in actions
 
-    events = [decode_event(r.value) for r in asyncio.run(
-        read_topic(settings, Topics(settings.topics.prefix).events, at_least=8))]  # fmt: skip
+    events = [
+        decode_event(r.value)
+        for r in asyncio.run(
+            read_topic(settings, Topics(settings.topics.prefix).events, at_least=8)
+        )
+    ]
     drift = next(
-        e for e in events
-        if e.type == "drift.detected" and e.data["level"] == "drift"
+        e
+        for e in events
+        if e.type == "drift.detected"
+        and e.data["level"] == "drift"
         and e.data["position"]["sample_count"] > DRIFT_AT
-    )  # fmt: skip
+    )
     updated = next(e for e in events if e.type == "model.updated" and e.data["version"] == "v0002")
     exported = next(
         e for e in events if e.type == "model.exported" and e.data["version"] == "v0002"
@@ -149,8 +166,19 @@ def test_drift_to_served_int8_model(settings, tmp_path):
         "timeline (s after drift.detected):", {k: round(v - start, 2) for k, v in timeline.items()}
     )
     print("comparison:", comparison)
-    print("quantization:", {k: q[k] for k in ("size_ratio", "accuracy_delta", "fp32_batch1_us",
-                                             "int8_batch1_us", "int8_batch256_per_s")})  # fmt: skip
+    print(
+        "quantization:",
+        {
+            k: q[k]
+            for k in (
+                "size_ratio",
+                "accuracy_delta",
+                "fp32_batch1_us",
+                "int8_batch1_us",
+                "int8_batch256_per_s",
+            )
+        },
+    )
 
 
 def _ts(rfc3339: str) -> float:

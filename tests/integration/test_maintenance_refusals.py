@@ -45,17 +45,27 @@ async def _send(settings, *values: bytes) -> None:
 
 
 def _retrain(stream: str, **data: object) -> bytes:
-    event = make_event("retrain.requested", "eddy/test",
-                       {"stream": stream, "reason": "manual", **data}, subject=stream)  # fmt: skip
+    event = make_event(
+        "retrain.requested",
+        "eddy/test",
+        {"stream": stream, "reason": "manual", **data},
+        subject=stream,
+    )
     return orjson.dumps(event)
 
 
 def test_a_bad_request_is_refused_and_the_next_one_is_served(settings):
-    settings = settings.with_overrides({
-        "topic_prefix": settings.topics.prefix + "r.", "partitions": 1, "retrain_epochs": 3,
-        "retrain_folds": 2, "retrain_hidden": (16,), "retrain_min_examples": 500,
-        "retrain_wait_s": 5.0,
-    })  # fmt: skip
+    settings = settings.with_overrides(
+        {
+            "topic_prefix": settings.topics.prefix + "r.",
+            "partitions": 1,
+            "retrain_epochs": 3,
+            "retrain_folds": 2,
+            "retrain_hidden": (16,),
+            "retrain_min_examples": 500,
+            "retrain_wait_s": 5.0,
+        }
+    )
     asyncio.run(create_topics(settings.kafka, settings.topics))
     topics = Topics(settings.topics.prefix)
     garbage = [b"{not json", orjson.dumps({"specversion": "1.0", "type": "eddy.nonsense"})]
@@ -69,12 +79,24 @@ def test_a_bad_request_is_refused_and_the_next_one_is_served(settings):
             running(settings, Retrainer) as retrainer,
             running(settings, Exporter) as exporter,
         ):
-            await wait_for(lambda: retrainer.ready.is_set() and exporter.ready.is_set(), 60,
-                           "the consumers joined their groups")  # fmt: skip
-            bad_version = make_event("model.updated", "eddy/test", {
-                "model": "default", "version": "v0042", "parent_version": None,
-                "card": "default/v0042/card.json", "promoted": True, "metrics": {}},
-                subject="default")  # fmt: skip
+            await wait_for(
+                lambda: retrainer.ready.is_set() and exporter.ready.is_set(),
+                60,
+                "the consumers joined their groups",
+            )
+            bad_version = make_event(
+                "model.updated",
+                "eddy/test",
+                {
+                    "model": "default",
+                    "version": "v0042",
+                    "parent_version": None,
+                    "card": "default/v0042/card.json",
+                    "promoted": True,
+                    "metrics": {},
+                },
+                subject="default",
+            )
             await _send(
                 settings,
                 *garbage,
@@ -83,15 +105,19 @@ def test_a_bad_request_is_refused_and_the_next_one_is_served(settings):
                 orjson.dumps(bad_version),  # the exporter: a version that does not exist
                 _retrain("default"),  # and then a request that can be served
             )
-            await wait_for(lambda: retrainer.handled >= 1 and exporter.handled >= 1, 180,
-                           "the good request retrained and exported")  # fmt: skip
+            await wait_for(
+                lambda: retrainer.handled >= 1 and exporter.handled >= 1,
+                180,
+                "the good request retrained and exported",
+            )
             return retrainer.refused, exporter.refused
 
     retrainer_refused, exporter_refused = asyncio.run(scenario())
     assert (retrainer_refused, exporter_refused) == (2, 1)
 
-    events = [_decoded(r.value) for r in asyncio.run(read_topic(settings, topics.events,
-                                                                at_least=10))]  # fmt: skip
+    events = [
+        _decoded(r.value) for r in asyncio.run(read_topic(settings, topics.events, at_least=10))
+    ]
     events = [e for e in events if e is not None]
     refusals = [e.data for e in events if e.type == "maintenance.refused"]
     assert sorted((r["consumer"], r["model"]) for r in refusals) == [
@@ -103,8 +129,9 @@ def test_a_bad_request_is_refused_and_the_next_one_is_served(settings):
     assert [e.data["version"] for e in events if e.type == "model.exported"] == ["v0001"]
 
     async def history():
-        async with KafkaRegistry.open(settings.kafka, settings.topics.prefix,
-                                      settings.data_dir / "rebuilt") as registry:  # fmt: skip
+        async with KafkaRegistry.open(
+            settings.kafka, settings.topics.prefix, settings.data_dir / "rebuilt"
+        ) as registry:
             return registry.mirror.history()
 
     actions = [(e["action"], e["model"]) for e in asyncio.run(history())]

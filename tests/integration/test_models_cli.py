@@ -11,16 +11,25 @@ from tests.integration.conftest import read_topic
 
 
 def _flags(settings, data_dir):
-    return ["--data-dir", str(data_dir), "--bootstrap", settings.kafka.bootstrap,
-            "--topic-prefix", settings.topics.prefix, "--producer-idempotence", "off"]  # fmt: skip
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--bootstrap",
+        settings.kafka.bootstrap,
+        "--topic-prefix",
+        settings.topics.prefix,
+        "--producer-idempotence",
+        "off",
+    ]
 
 
 def test_list_show_verify_promote_rollback_history_from_an_empty_data_dir(
     settings, tmp_path, capsys
 ):
     async def register() -> None:
-        async with KafkaRegistry.open(settings.kafka, settings.topics.prefix,
-                                      settings.data_dir / "registry") as registry:  # fmt: skip
+        async with KafkaRegistry.open(
+            settings.kafka, settings.topics.prefix, settings.data_dir / "registry"
+        ) as registry:
             await registry.register("fraud", {"parent_version": None}, {"model.pt": b"one"})
             await registry.register("fraud", {"parent_version": "v0001"}, {"model.pt": b"two"})
             await registry.set_alias("fraud", "champion", "v0001")
@@ -40,11 +49,19 @@ def test_list_show_verify_promote_rollback_history_from_an_empty_data_dir(
 
     assert main(["models", "promote", "fraud", "v0002", *flags]) == 0
     assert main(["models", "rollback", "fraud", "--reason", "bad in prod", *flags]) == 0
-    events = [decode_event(r.value) for r in asyncio.run(
-        read_topic(settings, Topics(settings.topics.prefix).events, at_least=2))]  # fmt: skip
+    events = [
+        decode_event(r.value)
+        for r in asyncio.run(
+            read_topic(settings, Topics(settings.topics.prefix).events, at_least=2)
+        )
+    ]
     assert [e.type for e in events] == ["model.promoted", "model.rolled_back"]
-    assert events[1].data == {"model": "fraud", "version": "v0001", "from_version": "v0002",
-                              "reason": "bad in prod"}  # fmt: skip
+    assert events[1].data == {
+        "model": "fraud",
+        "version": "v0001",
+        "from_version": "v0002",
+        "reason": "bad in prod",
+    }
 
     # A third machine sees the aliases and the log the second one wrote.
     third = _flags(settings, tmp_path / "a-third-machine")

@@ -38,8 +38,12 @@ KEY = "takeover-test-key"
 def _start(settings, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDDY_")}
     env |= settings_env(settings.with_overrides({"data_dir": data_dir}))
-    env |= {"EDDY_MODEL": "logreg", "EDDY_CHECKPOINT_INTERVAL_S": "1",
-            "EDDY_SNAPSHOT_INTERVAL_S": "2", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env |= {
+        "EDDY_MODEL": "logreg",
+        "EDDY_CHECKPOINT_INTERVAL_S": "1",
+        "EDDY_SNAPSHOT_INTERVAL_S": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
     command = [sys.executable, "-m", "eddy.streams.cli", "worker"]
     return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
@@ -50,8 +54,13 @@ def _state(settings, data_dir: Path, partition: int):
 
     async def load():
         group = f"{settings.topics.prefix}worker"
-        changelog = Changelog(settings.kafka, Topics(settings.topics.prefix).changelog,
-                              state_key(settings.state), data_dir / "reader" / group, group)  # fmt: skip
+        changelog = Changelog(
+            settings.kafka,
+            Topics(settings.topics.prefix).changelog,
+            state_key(settings.state),
+            data_dir / "reader" / group,
+            group,
+        )
         return await changelog.load(partition)
 
     restored = asyncio.run(load())
@@ -79,23 +88,36 @@ def _wait_log(log: Path, pattern: str, within: float, proc: subprocess.Popen[byt
 
 
 def test_a_worker_on_another_machine_takes_over_from_the_changelog(settings, tmp_path):
-    settings = settings.with_overrides({
-        "topic_prefix": settings.topics.prefix + "to.", "partitions": 4, "signing_key": KEY,
-        "retrain_epochs": 3, "retrain_folds": 2, "retrain_hidden": (16,),
-        "retrain_min_examples": 500, "retrain_wait_s": 10.0,
-    })  # fmt: skip
+    settings = settings.with_overrides(
+        {
+            "topic_prefix": settings.topics.prefix + "to.",
+            "partitions": 4,
+            "signing_key": KEY,
+            "retrain_epochs": 3,
+            "retrain_folds": 2,
+            "retrain_hidden": (16,),
+            "retrain_min_examples": 500,
+            "retrain_wait_s": 10.0,
+        }
+    )
     asyncio.run(create_topics(settings.kafka, settings.topics))
     machine_a, machine_b = tmp_path / "a", tmp_path / "b"
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
 
     async def send_all() -> None:
-        await asyncio.gather(*(
-            produce(settings.kafka, settings.topics.prefix,
+        await asyncio.gather(
+            *(
+                produce(
+                    settings.kafka,
+                    settings.topics.prefix,
                     itertools.islice(sources.open_named("sea", seed=i), PER_STREAM),
-                    ProduceOptions(n=PER_STREAM, inline_labels=True, rate=700, stream=name,
-                                   id_prefix=name))
-            for i, name in enumerate(STREAMS)
-        ))  # fmt: skip
+                    ProduceOptions(
+                        n=PER_STREAM, inline_labels=True, rate=700, stream=name, id_prefix=name
+                    ),
+                )
+                for i, name in enumerate(STREAMS)
+            )
+        )
 
     a = _start(settings, machine_a, log_a)
     b = None
@@ -135,8 +157,11 @@ def test_a_worker_on_another_machine_takes_over_from_the_changelog(settings, tmp
     # B restored A's partitions from the changelog (machine B never saw A's files),
     # logging the offsets it resumed at.
     text = log_b.read_text()
-    restored = re.findall(r"partition (\d) restored from changelog \S+ \(generation (\d+)\), "
-                          r"resuming at \{.*'samples': (\d+)", text)  # fmt: skip
+    restored = re.findall(
+        r"partition (\d) restored from changelog \S+ \(generation (\d+)\), "
+        r"resuming at \{.*'samples': (\d+)",
+        text,
+    )
     assert {p for p, _, _ in restored} == {"0", "1", "2", "3"}, text[-3000:]
     assert all(int(offset) > 0 for _, _, offset in restored)
     # Re-sent examples are bounded by one checkpoint interval's worth (1 s at ~2,800/s).
@@ -161,25 +186,42 @@ async def _champion_and_online(settings, empty_dir: Path) -> tuple[str | None, s
             await asyncio.wait_for(task, 120)
 
     async with running(Retrainer) as retrainer, running(Exporter) as exporter:
-        request = make_event("retrain.requested", "eddy/test",
-                             {"stream": "s0", "reason": "manual", "window": {"last_n": 3000}},
-                             subject="s0", signing_key=KEY.encode())  # fmt: skip
+        request = make_event(
+            "retrain.requested",
+            "eddy/test",
+            {"stream": "s0", "reason": "manual", "window": {"last_n": 3000}},
+            subject="s0",
+            signing_key=KEY.encode(),
+        )
         producer = await start_producer(settings.kafka)
         try:
             import orjson
 
-            await producer.send_and_wait(Topics(settings.topics.prefix).events,
-                                         orjson.dumps(request))  # fmt: skip
+            await producer.send_and_wait(
+                Topics(settings.topics.prefix).events, orjson.dumps(request)
+            )
         finally:
             await producer.stop()
-        await wait_for(lambda: retrainer.handled >= 1 and exporter.handled >= 1, 120,
-                       "s0 retrained and exported")  # fmt: skip
-    client = HotSwapClient(settings.kafka, "s0", prefix=settings.topics.prefix, data_dir=empty_dir,
-                           signing_key=KEY, follow="both")  # fmt: skip
+        await wait_for(
+            lambda: retrainer.handled >= 1 and exporter.handled >= 1,
+            120,
+            "s0 retrained and exported",
+        )
+    client = HotSwapClient(
+        settings.kafka,
+        "s0",
+        prefix=settings.topics.prefix,
+        data_dir=empty_dir,
+        signing_key=KEY,
+        follow="both",
+    )
     await client.start()
     try:
-        await wait_for(lambda: {"champion", "online"} <= set(client.held()), 60,
-                       "the champion and the online model held")  # fmt: skip
+        await wait_for(
+            lambda: {"champion", "online"} <= set(client.held()),
+            60,
+            "the champion and the online model held",
+        )
         prediction = client.predict([{"0": 5.0, "1": 4.0, "2": 1.0}])
         assert prediction[0] in (True, False)
         return client.held()["champion"], client.held()["online"]

@@ -25,9 +25,14 @@ from tests.integration.worker_helpers import running_worker, wait_for
 
 N, BEFORE, DRIFT_AT, TRIALS = 10_000, 4500, 5000, 4
 VARIANTS = [
-    "teacher-fp32", "teacher-int8", "student-fp32", "student-int8",
-    "structured-25-int8", "structured-50-int8", "structured-75-int8",
-]  # fmt: skip
+    "teacher-fp32",
+    "teacher-int8",
+    "student-fp32",
+    "student-int8",
+    "structured-25-int8",
+    "structured-50-int8",
+    "structured-75-int8",
+]
 
 
 @contextlib.asynccontextmanager
@@ -46,12 +51,17 @@ async def request_manual_retrain(settings, start, end):
     """A first champion trained on pre-drift examples (what `eddy retrain` sends)."""
     topics = Topics(settings.topics.prefix)
     event = make_event(
-        "retrain.requested", "eddy/test",
-        {"stream": "default", "reason": "manual",
-         "window": {"offsets": [{"topic": topics.examples, "partition": 0,
-                                 "start": start, "end": end}]}},
+        "retrain.requested",
+        "eddy/test",
+        {
+            "stream": "default",
+            "reason": "manual",
+            "window": {
+                "offsets": [{"topic": topics.examples, "partition": 0, "start": start, "end": end}]
+            },
+        },
         subject="default",
-    )  # fmt: skip
+    )
     producer = await start_producer(settings.kafka)
     try:
         await producer.send_and_wait(topics.events, orjson.dumps(event))
@@ -89,12 +99,14 @@ def test_search_compress_gate_and_hot_swap_on_a_drifted_stream(settings, tmp_pat
             await client.start()
             try:
                 # before the drift: the first champion is trained, exported and served
-                await produce(settings.kafka, settings.topics.prefix, stream,
-                              ProduceOptions(n=BEFORE))  # fmt: skip
+                await produce(
+                    settings.kafka, settings.topics.prefix, stream, ProduceOptions(n=BEFORE)
+                )
                 await wait_for(lambda: client.version == "v0001", 120, "v0001 served")
                 # the rest of the same stream: the drift, a retrain, its export and the swap
-                await produce(settings.kafka, settings.topics.prefix, stream,
-                              ProduceOptions(n=N - BEFORE))  # fmt: skip
+                await produce(
+                    settings.kafka, settings.topics.prefix, stream, ProduceOptions(n=N - BEFORE)
+                )
                 await wait_for(lambda: client.version == "v0002", 180, "v0002 served after drift")
                 prediction = client.predict([{"0": 5.0, "1": 4.2, "2": 1.0}])
             finally:
@@ -161,21 +173,27 @@ def test_search_compress_gate_and_hot_swap_on_a_drifted_stream(settings, tmp_pat
     assert retrain["search_trials"] == TRIALS and retrain["candidate"] == search["chosen"]
     assert entries[("export", "v0002")]["variant"] == chosen
 
-    events = [decode_event(r.value) for r in asyncio.run(
-        read_topic(settings, Topics(settings.topics.prefix).events, at_least=8))]  # fmt: skip
+    events = [
+        decode_event(r.value)
+        for r in asyncio.run(
+            read_topic(settings, Topics(settings.topics.prefix).events, at_least=8)
+        )
+    ]
     exported = next(
         e for e in events if e.type == "model.exported" and e.data["version"] == "v0002"
     )
     assert exported.data["servable"] is True and exported.data["variant"] == chosen
     raw = next(
-        orjson.loads(r.value) for r in asyncio.run(
-            read_topic(settings, Topics(settings.topics.prefix).events))
+        orjson.loads(r.value)
+        for r in asyncio.run(read_topic(settings, Topics(settings.topics.prefix).events))
         if b"model.exported" in r.value and b'"v0002"' in r.value
-    )  # fmt: skip
+    )
     assert schema_errors("model.exported", raw) == []
 
-    print(f"loop: {loop_seconds:.1f} s; search {search['seconds']:.1f} s "
-          f"({search['n_complete']} complete, {search['n_pruned']} pruned), chosen "
-          f"{search['chosen']} {card['hyperparameters']['hidden']}; "
-          f"candidates {search['candidates']}")  # fmt: skip
+    print(
+        f"loop: {loop_seconds:.1f} s; search {search['seconds']:.1f} s "
+        f"({search['n_complete']} complete, {search['n_pruned']} pruned), chosen "
+        f"{search['chosen']} {card['hyperparameters']['hidden']}; "
+        f"candidates {search['candidates']}"
+    )
     print(compression["table"])

@@ -32,10 +32,16 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags that keep Chromium off the (closed) network and out of the sandbox a root
 # user cannot have.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--hide-scrollbars",
-]  # fmt: skip
+]
 
 # Small, fast maintenance settings: the tests are about the processes, not the models.
 FAST = {
@@ -110,8 +116,18 @@ class System:
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     data_dir = tmp_path_factory.mktemp("up") / "eddy-data"
     out = data_dir.parent / "up.out"
-    cmd = eddy_argv("up", "--demo", "--n", "12000", "--rate", "1000", "--partitions", "1",
-                    "--data-dir", str(data_dir))  # fmt: skip
+    cmd = eddy_argv(
+        "up",
+        "--demo",
+        "--n",
+        "12000",
+        "--rate",
+        "1000",
+        "--partitions",
+        "1",
+        "--data-dir",
+        str(data_dir),
+    )
     with open(out, "wb") as sink:
         process = subprocess.Popen(cmd, cwd=REPO, env=eddy_env(), stdout=sink, stderr=sink)
     system = System(data_dir, process, out)
@@ -146,10 +162,19 @@ def test_dashboard_shows_learning_drift_and_export_in_chromium(
     url = f"http://127.0.0.1:{system.port()}/"
     profile = tmp_path / "chromium-profile"
     dom = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-         "--dump-dom", url],
-        capture_output=True, text=True, timeout=90, check=True,
-    ).stdout  # fmt: skip
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    ).stdout
     charts = dict(re.findall(r'id="chart-(\w+)" data-points="(\d+)"', dom))
     markers = re.findall(r'class="marker ([\w-]+)"', dom)
     assert int(charts["metric"]) >= 10, charts
@@ -160,10 +185,19 @@ def test_dashboard_shows_learning_drift_and_export_in_chromium(
 
     shot = Path(os.environ.get("EDDY_SCREENSHOT", tmp_path / "dashboard.png"))
     subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-         "--window-size=1280,1050", f"--screenshot={shot}", url],
-        capture_output=True, timeout=90, check=True,
-    )  # fmt: skip
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--window-size=1280,1050",
+            f"--screenshot={shot}",
+            url,
+        ],
+        capture_output=True,
+        timeout=90,
+        check=True,
+    )
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
 
 
@@ -182,8 +216,11 @@ def test_metrics_follow_prometheus_conventions(system: System) -> None:
 
         text = wait_until(scraped, 60, f"{name} /metrics answering")
         if name == "worker":  # its own precondition: the worker has learned something
-            wait_until(lambda: (s := system.state()) and s["totals"]["learned"] > 0, 120,
-                       "the worker learning")  # fmt: skip
+            wait_until(
+                lambda: (s := system.state()) and s["totals"]["learned"] > 0,
+                120,
+                "the worker learning",
+            )
             text = scraped() or text
         types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
         assert "eddy_process_resident_memory_bytes" in types
@@ -199,8 +236,11 @@ def test_metrics_follow_prometheus_conventions(system: System) -> None:
 def test_a_killed_worker_is_reported_and_restarted(system: System) -> None:
     """kill -9 of the worker: the supervisor says so, restarts it, it resumes its state."""
     # Its own precondition: enough learned (and checkpointed) before the kill.
-    wait_until(lambda: (s := system.state()) and s["totals"]["learned"] > 6000, 180,
-               "6,000 examples learned before the kill")  # fmt: skip
+    wait_until(
+        lambda: (s := system.state()) and s["totals"]["learned"] > 6000,
+        180,
+        "6,000 examples learned before the kill",
+    )
     before = wait_until(system.status, 60, "up.json")["children"]["worker"]
     os.kill(before["pid"], signal.SIGKILL)
 
@@ -244,11 +284,25 @@ def test_sigterm_stops_everything(system: System) -> None:
 
 def test_bounded_demo_accounts_for_every_sample(tmp_path: Path) -> None:
     """What `make demo` runs, smaller: it ends by itself with a summary that adds up."""
-    cmd = eddy_argv("up", "--demo", "--exit-when-done", "--fresh", "--n", "6000", "--rate",
-                    "3000", "--partitions", "1", "--timeout", "240",
-                    "--data-dir", str(tmp_path / "eddy-data"))  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO, env=eddy_env(), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    cmd = eddy_argv(
+        "up",
+        "--demo",
+        "--exit-when-done",
+        "--fresh",
+        "--n",
+        "6000",
+        "--rate",
+        "3000",
+        "--partitions",
+        "1",
+        "--timeout",
+        "240",
+        "--data-dir",
+        str(tmp_path / "eddy-data"),
+    )
+    done = subprocess.run(
+        cmd, cwd=REPO, env=eddy_env(), capture_output=True, text=True, timeout=300
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "eddy demo summary (done)" in output

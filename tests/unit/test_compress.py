@@ -83,8 +83,10 @@ def test_structured_pruning_shrinks_layers_and_the_onnx_file(teacher):
         pruned = prune_structured(teacher, fraction)
         assert pruned.params.hidden == (width, width)
         assert [m.out_features for m in pruned.net if isinstance(m, torch.nn.Linear)] == [
-            width, width, 3,
-        ]  # fmt: skip
+            width,
+            width,
+            3,
+        ]
         sizes.append(len(to_onnx(pruned)))
     assert sizes == sorted(sizes, reverse=True)
     assert teacher.params.hidden == (64, 64)
@@ -108,15 +110,29 @@ def test_structured_pruning_removes_the_weakest_units(teacher):
 
 def test_compress_reports_every_variant_and_picks_the_smallest_passing(teacher):
     report = compress(
-        teacher, TRAIN_X, HOLD_X, HOLD_Y, max_delta=0.02, min_size_ratio=1.5,
-        magnitude=True, seed=1, timing_rounds=2,
-    )  # fmt: skip
+        teacher,
+        TRAIN_X,
+        HOLD_X,
+        HOLD_Y,
+        max_delta=0.02,
+        min_size_ratio=1.5,
+        magnitude=True,
+        seed=1,
+        timing_rounds=2,
+    )
     names = [v.name for v in report.variants]
     assert names == [
-        "teacher-fp32", "teacher-int8", "student-fp32", "student-int8",
-        "structured-25-int8", "structured-50-int8", "structured-75-int8",
-        "magnitude-25-int8", "magnitude-50-int8", "magnitude-75-int8",
-    ]  # fmt: skip
+        "teacher-fp32",
+        "teacher-int8",
+        "student-fp32",
+        "student-int8",
+        "structured-25-int8",
+        "structured-50-int8",
+        "structured-75-int8",
+        "magnitude-25-int8",
+        "magnitude-50-int8",
+        "magnitude-75-int8",
+    ]
     reference = report.row("teacher-fp32")
     assert reference.size_ratio == 1.0 and reference.delta == 0.0
     for v in report.variants:
@@ -155,9 +171,16 @@ def test_compress_reports_every_variant_and_picks_the_smallest_passing(teacher):
 
 def test_compress_with_nothing_passing(teacher):
     report = compress(
-        teacher, TRAIN_X, HOLD_X, HOLD_Y, max_delta=0.02, min_size_ratio=50.0,
-        ladder=(0.5,), student=DistillParams(hidden=(8,), epochs=5), timing_rounds=1,
-    )  # fmt: skip
+        teacher,
+        TRAIN_X,
+        HOLD_X,
+        HOLD_Y,
+        max_delta=0.02,
+        min_size_ratio=50.0,
+        ladder=(0.5,),
+        student=DistillParams(hidden=(8,), epochs=5),
+        timing_rounds=1,
+    )
     assert report.chosen is None and report.chosen_onnx is None
     assert report.reason.startswith("no int8 variant passes the gate (teacher-int8: size ratio")
     assert report.row("student-fp32").hidden == (8,)
@@ -166,10 +189,17 @@ def test_compress_with_nothing_passing(teacher):
 
 def test_compress_falls_back_to_teacher_int8(teacher):
     report = compress(
-        teacher, TRAIN_X, HOLD_X, HOLD_Y, max_delta=0.01, min_size_ratio=1.5,
-        ladder=(0.75,), student=DistillParams(hidden=(4,), epochs=3), fine_tune_epochs=0,
+        teacher,
+        TRAIN_X,
+        HOLD_X,
+        HOLD_Y,
+        max_delta=0.01,
+        min_size_ratio=1.5,
+        ladder=(0.75,),
+        student=DistillParams(hidden=(4,), epochs=3),
+        fine_tune_epochs=0,
         timing_rounds=1,
-    )  # fmt: skip
+    )
     assert not report.row("student-int8").passed
     assert not report.row("structured-75-int8").passed
     assert report.chosen == "teacher-int8"
@@ -198,9 +228,16 @@ def test_regression():
     teacher_mae = -score(teacher, x[2400:], targets[2400:])
     assert -score(student, x[2400:], targets[2400:]) <= teacher_mae * 1.25
     report = compress(
-        teacher, x[:2400], x[2400:], targets[2400:], max_delta=0.05, min_size_ratio=1.5,
-        ladder=(0.25, 0.5), seed=2, timing_rounds=1,
-    )  # fmt: skip
+        teacher,
+        x[:2400],
+        x[2400:],
+        targets[2400:],
+        max_delta=0.05,
+        min_size_ratio=1.5,
+        ladder=(0.25, 0.5),
+        seed=2,
+        timing_rounds=1,
+    )
     assert report.metric == "mae" and report.task == "regression"
     assert report.row("teacher-fp32").quality == pytest.approx(teacher_mae, rel=1e-4)
     for v in report.variants:

@@ -57,9 +57,11 @@ def exported_metric_names() -> set[str]:
     """Every sample name eddy's processes can expose (counters with _total, etc.)."""
     registry = CollectorRegistry()
     for kind in (
-        metrics.EngineMetrics, metrics.ConsumerMetrics, metrics.ControlMetrics,
+        metrics.EngineMetrics,
+        metrics.ConsumerMetrics,
+        metrics.ControlMetrics,
         metrics.ModelEventMetrics,
-    ):  # fmt: skip
+    ):
         kind.create(registry)
     metrics.process_metrics(registry)
     names = set()
@@ -108,8 +110,9 @@ def test_compose_sets_only_real_settings_and_prometheus_scrapes_their_ports() ->
             ports[name] = int(env["EDDY_METRICS_PORT"])
     assert set(ports) == {"worker", "retrainer", "exporter"}
     config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for s in job["static_configs"]
-               for t in s["targets"]}  # fmt: skip
+    targets = {
+        t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    }
     assert targets == {f"{name}:{port}" for name, port in ports.items()}
 
 

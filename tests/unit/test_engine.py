@@ -38,29 +38,89 @@ def _scaled_logreg():
 
 EQUIVALENCE = [
     # (name, dataset, model factory, task, eddy metric, River metric, delay)
-    ("SEA binary, labels at once", _sea(), _scaled_logreg, "binary", "accuracy",
-     metrics.Accuracy, 0),
-    ("SEA binary, labels 100 late", _sea(), _scaled_logreg, "binary", "accuracy",
-     metrics.Accuracy, 100),
-    ("SEA binary, labels 1000 late", _sea(), _scaled_logreg, "binary", "accuracy",
-     metrics.Accuracy, 1000),
+    (
+        "SEA binary, labels at once",
+        _sea(),
+        _scaled_logreg,
+        "binary",
+        "accuracy",
+        metrics.Accuracy,
+        0,
+    ),
+    (
+        "SEA binary, labels 100 late",
+        _sea(),
+        _scaled_logreg,
+        "binary",
+        "accuracy",
+        metrics.Accuracy,
+        100,
+    ),
+    (
+        "SEA binary, labels 1000 late",
+        _sea(),
+        _scaled_logreg,
+        "binary",
+        "accuracy",
+        metrics.Accuracy,
+        1000,
+    ),
     ("SEA binary F1, labels 100 late", _sea(), _scaled_logreg, "binary", "f1", metrics.F1, 100),
-    ("SEA binary log loss, 100 late", _sea(), _scaled_logreg, "binary", "log_loss",
-     metrics.LogLoss, 100),
-    ("Shuttle multiclass accuracy", lambda: itertools.islice(datasets.Shuttle(), 10_000),
-     tree.HoeffdingTreeClassifier, "multiclass", "accuracy", metrics.Accuracy, 0),
-    ("Shuttle multiclass macro-F1, 200 late", lambda: itertools.islice(datasets.Shuttle(), 10_000),
-     tree.HoeffdingTreeClassifier, "multiclass", "f1", metrics.MacroF1, 200),
-    ("ImageSegments softmax, 50 late", datasets.ImageSegments,
-     lambda: preprocessing.StandardScaler() | linear_model.SoftmaxRegression(), "multiclass",
-     "accuracy", metrics.Accuracy, 50),
-    ("TrumpApproval regression MAE, 10 late", datasets.TrumpApproval,
-     lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression",
-     "mae", metrics.MAE, 10),
-    ("Friedman regression RMSE, 300 late", lambda: itertools.islice(synth.Friedman(seed=3), 5000),
-     lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression",
-     "rmse", metrics.RMSE, 300),
-]  # fmt: skip
+    (
+        "SEA binary log loss, 100 late",
+        _sea(),
+        _scaled_logreg,
+        "binary",
+        "log_loss",
+        metrics.LogLoss,
+        100,
+    ),
+    (
+        "Shuttle multiclass accuracy",
+        lambda: itertools.islice(datasets.Shuttle(), 10_000),
+        tree.HoeffdingTreeClassifier,
+        "multiclass",
+        "accuracy",
+        metrics.Accuracy,
+        0,
+    ),
+    (
+        "Shuttle multiclass macro-F1, 200 late",
+        lambda: itertools.islice(datasets.Shuttle(), 10_000),
+        tree.HoeffdingTreeClassifier,
+        "multiclass",
+        "f1",
+        metrics.MacroF1,
+        200,
+    ),
+    (
+        "ImageSegments softmax, 50 late",
+        datasets.ImageSegments,
+        lambda: preprocessing.StandardScaler() | linear_model.SoftmaxRegression(),
+        "multiclass",
+        "accuracy",
+        metrics.Accuracy,
+        50,
+    ),
+    (
+        "TrumpApproval regression MAE, 10 late",
+        datasets.TrumpApproval,
+        lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(),
+        "regression",
+        "mae",
+        metrics.MAE,
+        10,
+    ),
+    (
+        "Friedman regression RMSE, 300 late",
+        lambda: itertools.islice(synth.Friedman(seed=3), 5000),
+        lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(),
+        "regression",
+        "rmse",
+        metrics.RMSE,
+        300,
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -148,8 +208,9 @@ def test_values_beyond_the_bound_are_refused_at_the_edge_and_every_sample_is_acc
     reasons = [reason for reason, _ in run.dead_letters]
     assert sorted(reasons) == ["unknown_class"] * 0 + ["value_too_large"] * 2
     assert run.learner().learned + len(reasons) == 600  # learned + dead-lettered = produced
-    assert all(p.get("proba") is None or all(v == v for v in p["proba"].values())
-               for p in run.predictions)  # fmt: skip
+    assert all(
+        p.get("proba") is None or all(v == v for v in p["proba"].values()) for p in run.predictions
+    )
 
 
 @pytest.mark.parametrize(
@@ -161,8 +222,9 @@ def test_values_beyond_the_bound_are_refused_at_the_edge_and_every_sample_is_acc
     ],
 )
 def test_with_the_bound_raised_a_poisoned_example_is_dead_lettered_and_undone(model, reason):
-    app = eddy.App(settings=Settings.build(max_feature_magnitude=1e300, feature_drift=False,
-                                           batch_size=64))  # fmt: skip
+    app = eddy.App(
+        settings=Settings.build(max_feature_magnitude=1e300, feature_drift=False, batch_size=64)
+    )
     app.stream("default", model=model)
     run = TestRun(app)
     data = list(_sea(1000)())
@@ -224,8 +286,10 @@ def test_streams_of_several_partitions_are_learned_by_one_owner_each():
         stream = ("alpha", "beta", "gamma")[i % 3]
         run.sample(f"s{i}", {str(k): v for k, v in x.items()}, stream=stream, label=y)
     run.process()
-    owners = {name: [p for p, u in run.units.items() if name in u.state.learners]
-              for name in ("alpha", "beta", "gamma")}  # fmt: skip
+    owners = {
+        name: [p for p, u in run.units.items() if name in u.state.learners]
+        for name in ("alpha", "beta", "gamma")
+    }
     assert all(len(units) == 1 for units in owners.values()), owners
     assert [run.learner(n).learned for n in ("alpha", "beta", "gamma")] == [300, 300, 300]
 

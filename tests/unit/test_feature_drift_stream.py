@@ -104,8 +104,11 @@ def test_a_concept_drift_that_leaves_the_features_unchanged_moves_no_feature():
     events = _feature_events(run)
     features = [f for e in events for f in e["findings"] if f["kind"] != "prediction"]
     assert features == [], events
-    drifts = [e["data"]["position"]["sample_count"] for e in run.events
-              if e["type"] == "eddy.drift.detected" and e["data"]["level"] == "drift"]  # fmt: skip
+    drifts = [
+        e["data"]["position"]["sample_count"]
+        for e in run.events
+        if e["type"] == "eddy.drift.detected" and e["data"]["level"] == "drift"
+    ]
     assert any(20_000 < d < 22_500 for d in drifts), drifts
 
 

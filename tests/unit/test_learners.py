@@ -121,8 +121,9 @@ def test_an_example_that_makes_outputs_non_finite_is_refused_and_undone():
     data = _data("binary", 600)
     poisoned = [(dict(x), y) for x, y in data]
     poisoned[300][0]["1"] = 1e308  # StandardScaler's variance overflows: weights go NaN
-    learner = make_learner(preprocessing.StandardScaler() | linear_model.LogisticRegression(),
-                           "binary")  # fmt: skip
+    learner = make_learner(
+        preprocessing.StandardScaler() | linear_model.LogisticRegression(), "binary"
+    )
     xs, ys = [x for x, _ in poisoned], [y for _, y in poisoned]
     predictions = []
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
@@ -131,10 +132,14 @@ def test_an_example_that_makes_outputs_non_finite_is_refused_and_undone():
     refused = learner.take_refused()
     assert [(r.ref, r.reason) for r in refused] == [(300, NON_FINITE)]
     assert all(p.proba and all(math.isfinite(v) for v in p.proba.values()) for p in predictions[1:])
-    clean = make_learner(preprocessing.StandardScaler() | linear_model.LogisticRegression(),
-                         "binary")  # fmt: skip
-    clean.learn_many([x for i, x in enumerate(xs) if i != 300],
-                     [y for i, y in enumerate(ys) if i != 300], range(599))  # fmt: skip
+    clean = make_learner(
+        preprocessing.StandardScaler() | linear_model.LogisticRegression(), "binary"
+    )
+    clean.learn_many(
+        [x for i, x in enumerate(xs) if i != 300],
+        [y for i, y in enumerate(ys) if i != 300],
+        range(599),
+    )
     probe = [x for x, _ in _data("binary", 50, seed=8)]
     assert [p.proba for p in learner.predict_many(probe)] == [
         p.proba for p in clean.predict_many(probe)
@@ -182,8 +187,12 @@ def test_a_users_torch_module_with_its_own_optimizer_and_loss():
     learner = TorchLearner("binary", spec, batch_size=64)
     data = _data("binary", 4000, seed=5)
     _learn(learner, data[:3000])
-    right = [p.value == y for p, (_, y) in zip(
-        learner.predict_many([x for x, _ in data[3000:]]), data[3000:], strict=True)]  # fmt: skip
+    right = [
+        p.value == y
+        for p, (_, y) in zip(
+            learner.predict_many([x for x, _ in data[3000:]]), data[3000:], strict=True
+        )
+    ]
     assert sum(right) / len(right) > 0.85
     restored = pickle.loads(pickle.dumps(learner))
     restored.bind(spec)

@@ -40,13 +40,21 @@ from eddy.streams.maintenance_cli import _tables
 from eddy.streams.settings import Settings, settings_env
 
 ALL_VARIANTS = [
-    "teacher-fp32", "teacher-int8", "student-fp32", "student-int8",
-    "structured-25-int8", "structured-50-int8", "structured-75-int8",
-]  # fmt: skip
+    "teacher-fp32",
+    "teacher-int8",
+    "student-fp32",
+    "student-int8",
+    "structured-25-int8",
+    "structured-50-int8",
+    "structured-75-int8",
+]
 SMALL = {
-    "retrain_epochs": 8, "retrain_hidden": (64, 64), "retrain_trials": 4,
-    "retrain_budget_s": 60.0, "retrain_folds": 3,
-}  # fmt: skip
+    "retrain_epochs": 8,
+    "retrain_hidden": (64, 64),
+    "retrain_trials": 4,
+    "retrain_budget_s": 60.0,
+    "retrain_folds": 3,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,8 +86,13 @@ def retrainer(champion: BatchModel | None = None, **overrides: Any) -> Retrainer
     return r
 
 
-EVENT = ControlEvent("retrain.requested", "e1", "eddy/test", "2026-01-01T00:00:00Z",
-                     {"stream": "default", "reason": "manual"})  # fmt: skip
+EVENT = ControlEvent(
+    "retrain.requested",
+    "e1",
+    "eddy/test",
+    "2026-01-01T00:00:00Z",
+    {"stream": "default", "reason": "manual"},
+)
 
 
 def train_card(r: Retrainer, examples: list[Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -143,9 +156,19 @@ def test_train_window_artifact_round_trip_and_cap():
 
 def test_retrain_card_records_the_search_and_stores_the_training_window(first):
     card, artifacts = first
-    assert schema_errors("model_card", card | {"model": "default", "version": "v0001",
-                                               "created": "2026-01-01T00:00:00Z",
-                                               "artifacts": {}}) == []  # fmt: skip
+    assert (
+        schema_errors(
+            "model_card",
+            card
+            | {
+                "model": "default",
+                "version": "v0001",
+                "created": "2026-01-01T00:00:00Z",
+                "artifacts": {},
+            },
+        )
+        == []
+    )
     search = card["search"]
     assert search["space"] == search_space(Settings.build(**SMALL).maintenance).as_dict()
     assert len(search["trials"]) == 4 and search["stopped_by"] == "trials"
@@ -272,11 +295,14 @@ def test_export_serves_the_smallest_passing_variant(tmp_path, teacher):
 
 
 def test_export_with_nothing_passing_keeps_teacher_int8_unservable(tmp_path, teacher):
-    updates, artifacts = export(tmp_path, teacher, export_min_ratio=100.0,
-                                export_ladder=(0.5,), export_distill=False)  # fmt: skip
+    updates, artifacts = export(
+        tmp_path, teacher, export_min_ratio=100.0, export_ladder=(0.5,), export_distill=False
+    )
     assert [r["name"] for r in updates["compression"]["variants"]] == [
-        "teacher-fp32", "teacher-int8", "structured-50-int8"
-    ]  # fmt: skip
+        "teacher-fp32",
+        "teacher-int8",
+        "structured-50-int8",
+    ]
     assert updates["export_gate"]["passed"] is False
     assert updates["export_gate"]["reason"].startswith("no int8 variant passes the gate")
     assert updates["quantization"]["variant"] == "teacher-int8"
@@ -286,8 +312,14 @@ def test_export_with_nothing_passing_keeps_teacher_int8_unservable(tmp_path, tea
 
 
 def test_export_prune_adds_a_magnitude_variant(tmp_path, teacher):
-    updates, _ = export(tmp_path, teacher, export_prune=0.3, export_ladder=(0.5,),
-                        export_distill=False, export_min_ratio=2.0)  # fmt: skip
+    updates, _ = export(
+        tmp_path,
+        teacher,
+        export_prune=0.3,
+        export_ladder=(0.5,),
+        export_distill=False,
+        export_min_ratio=2.0,
+    )
     names = [r["name"] for r in updates["compression"]["variants"]]
     assert names == ["teacher-fp32", "teacher-int8", "structured-50-int8", "magnitude-30-int8"]
     assert updates["compression"]["student"] == "no student: EDDY_EXPORT_DISTILL is off"
@@ -308,8 +340,13 @@ def test_student_plan_and_the_interface_check(teacher):
     model = teacher[0]
     plan, note = student_plan(model, 0.25)
     assert plan is not None and plan.hidden is not None and "at most 0.25" in note
-    tiny = train(teacher[1], [bool(v > 5) for v in teacher[1][:, 0]], "binary",
-                 model.feature_names, TrainParams(hidden=(8,), epochs=1))  # fmt: skip
+    tiny = train(
+        teacher[1],
+        [bool(v > 5) for v in teacher[1][:, 0]],
+        "binary",
+        model.feature_names,
+        TrainParams(hidden=(8,), epochs=1),
+    )
     plan, note = student_plan(tiny, 0.25)
     assert plan is None and note.startswith("no student: ") and "EDDY_EXPORT_STUDENT_SIZE" in note
     other = BatchModel.from_bytes(model.to_bytes())
@@ -320,8 +357,17 @@ def test_student_plan_and_the_interface_check(teacher):
 
 def test_quantization_of_falls_back_to_teacher_int8(teacher):
     model, train_x, hold_x, hold_y = teacher
-    report = compress(model, train_x, hold_x, hold_y, max_delta=0.0, min_size_ratio=1000.0,
-                      ladder=(), with_student=False, timing_rounds=1)  # fmt: skip
+    report = compress(
+        model,
+        train_x,
+        hold_x,
+        hold_y,
+        max_delta=0.0,
+        min_size_ratio=1000.0,
+        ladder=(),
+        with_student=False,
+        timing_rounds=1,
+    )
     q = quantization_of(report)
     assert q["variant"] == "teacher-int8" and report.chosen is None
     assert q["size_ratio"] == report.row("teacher-int8").size_ratio

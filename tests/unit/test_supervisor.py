@@ -48,12 +48,20 @@ def test_a_one_shot_job_is_not_restarted(tmp_path: Path) -> None:
 
 
 def test_stop_sends_sigterm_once_and_kills_what_ignores_it(tmp_path: Path) -> None:
-    polite = make(tmp_path, "polite", "import signal, sys, time\n"
-                  "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
-                  "print('ready', flush=True)\ntime.sleep(60)")  # fmt: skip
-    stubborn = make(tmp_path, "stubborn", "import signal, time\n"
-                    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                    "print('ready', flush=True)\ntime.sleep(60)")  # fmt: skip
+    polite = make(
+        tmp_path,
+        "polite",
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        "print('ready', flush=True)\ntime.sleep(60)",
+    )
+    stubborn = make(
+        tmp_path,
+        "stubborn",
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\ntime.sleep(60)",
+    )
     supervisor = Supervisor([polite, stubborn], lambda message: None)
     supervisor.start()
     for child in (polite, stubborn):

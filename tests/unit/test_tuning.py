@@ -43,9 +43,15 @@ TRAIN_X, TRAIN_Y, HOLD_X, HOLD_Y = X[:1800], Y[:1800], X[1800:], Y[1800:]
 def run(trials=12, budget_s=300.0, seed=1, **kwargs):
     kwargs = {"folds": 3, "base": BASE, "space": SPACE} | kwargs
     return search(
-        TRAIN_X, TRAIN_Y, "classification", NAMES, trials=trials, budget_s=budget_s, seed=seed,
+        TRAIN_X,
+        TRAIN_Y,
+        "classification",
+        NAMES,
+        trials=trials,
+        budget_s=budget_s,
+        seed=seed,
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 def test_search_runs_the_trial_count_and_reports_every_trial():
@@ -157,9 +163,16 @@ def test_regression_search():
     x = rng.normal(size=(900, 4)).astype(np.float32)
     y = [float(v) for v in np.sin(x[:, 0]) + x[:, 1] * x[:, 2] + 0.1 * rng.normal(size=900)]
     result = search(
-        x, y, "regression", ["a", "b", "c", "d"], folds=3, trials=6, seed=0, base=BASE,
+        x,
+        y,
+        "regression",
+        ["a", "b", "c", "d"],
+        folds=3,
+        trials=6,
+        seed=0,
+        base=BASE,
         space=SPACE,
-    )  # fmt: skip
+    )
     assert result.metric == "neg_mae"
     assert result.best_score < 0
     assert len(result.trials) == 6
