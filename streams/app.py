@@ -12,6 +12,7 @@ the defaults. Hooks (:meth:`App.on_prediction`, :meth:`App.on_drift`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import pickle
 import signal
@@ -197,9 +198,12 @@ class App:
                 waiter = asyncio.ensure_future(stop.wait())
                 await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
                 if started.done() and not started.cancelled():
-                    started.result().stop()
+                    started.result().stop()  # checkpoints and leaves the group
+                elif not task.done():
+                    task.cancel()  # stopped while starting: nothing to checkpoint yet
                 waiter.cancel()
-                await task
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             finally:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)

@@ -44,7 +44,10 @@ class Point:
     t: float  # unix seconds
     learned_per_s: float
     consumed_per_s: float
-    metric: dict[str, float]  # stream -> rolling primary metric
+    predicted_per_s: float  # predictions served when samples arrived
+    staleness_s: float  # mean staleness of the predictions of the last interval
+    metric: dict[str, float]  # stream -> rolling primary metric of the online model
+    champion: dict[str, float]  # stream -> the champion's on the same labels
     lag: dict[str, float]  # agent -> records behind, all partitions
     pending: float
     dead_lettered: float
@@ -98,7 +101,8 @@ class History:
         self.events = events
         self.points: deque[Point] = deque(maxlen=keep)
         self.started = time.time()
-        self._last: tuple[float, float, float] | None = None  # t, learned, consumed
+        # t, learned, consumed, predicted, staleness sum, staleness count
+        self._last: tuple[float, ...] | None = None
         self._lock = threading.Lock()
 
     def sample(self, now: float | None = None) -> Point:
@@ -111,25 +115,31 @@ class History:
             for labels, v in s.get("eddy_records_consumed_total", [])
             if labels["agent"] == "worker" and labels["topic"].endswith("samples")
         )
-        learned_rate = consumed_rate = 0.0
+        predicted = sum_samples(s, "eddy_predictions_total")
+        stale_sum = sum_samples(s, "eddy_prediction_staleness_seconds_sum")
+        stale_count = sum_samples(s, "eddy_prediction_staleness_seconds_count")
+        current = (now, learned, consumed, predicted, stale_sum, stale_count)
+        rates = [0.0, 0.0, 0.0]
+        staleness = 0.0
         if self._last is not None and now > self._last[0]:
             dt = now - self._last[0]
-            learned_rate = max(0.0, learned - self._last[1]) / dt
-            consumed_rate = max(0.0, consumed - self._last[2]) / dt
-        self._last = (now, learned, consumed)
-        metric: dict[str, float] = {}
-        for name in PRIMARY_METRICS:
-            for labels, value in s.get("eddy_prequential_metric", []):
-                if labels["scope"] == "rolling" and labels["metric"] == name:
-                    metric.setdefault(labels["stream"], value)
+            rates = [max(0.0, current[i] - self._last[i]) / dt for i in (1, 2, 3)]
+            if current[5] > self._last[5]:
+                staleness = (current[4] - self._last[4]) / (current[5] - self._last[5])
+        self._last = current
+        metric = _primary(s, "eddy_prequential_metric")
+        champion = _primary(s, "eddy_champion_metric")
         lag: dict[str, float] = {}
         for labels, value in s.get("eddy_consumer_lag", []):
             lag[labels["agent"]] = lag.get(labels["agent"], 0.0) + value
         point = Point(
             t=now,
-            learned_per_s=round(learned_rate, 1),
-            consumed_per_s=round(consumed_rate, 1),
+            learned_per_s=round(rates[0], 1),
+            consumed_per_s=round(rates[1], 1),
+            predicted_per_s=round(rates[2], 1),
+            staleness_s=round(staleness, 3),
             metric=metric,
+            champion=champion,
             lag=lag,
             pending=sum_samples(s, "eddy_join_pending"),
             dead_lettered=sum_samples(s, "eddy_dead_letter_total"),
@@ -165,6 +175,8 @@ class History:
             # From checkpointed state where there is one: these survive restarts.
             "totals": {
                 "learned": sum_samples(s, "eddy_stream_examples"),
+                "predicted": sum_samples(s, "eddy_predictions_total"),
+                "feature_drifts": sum_samples(s, "eddy_feature_drift_signals_total"),
                 "drifts": sum_samples(s, "eddy_drift_signals_total", level="drift"),
                 "dead_lettered": sum_samples(s, "eddy_dead_letter_total"),
                 "expired": sum_samples(s, "eddy_join_unmatched_state", reason="sample_expired"),
@@ -177,6 +189,17 @@ class History:
             self.sample()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
+
+
+def _primary(s: Samples, name: str) -> dict[str, float]:
+    """Each stream's rolling primary metric (the first of PRIMARY_METRICS it has) in
+    gauge ``name``."""
+    out: dict[str, float] = {}
+    for metric in PRIMARY_METRICS:
+        for labels, value in s.get(name, []):
+            if labels["scope"] == "rolling" and labels["metric"] == metric:
+                out.setdefault(labels["stream"], value)
+    return out
 
 
 def dashboard_page() -> bytes:

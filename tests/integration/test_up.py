@@ -181,6 +181,8 @@ def test_dashboard_shows_learning_drift_and_export_in_chromium(
     assert int(charts["rate"]) >= 10 and int(charts["lag"]) >= 10, charts
     assert "drift-detected" in markers and "model-exported" in markers, markers
     assert "model.exported" in dom and "scaled-logreg" in dom
+    # Predictions are served when samples arrive: charted beside learning, never behind it.
+    assert 'data-name="predicted"' in dom and 'data-name="staleness"' in dom
     assert 'id="status" class="">live' in dom  # the script ran and reached the worker
 
     shot = Path(os.environ.get("EDDY_SCREENSHOT", tmp_path / "dashboard.png"))
