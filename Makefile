@@ -23,6 +23,7 @@ test-chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/maintenance_search.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

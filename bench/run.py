@@ -8,7 +8,8 @@ Sections (see bench/README.md for what each figure means and the profiles):
   ingest      eddy end to end (every contract on) vs the hand-written aiokafka loop, the
               raw read, and River's progressive_val_score; labels inline and on two topics
   latency     sample -> prediction and label -> learned at a fixed offered rate
-  scale-out   one worker process vs two on two partitions (four streams)
+  feature_drift  the worker with the feature/prediction monitors off and on
+  scale-out   one worker process vs two on two partitions (four streams), staleness
   int8        fp32 vs int8 ONNX batch-256 throughput and accuracy of a trained network
 """
 
@@ -139,6 +140,18 @@ def two_topics(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
     return row
 
 
+def feature_drift_cost(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
+    """The worker with the feature and prediction monitors off and on, same events."""
+    data, rates = sea(n), {}
+    for on in (False, True):
+        settings = fresh(broker, data_dir, model="logreg", feature_drift=on)
+        send(settings, data, ProduceOptions(n=n, inline_labels=True))
+        rates["on" if on else "off"] = eddy_rate(settings, n)
+    row = {"monitors_off_per_s": rates["off"], "monitors_on_per_s": rates["on"]}
+    print(f"  feature drift: {_figures(row)}", flush=True)
+    return row
+
+
 def _figures(row: dict[str, Any]) -> str:
     return ", ".join(f"{k.removesuffix('_per_s')} {v:,.0f}/s" for k, v in row.items())
 
@@ -206,7 +219,22 @@ def scale_out(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
             send(settings, data, ProduceOptions(n=per_stream, inline_labels=True, stream=f"s{s}"))
         rates[processes] = asyncio.run(_process_rate(settings, processes, per_stream * 4, data_dir))
         print(f"  scale-out {processes} process(es): {rates[processes]:,.0f}/s", flush=True)
-    return {"one_process_per_s": rates[1], "two_processes_per_s": rates[2]}
+    # With two processes, a partition that does not own a stream predicts with a replica.
+    predictions = asyncio.run(
+        read_records(settings.kafka, Topics(settings.topics.prefix).predictions)
+    )
+    staleness = [orjson.loads(r.value).get("staleness_ms", 0) for r in predictions]
+    replica = [s for s in staleness if s > 0]
+    figures = {"one_process_per_s": rates[1], "two_processes_per_s": rates[2]}
+    figures["staleness_ms"] = {
+        "predictions": len(staleness),
+        "by_a_replica": len(replica),
+        "p50": float(np.percentile(staleness, 50)),
+        "p99": float(np.percentile(staleness, 99)),
+        "max": float(max(staleness)),
+    }
+    print(f"  staleness of the two-process run's predictions (ms): {figures['staleness_ms']}")
+    return figures
 
 
 async def _process_rate(settings: Settings, processes: int, n: int, data_dir: str) -> float:
@@ -273,6 +301,7 @@ TARGETS = [
     ("eddy torch-linear / raw read", "ingest.torch-linear", "eddy/raw", ">=", 0.25),
     ("p99 sample->prediction ms @5k/s", "latency", "sample_to_prediction_p99_ms", "<=", 25),
     ("2 processes / 1, 2 partitions", "scale_out", "two_processes/one_process", ">=", 1.7),
+    ("feature-drift monitors on / off", "feature_drift", "monitors_on/monitors_off", ">=", 0.9),
     ("int8 / fp32 batch-256 throughput", "int8", "int8_batch256/fp32_batch256", ">=", 1.3),
     ("int8 accuracy loss (points)", "int8", "accuracy_loss_points", "<=", 0.5),
 ]
@@ -304,7 +333,7 @@ def report(results: dict[str, Any]) -> None:
         print(f"{name:<42}{value:>10.3f}  {op} {goal:<6}{'met' if ok else 'MISSED'}")
 
 
-SECTIONS = ("ingest", "two_topics", "latency", "scale_out", "int8")
+SECTIONS = ("ingest", "two_topics", "feature_drift", "latency", "scale_out", "int8")
 
 
 def main() -> None:
@@ -329,6 +358,8 @@ def main() -> None:
                 results["ingest"] = ingest(broker, data_dir, args.n)
             if "two_topics" in only:
                 results["two_topics"] = two_topics(broker, data_dir, args.n)
+            if "feature_drift" in only:
+                results["feature_drift"] = feature_drift_cost(broker, data_dir, args.n)
             if "latency" in only:
                 events = min(args.n, 30_000)
                 results["latency"] = asyncio.run(

@@ -59,3 +59,14 @@ def test_topics_and_produce_on_apache_kafka(apache_kafka, tmp_path):
     topics = Topics("ak.")
     assert sizes[topics.samples] == (3, 500)
     assert sizes[topics.labels] == (3, report.labels)
+
+
+def test_takeover_on_apache_kafka(apache_kafka, tmp_path):
+    """The takeover test (kill -9 a worker; another restores from the changelog) on Kafka."""
+    # Imported here: at module level pytest would collect it a second time.
+    from tests.integration.test_takeover import (
+        test_a_worker_on_another_machine_takes_over_from_the_changelog as takeover,
+    )
+
+    settings = Settings(bootstrap=apache_kafka, topic_prefix="ak.", data_dir=tmp_path / "data")
+    takeover(settings, tmp_path)

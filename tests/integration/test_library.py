@@ -167,7 +167,12 @@ def test_a_project_with_its_own_models_package_runs_the_sketch(
         assert len(predictions) == 600
     finally:
         app.send_signal(signal.SIGTERM)
-        output = app.communicate(timeout=60)[0]
+        try:
+            output = app.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            app.kill()  # leave no process behind, then fail
+            output = app.communicate()[0]
+            pytest.fail(f"the app did not stop within 60 s of SIGTERM:\n{output[-3000:]}")
     assert app.returncode == 0, output
     assert output.count("served cards") == 300 and output.count("served merchants") == 300
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
@@ -171,8 +173,8 @@ def test_a_worker_on_another_machine_takes_over_from_the_changelog(settings, tmp
 
 
 async def _champion_and_online(settings, empty_dir: Path) -> tuple[str | None, str]:
-    """Retrain stream s0 once (a champion), then serve it and the online model from a
-    third machine with an empty data directory."""
+    """From a third machine with an empty data directory: serve s0's online model before
+    any retrain, then retrain s0 once and serve the int8 champion, both scored on labels."""
 
     @contextlib.asynccontextmanager
     async def running(kind):
@@ -185,28 +187,7 @@ async def _champion_and_online(settings, empty_dir: Path) -> tuple[str | None, s
             consumer.stop()
             await asyncio.wait_for(task, 120)
 
-    async with running(Retrainer) as retrainer, running(Exporter) as exporter:
-        request = make_event(
-            "retrain.requested",
-            "eddy/test",
-            {"stream": "s0", "reason": "manual", "window": {"last_n": 3000}},
-            subject="s0",
-            signing_key=KEY.encode(),
-        )
-        producer = await start_producer(settings.kafka)
-        try:
-            import orjson
-
-            await producer.send_and_wait(
-                Topics(settings.topics.prefix).events, orjson.dumps(request)
-            )
-        finally:
-            await producer.stop()
-        await wait_for(
-            lambda: retrainer.handled >= 1 and exporter.handled >= 1,
-            120,
-            "s0 retrained and exported",
-        )
+    rows = [{"0": 5.0, "1": 4.0, "2": 1.0}, {"0": 1.0, "1": 1.0, "2": 9.0}]
     client = HotSwapClient(
         settings.kafka,
         "s0",
@@ -214,16 +195,40 @@ async def _champion_and_online(settings, empty_dir: Path) -> tuple[str | None, s
         data_dir=empty_dir,
         signing_key=KEY,
         follow="both",
+        serve="online",
     )
     await client.start()
     try:
-        await wait_for(
-            lambda: {"champion", "online"} <= set(client.held()),
-            60,
-            "the champion and the online model held",
-        )
-        prediction = client.predict([{"0": 5.0, "1": 4.0, "2": 1.0}])
-        assert prediction[0] in (True, False)
+        # Before any retrain: the online model answers; there is no champion yet.
+        await wait_for(lambda: "online" in client.held(), 60, "the online model held")
+        assert "champion" not in client.held()
+        assert all(p in (True, False) for p in client.predict(rows))
+        async with running(Retrainer) as retrainer, running(Exporter) as exporter:
+            request = make_event(
+                "retrain.requested",
+                "eddy/test",
+                {"stream": "s0", "reason": "manual", "window": {"last_n": 3000}},
+                subject="s0",
+                signing_key=KEY.encode(),
+            )
+            producer = await start_producer(settings.kafka)
+            try:
+                await producer.send_and_wait(
+                    Topics(settings.topics.prefix).events, orjson.dumps(request)
+                )
+            finally:
+                await producer.stop()
+            await wait_for(
+                lambda: retrainer.handled >= 1 and exporter.handled >= 1,
+                120,
+                "s0 retrained and exported",
+            )
+        # After it: the int8 champion is swapped in; both are scored side by side.
+        await wait_for(lambda: "champion" in client.held(), 60, "the champion held")
+        client.serving = "champion"
+        assert all(p in (True, False) for p in client.predict(rows))
+        client.observe(rows, [True, False])
+        assert {"online", "champion"} <= set(client.scores)
         return client.held()["champion"], client.held()["online"]
     finally:
         await client.stop()
