@@ -156,16 +156,13 @@ def _figures(row: dict[str, Any]) -> str:
     return ", ".join(f"{k.removesuffix('_per_s')} {v:,.0f}/s" for k, v in row.items())
 
 
-async def _latency(settings: Settings, n: int, rate: float) -> dict[str, float]:
-    started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(App(settings=settings).run_async(False, started))
-    worker = await started
+async def _latency(settings: Settings, n: int, rate: float, data_dir: str) -> dict[str, float]:
+    """Sample -> prediction and label -> learned with an ``eddy worker`` process (as in
+    production) and ``eddy produce`` pacing samples, labels right behind, at ``rate``."""
+    children = await _start_workers(settings, 1, data_dir)
     try:
-        # Wait until the worker holds its partitions: the figure is of a running worker.
-        while not worker.agent.partitions:
-            await asyncio.sleep(0.05)
-        # The producer is another process, as in production: in this one it would take
-        # turns with the worker on one event loop.
+        # The figure is of a running worker: it holds its partitions before samples come.
+        await _wait_assigned(settings, data_dir, 1)
         argv = eddy_argv("produce", "--dataset", "sea", "--seed", "2", "--n", str(n))
         argv += ["--rate", str(rate), "--no-progress", "--bootstrap", settings.kafka.bootstrap]
         argv += ["--topic-prefix", settings.topics.prefix, "--partitions", "1"]
@@ -174,15 +171,9 @@ async def _latency(settings: Settings, n: int, rate: float) -> dict[str, float]:
         if await producer.wait() != 0:
             msg = f"eddy produce exited with code {producer.returncode}"
             raise RuntimeError(msg)
-        deadline = time.monotonic() + 120
-        while (s := worker.stream("default")) is None or s.learned < n:
-            if time.monotonic() > deadline:
-                msg = "the worker did not learn every example within 120 s"
-                raise RuntimeError(msg)
-            await asyncio.sleep(0.05)
+        await _wait_learned(settings, n, children)
     finally:
-        worker.stop()
-        await task
+        await _stop_workers(children)
     topics = Topics(settings.topics.prefix)
     sent = {}
     for topic in (topics.samples, topics.labels):
@@ -223,12 +214,14 @@ def scale_out(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
     predictions = asyncio.run(
         read_records(settings.kafka, Topics(settings.topics.prefix).predictions)
     )
-    staleness = [orjson.loads(r.value).get("staleness_ms", 0) for r in predictions]
+    served = [orjson.loads(r.value) for r in predictions]
+    staleness = [p.get("staleness_ms", 0) for p in served]
     replica = [s for s in staleness if s > 0]
     figures = {"one_process_per_s": rates[1], "two_processes_per_s": rates[2]}
     figures["staleness_ms"] = {
         "predictions": len(staleness),
         "by_a_replica": len(replica),
+        "before_any_learning": sum(1 for p in served if p["model_examples"] == 0),
         "p50": float(np.percentile(staleness, 50)),
         "p99": float(np.percentile(staleness, 99)),
         "max": float(max(staleness)),
@@ -237,19 +230,57 @@ def scale_out(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
     return figures
 
 
-async def _process_rate(settings: Settings, processes: int, n: int, data_dir: str) -> float:
+BENCH_KEY = "bench-signing-key"  # one key for every worker: replicas and takeover verify it
+
+
+async def _start_workers(settings: Settings, count: int, data_dir: str) -> list[Any]:
+    """``eddy worker`` processes, as in production (the CLI's process tuning included),
+    logging to ``<data_dir>/w<i>.log``."""
     argv = eddy_argv("worker", "--bootstrap", settings.kafka.bootstrap or "")
-    argv += ["--topic-prefix", settings.topics.prefix, "--partitions", "2", "--model", "logreg"]
-    argv += ["--producer-idempotence", "off", "--metrics-port", "0", "--log-level", "WARNING"]
-    children = [
-        await asyncio.create_subprocess_exec(*argv, "--data-dir", f"{data_dir}/w{i}")
-        for i in range(processes)
-    ]
+    argv += ["--topic-prefix", settings.topics.prefix, "--model", "logreg"]
+    argv += ["--partitions", str(settings.topics.partitions), "--signing-key", BENCH_KEY]
+    argv += ["--producer-idempotence", "off", "--metrics-port", "0", "--log-level", "INFO"]
+    children = []
+    for i in range(count):
+        log = Path(data_dir) / f"{settings.topics.prefix}w{i}.log"
+        with log.open("ab") as out:
+            children.append(
+                await asyncio.create_subprocess_exec(
+                    *argv, "--data-dir", f"{data_dir}/{settings.topics.prefix}w{i}", stderr=out
+                )
+            )
+    return children
+
+
+async def _stop_workers(children: list[Any]) -> None:
+    for c in children:
+        if c.returncode is None:
+            c.terminate()
+    for c in children:
+        await asyncio.wait_for(c.wait(), 60)
+
+
+async def _wait_assigned(settings: Settings, data_dir: str, count: int) -> None:
+    """Until each worker's log says it holds partitions."""
+    deadline = time.monotonic() + 120
+    logs = [Path(data_dir) / f"{settings.topics.prefix}w{i}.log" for i in range(count)]
+    while not all(
+        log.exists() and "assigned partitions [" in log.read_text(errors="replace") for log in logs
+    ):
+        if time.monotonic() > deadline:
+            msg = f"workers not assigned within 120 s: see {logs}"
+            raise RuntimeError(msg)
+        await asyncio.sleep(0.1)
+
+
+async def _wait_learned(settings: Settings, n: int, children: list[Any]) -> float:
+    """Until the examples topic holds ``n`` records (one per example learned); the rate
+    from the first to the ``n``-th."""
     examples = Topics(settings.topics.prefix).examples
     # Tansu's ListOffsets answers short by up to a batch: eddy's end_offsets corrects it.
     watcher = make_consumer(settings.kafka, "bench", enable_auto_commit=False)
     await watcher.start()
-    parts = [TopicPartition(examples, p) for p in (0, 1)]
+    parts = [TopicPartition(examples, p) for p in range(settings.topics.partitions)]
     try:
         first = None
         deadline = time.monotonic() + 600
@@ -260,16 +291,21 @@ async def _process_rate(settings: Settings, processes: int, n: int, data_dir: st
             if done >= n:
                 break
             if time.monotonic() > deadline or any(c.returncode is not None for c in children):
-                msg = f"scale-out run stopped at {done} of {n} examples"
+                msg = f"the run stopped at {done} of {n} examples"
                 raise RuntimeError(msg)
             await asyncio.sleep(0.2)
-        return (n - first[1]) / (time.perf_counter() - first[0])
+        assert first is not None
+        return (n - first[1]) / max(time.perf_counter() - first[0], 1e-9)
     finally:
         await watcher.stop()
-        for c in children:
-            c.terminate()
-        for c in children:
-            await asyncio.wait_for(c.wait(), 60)
+
+
+async def _process_rate(settings: Settings, processes: int, n: int, data_dir: str) -> float:
+    children = await _start_workers(settings, processes, data_dir)
+    try:
+        return await _wait_learned(settings, n, children)
+    finally:
+        await _stop_workers(children)
 
 
 def int8(n: int) -> dict[str, Any]:
@@ -363,7 +399,7 @@ def main() -> None:
             if "latency" in only:
                 events = min(args.n, 30_000)
                 results["latency"] = asyncio.run(
-                    _latency(fresh(broker, data_dir, model="logreg"), events, 5000)
+                    _latency(fresh(broker, data_dir, model="logreg"), events, 5000, data_dir)
                 )
                 lat = results["latency"]
                 print(

@@ -411,8 +411,8 @@ class Unit:
             if hook is not None:
                 self._call(hook, event)
         metrics = self.ctx.metrics
-        metrics.predictions.labels(stream).inc(len(items))
-        metrics.staleness.labels(stream).observe(staleness / 1000)
+        metrics.child("predictions", stream).inc(len(items))
+        metrics.child("staleness", stream).observe(staleness / 1000)
 
     def _watch_features(
         self,
@@ -564,7 +564,7 @@ class Unit:
                 counts[error.reason] += 1
                 self.ctx.metrics.unjoined.labels(result.kind, result.reason).inc()
                 self.dead_letter(stored, error)
-        self.ctx.metrics.pending.labels(str(self.p)).set(len(self.state.join))
+        self.ctx.metrics.child("pending", str(self.p)).set(len(self.state.join))
 
     # -- forwarding --------------------------------------------------------------------------
 
@@ -654,9 +654,9 @@ class Unit:
         learned = learner.learn([LabelledItem(example.features, example.label, prediction, ref)])
         learned.refused += learner.take_refused()
         metrics = self.ctx.metrics
-        metrics.learn_seconds.labels(example.stream).observe(time.perf_counter() - started)
+        metrics.child("learn_seconds", example.stream).observe(time.perf_counter() - started)
         if learned.learned:
-            metrics.learned.labels(example.stream).inc(learned.learned)
+            metrics.child("learned", example.stream).inc(learned.learned)
             if self.ctx.on_learned is not None:
                 self.ctx.on_learned(example.stream, example.features, example.label)
             self.ctx.out.append(

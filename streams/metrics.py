@@ -7,7 +7,8 @@ event ids or free text).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -49,6 +50,19 @@ class EngineMetrics:
     metric: Gauge
     champion_metric: Gauge
     model_info: Gauge
+    _children: dict[tuple[str, tuple[str, ...]], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def child(self, name: str, *labels: str) -> Any:
+        """``<name>.labels(*labels)``, kept: the hot path asks for the same few children
+        once per event, and ``labels()`` takes a lock and builds a key every time. For
+        series that are never removed (``model_info`` is, so it does not come here)."""
+        key = (name, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = getattr(self, name).labels(*labels)
+        return found
 
     @classmethod
     def create(cls, registry: CollectorRegistry = REGISTRY) -> EngineMetrics:
