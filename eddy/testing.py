@@ -31,7 +31,6 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from eddy.models.feature_drift import FeatureDriftConfig
 from eddy.models.prequential import StreamLearner
 from eddy.streams.app import App
 from eddy.streams.codec import Label, Sample, encode_label, encode_sample
@@ -73,22 +72,12 @@ class TestRun:
         self.metrics = EngineMetrics.create(self.registry)
         policy = app.policy()
         self.directory = ModelDirectory(lambda s: StreamLearner(s, policy.spec(s)))
-        learning = settings.learning
-        self.ctx = EngineContext(
-            topics=self.topics,
-            partitions=partitions,
-            policy=policy,
-            directory=self.directory,
-            metrics=self.metrics,
-            group=f"{self.topics.prefix}worker",
-            source=f"eddy/{self.topics.prefix}worker",
-            join_ttl_ms=int(settings.join.ttl_s * 1000),
-            join_max_pending=settings.join.max_pending,
-            max_future_ms=int(settings.join.max_future_s * 1000),
-            max_message_bytes=settings.kafka.max_message_bytes,
-            max_feature_magnitude=learning.max_feature_magnitude,
-            dedup_horizon=settings.state.dedup_horizon,
-            feature_drift=FeatureDriftConfig() if learning.feature_drift else None,
+        # The harness's own partition count: a run may split what the settings do not.
+        self.ctx = EngineContext.from_settings(
+            settings.with_overrides({"partitions": partitions}),
+            policy,
+            self.directory,
+            self.metrics,
             hooks=app.hooks,
         )
         self.units = {p: Unit(Unit.new_state(p, self.ctx), self.ctx) for p in range(partitions)}

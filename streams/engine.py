@@ -68,10 +68,15 @@ from eddy.streams.codec import (
     next_sequence,
     now_ms,
 )
-from eddy.streams.deadletter import dead_letter_headers, truncate_for_dead_letter
+from eddy.streams.deadletter import (
+    SourceRecord,
+    dead_letter_headers,
+    truncate_for_dead_letter,
+)
 from eddy.streams.exceptions import DecodeError, TimestampInFuture, UnlearnableLabel
 from eddy.streams.metrics import EngineMetrics
 from eddy.streams.partitioning import partition_of
+from eddy.streams.settings import Settings
 from eddy.streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -92,16 +97,8 @@ class Out(NamedTuple):
     timestamp_ms: int | None = None
 
 
-class Record(Protocol):
-    """What the engine needs of a consumed record (aiokafka's ``ConsumerRecord`` fits)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Any
+# What the engine consumes is what the dead-letter path needs of a record.
+Record = SourceRecord
 
 
 @dataclass(frozen=True)
@@ -233,6 +230,37 @@ class EngineContext:
     # saw it first (each partition watches its own share of a stream's samples).
     feature_drift_last: dict[str, float] = field(default_factory=dict)
     warned: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        policy: StreamPolicy,
+        directory: ModelDirectory,
+        metrics: EngineMetrics,
+        **wiring: Any,
+    ) -> EngineContext:
+        """The context a worker with ``settings`` gives its units (the worker and the
+        broker-free harness alike); ``wiring`` sets the rest (hooks, signing key…)."""
+        topics = Topics(settings.topics.prefix)
+        learning = settings.learning
+        return cls(
+            topics=topics,
+            partitions=settings.topics.partitions,
+            policy=policy,
+            directory=directory,
+            metrics=metrics,
+            group=f"{topics.prefix}worker",
+            source=f"eddy/{topics.prefix}worker",
+            join_ttl_ms=int(settings.join.ttl_s * 1000),
+            join_max_pending=settings.join.max_pending,
+            max_future_ms=int(settings.join.max_future_s * 1000),
+            max_message_bytes=settings.kafka.max_message_bytes,
+            max_feature_magnitude=learning.max_feature_magnitude,
+            dedup_horizon=settings.state.dedup_horizon,
+            feature_drift=FeatureDriftConfig() if learning.feature_drift else None,
+            **wiring,
+        )
 
 
 @dataclass

@@ -20,7 +20,6 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from eddy.models.feature_drift import FeatureDriftConfig
 from eddy.models.prequential import StreamLearner
 from eddy.models.sealed import seal
 from eddy.streams.agents.followers import ChampionScorer, EventsFollower, RegistryFollower
@@ -233,21 +232,11 @@ async def run_worker(
         learning = settings.learning
         group = f"{topics.prefix}worker"
         scorer = ChampionScorer(metrics, learning.metrics_window)
-        ctx = EngineContext(
-            topics=topics,
-            partitions=settings.topics.partitions,
-            policy=streams,
-            directory=directory,
-            metrics=metrics,
-            group=group,
-            source=f"eddy/{topics.prefix}worker",
-            join_ttl_ms=int(settings.join.ttl_s * 1000),
-            join_max_pending=settings.join.max_pending,
-            max_future_ms=int(settings.join.max_future_s * 1000),
-            max_message_bytes=settings.kafka.max_message_bytes,
-            max_feature_magnitude=learning.max_feature_magnitude,
-            dedup_horizon=settings.state.dedup_horizon,
-            feature_drift=FeatureDriftConfig() if learning.feature_drift else None,
+        ctx = EngineContext.from_settings(
+            settings,
+            streams,
+            directory,
+            metrics,
             signing_key=sign_key,
             hooks=hooks or Hooks(),
             on_learned=scorer.add,

@@ -110,6 +110,13 @@ CASES = [
 ]
 
 
+async def _send_keyed_by_id(producer: AIOKafkaProducer, topic: str, events: list[dict]) -> None:
+    """Send ``events`` as a plain client would: JSON values keyed by their id."""
+    for event in events:
+        await producer.send(topic, orjson.dumps(event), key=event["id"].encode())
+    await producer.flush()
+
+
 @pytest.mark.parametrize(
     ("dataset", "task", "model", "metric", "river_metric", "delay"),
     [c[1:] for c in CASES],
@@ -147,24 +154,14 @@ def test_samples_are_predicted_when_they_arrive_not_when_their_labels_do(setting
             producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
             await producer.start()
             try:
-                for i, (x, _) in enumerate(data):
-                    await producer.send(
-                        topics.samples,
-                        orjson.dumps({"id": f"u{i}", "features": x}),
-                        key=f"u{i}".encode(),
-                    )
-                await producer.flush()
+                samples = [{"id": f"u{i}", "features": x} for i, (x, _) in enumerate(data)]
+                await _send_keyed_by_id(producer, topics.samples, samples)
                 sent_at = time.monotonic()
                 predictions = await read_topic(settings, topics.predictions, at_least=50)
                 waited = time.monotonic() - sent_at
                 assert learned(worker) == 0  # no label has come: nothing learned
-                for i, (_, y) in enumerate(data):
-                    await producer.send(
-                        topics.labels,
-                        orjson.dumps({"id": f"u{i}", "label": y}),
-                        key=f"u{i}".encode(),
-                    )
-                await producer.flush()
+                labels = [{"id": f"u{i}", "label": y} for i, (_, y) in enumerate(data)]
+                await _send_keyed_by_id(producer, topics.labels, labels)
             finally:
                 await producer.stop()
             await wait_for(lambda: learned(worker) >= 50, 60, "50 examples learned")
@@ -268,13 +265,8 @@ def test_samples_from_aiokafka_and_labels_from_librdkafka_all_join(settings):
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
         await producer.start()
         try:
-            for i, (x, _) in enumerate(data):
-                await producer.send(
-                    topics.samples,
-                    orjson.dumps({"id": f"k{i}", "features": x}),
-                    key=f"k{i}".encode(),
-                )
-            await producer.flush()
+            samples = [{"id": f"k{i}", "features": x} for i, (x, _) in enumerate(data)]
+            await _send_keyed_by_id(producer, topics.samples, samples)
         finally:
             await producer.stop()
 

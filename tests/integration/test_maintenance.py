@@ -3,64 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-
-import orjson
 
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
-from eddy.consumers.service import run_consumer
 from eddy.streams import sources
-from eddy.streams.codec import decode_event, make_event, schema_errors
-from eddy.streams.kafka import start_producer
+from eddy.streams.codec import decode_event, schema_errors
 from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
-from tests.integration.worker_helpers import running_worker, wait_for
+from tests.integration.worker_helpers import (
+    request_manual_retrain,
+    running_consumer,
+    running_worker,
+    wait_for,
+)
 
 N, DRIFT_AT = 20_000, 10_000
-
-
-@contextlib.asynccontextmanager
-async def running(settings, kind):
-    started = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_consumer(settings, kind, on_start=started))
-    consumer = await started
-    try:
-        yield consumer
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(task, 120)
-
-
-async def _request_manual_retrain(settings, start, end):
-    """What `eddy retrain` sends: train the first champion on pre-drift examples."""
-    event = make_event(
-        "retrain.requested",
-        "eddy/test",
-        {
-            "stream": "default",
-            "reason": "manual",
-            "window": {
-                "offsets": [
-                    {
-                        "topic": Topics(settings.topics.prefix).examples,
-                        "partition": 0,
-                        "start": start,
-                        "end": end,
-                    }
-                ]
-            },
-        },
-        subject="default",
-    )
-    producer = await start_producer(settings.kafka)
-    try:
-        await producer.send_and_wait(Topics(settings.topics.prefix).events, orjson.dumps(event))
-    finally:
-        await producer.stop()
 
 
 def test_drift_to_served_int8_model(settings, tmp_path):
@@ -70,12 +30,12 @@ def test_drift_to_served_int8_model(settings, tmp_path):
     asyncio.run(create_topics(settings.kafka, settings.topics))
 
     async def scenario():
-        await _request_manual_retrain(settings, 4000, 9000)
+        await request_manual_retrain(settings, 4000, 9000)
         stream = sources.open_named("sea", seed=4, variant=0, drift_at=DRIFT_AT, drift_to=3)
         async with (
             running_worker(settings) as worker,
-            running(settings, Retrainer),
-            running(settings, Exporter),
+            running_consumer(settings, Retrainer),
+            running_consumer(settings, Exporter),
         ):
             client = HotSwapClient.from_settings(settings, "default")
             await client.start()

@@ -4,14 +4,12 @@ the next request is served. Garbage on the events topic is dead-lettered once.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 
 import orjson
 
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.retrainer import Retrainer
-from eddy.consumers.service import run_consumer
 from eddy.streams import sources
 from eddy.streams.codec import decode_event, make_event
 from eddy.streams.deadletter import H_REASON
@@ -20,19 +18,7 @@ from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
-from tests.integration.worker_helpers import learned, running_worker, wait_for
-
-
-@contextlib.asynccontextmanager
-async def running(settings, kind):
-    started = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_consumer(settings, kind, on_start=started))
-    consumer = await started
-    try:
-        yield consumer
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(task, 120)
+from tests.integration.worker_helpers import learned, running_consumer, running_worker, wait_for
 
 
 async def _send(settings, *values: bytes) -> None:
@@ -76,8 +62,8 @@ def test_a_bad_request_is_refused_and_the_next_one_is_served(settings):
         async with running_worker(settings) as worker:
             await wait_for(lambda: learned(worker) >= 3000, 90, "3,000 examples learned")
         async with (
-            running(settings, Retrainer) as retrainer,
-            running(settings, Exporter) as exporter,
+            running_consumer(settings, Retrainer) as retrainer,
+            running_consumer(settings, Exporter) as exporter,
         ):
             await wait_for(
                 lambda: retrainer.ready.is_set() and exporter.ready.is_set(),

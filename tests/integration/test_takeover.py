@@ -5,7 +5,6 @@ client with an empty data directory serves the champion and the online model."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import re
@@ -20,7 +19,6 @@ import orjson
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
-from eddy.consumers.service import run_consumer
 from eddy.streams import sources
 from eddy.streams.changelog import Changelog
 from eddy.streams.codec import make_event
@@ -29,7 +27,7 @@ from eddy.streams.keys import state_key
 from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.settings import settings_env
 from eddy.streams.topics import Topics, create_topics
-from tests.integration.worker_helpers import wait_for
+from tests.integration.worker_helpers import running_consumer, wait_for
 
 # Four streams, one per partition (murmur2 of the name), 4,500 samples each.
 STREAMS = ("s0", "s1", "s16", "s5")
@@ -176,17 +174,6 @@ async def _champion_and_online(settings, empty_dir: Path) -> tuple[str | None, s
     """From a third machine with an empty data directory: serve s0's online model before
     any retrain, then retrain s0 once and serve the int8 champion, both scored on labels."""
 
-    @contextlib.asynccontextmanager
-    async def running(kind):
-        started = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(run_consumer(settings, kind, on_start=started))
-        consumer = await started
-        try:
-            yield consumer
-        finally:
-            consumer.stop()
-            await asyncio.wait_for(task, 120)
-
     rows = [{"0": 5.0, "1": 4.0, "2": 1.0}, {"0": 1.0, "1": 1.0, "2": 9.0}]
     client = HotSwapClient(
         settings.kafka,
@@ -203,7 +190,10 @@ async def _champion_and_online(settings, empty_dir: Path) -> tuple[str | None, s
         await wait_for(lambda: "online" in client.held(), 60, "the online model held")
         assert "champion" not in client.held()
         assert all(p in (True, False) for p in client.predict(rows))
-        async with running(Retrainer) as retrainer, running(Exporter) as exporter:
+        async with (
+            running_consumer(settings, Retrainer) as retrainer,
+            running_consumer(settings, Exporter) as exporter,
+        ):
             request = make_event(
                 "retrain.requested",
                 "eddy/test",

@@ -4,7 +4,6 @@ search → register → distill/prune/quantize → gate → hot swap."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import orjson
@@ -13,15 +12,18 @@ import torch
 from eddy.consumers.exporter import INT8, TRAIN, VARIANT, Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer, search_space
-from eddy.consumers.service import run_consumer
 from eddy.streams import sources
-from eddy.streams.codec import decode_event, make_event, schema_errors
-from eddy.streams.kafka import start_producer
+from eddy.streams.codec import decode_event, schema_errors
 from eddy.streams.producer import ProduceOptions, produce
 from eddy.streams.registry_topic import KafkaRegistry
 from eddy.streams.topics import Topics, create_topics
 from tests.integration.conftest import read_topic
-from tests.integration.worker_helpers import running_worker, wait_for
+from tests.integration.worker_helpers import (
+    request_manual_retrain,
+    running_consumer,
+    running_worker,
+    wait_for,
+)
 
 N, BEFORE, DRIFT_AT, TRIALS = 10_000, 4500, 5000, 4
 VARIANTS = [
@@ -33,40 +35,6 @@ VARIANTS = [
     "structured-50-int8",
     "structured-75-int8",
 ]
-
-
-@contextlib.asynccontextmanager
-async def running(settings, kind):
-    started = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_consumer(settings, kind, on_start=started))
-    consumer = await started
-    try:
-        yield consumer
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(task, 120)
-
-
-async def request_manual_retrain(settings, start, end):
-    """A first champion trained on pre-drift examples (what `eddy retrain` sends)."""
-    topics = Topics(settings.topics.prefix)
-    event = make_event(
-        "retrain.requested",
-        "eddy/test",
-        {
-            "stream": "default",
-            "reason": "manual",
-            "window": {
-                "offsets": [{"topic": topics.examples, "partition": 0, "start": start, "end": end}]
-            },
-        },
-        subject="default",
-    )
-    producer = await start_producer(settings.kafka)
-    try:
-        await producer.send_and_wait(topics.events, orjson.dumps(event))
-    finally:
-        await producer.stop()
 
 
 def test_search_compress_gate_and_hot_swap_on_a_drifted_stream(settings, tmp_path):
@@ -92,8 +60,8 @@ def test_search_compress_gate_and_hot_swap_on_a_drifted_stream(settings, tmp_pat
         stream = sources.open_named("sea", seed=4, variant=0, drift_at=DRIFT_AT, drift_to=3)
         async with (
             running_worker(settings),
-            running(settings, Retrainer),
-            running(settings, Exporter),
+            running_consumer(settings, Retrainer),
+            running_consumer(settings, Exporter),
         ):
             client = HotSwapClient.from_settings(settings, "default")
             await client.start()

@@ -6,9 +6,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import orjson
+
+from eddy.consumers.service import run_consumer
 from eddy.streams.app import App
+from eddy.streams.codec import make_event
+from eddy.streams.kafka import start_producer
 from eddy.streams.settings import Settings
+from eddy.streams.topics import Topics
 from eddy.streams.worker import Worker
 
 
@@ -47,6 +54,38 @@ def holds_within(condition: Callable[[], bool], within: float, interval: float =
             return True
         time.sleep(interval)
     return condition()
+
+
+@contextlib.asynccontextmanager
+async def running_consumer(settings: Settings, kind: Any) -> AsyncIterator[Any]:
+    """Start a control consumer (``Retrainer``, ``Exporter``) in this event loop; stop it
+    on exit."""
+    started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_consumer(settings, kind, on_start=started))
+    consumer = await started
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 120)
+
+
+async def request_manual_retrain(settings: Settings, start: int, end: int) -> None:
+    """What ``eddy retrain`` sends: retrain stream ``default`` on examples[start:end]
+    (partition 0)."""
+    topics = Topics(settings.topics.prefix)
+    window = {"offsets": [{"topic": topics.examples, "partition": 0, "start": start, "end": end}]}
+    event = make_event(
+        "retrain.requested",
+        "eddy/test",
+        {"stream": "default", "reason": "manual", "window": window},
+        subject="default",
+    )
+    producer = await start_producer(settings.kafka)
+    try:
+        await producer.send_and_wait(topics.events, orjson.dumps(event))
+    finally:
+        await producer.stop()
 
 
 def learned(worker: Worker, stream: str = "default") -> int:

@@ -12,6 +12,7 @@ import torch
 from eddy.models import tuning
 from eddy.models.batch import TrainingError, TrainParams, cross_validate, score, train
 from eddy.models.tuning import SearchSpace, search
+from tests.unit.synthetic import three_classes
 
 NAMES = [f"f{i}" for i in range(8)]
 SPACE = SearchSpace(widths=(8, 32), depth=(1, 2), lr=(1e-5, 3e-2), epochs=(2, 12))
@@ -24,16 +25,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def three_classes(n: int, seed: int = 0) -> tuple[np.ndarray, list[int]]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 8)).astype(np.float32)
-    s = np.stack(
-        [x[:, 0] * x[:, 1], np.sin(2 * x[:, 2]) + x[:, 3], x[:, 4] ** 2 - 1 + 0.5 * x[:, 5]], 1
-    )
-    s += rng.normal(scale=0.3, size=s.shape)
-    return x, [int(v) for v in s.argmax(1)]
 
 
 X, Y = three_classes(2400)
