@@ -119,7 +119,10 @@ class WorkerAgent:
         self.consumer: AIOKafkaConsumer | None = None
         self.ready = asyncio.Event()  # set once partitions are assigned and restored
         self.outages = 0
+        # Set to end the consumer's current life: by stop(), or by fail() when a rebalance
+        # callback failed. Only a stop() request ends run(); a Kafka failure restarts.
         self._stopping = asyncio.Event()
+        self._stop_requested = False
         self._failure: BaseException | None = None
         self._last_checkpoint = time.monotonic()
         self._last_lag = 0.0
@@ -146,7 +149,7 @@ class WorkerAgent:
                 await self._consume()
                 return
             except KafkaError as ex:
-                if self._stopping.is_set():
+                if self._stop_requested:
                     log.warning(
                         "%s: stopped while Kafka failed (%r); the last checkpoint stands",
                         self.name,
@@ -170,9 +173,11 @@ class WorkerAgent:
                 self._drop_all()
                 self.sender.reset()
                 self.ready.clear()
+                self._failure = None
+                self._stopping.clear()  # set by fail(): this life ended, the next begins
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), backoff)
-                if self._stopping.is_set():
+                if self._stop_requested:
                     return
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 self._recovering = True
@@ -534,15 +539,19 @@ class WorkerAgent:
 
     def stop(self) -> None:
         """Ask the loop to finish its batch, checkpoint and leave the group."""
+        self._stop_requested = True
         self._stopping.set()
 
     def fail(self, error: BaseException) -> None:
-        """Stop without checkpointing, and make :meth:`run` raise ``error``.
+        """End the consumer's life without checkpointing, and make it raise ``error``:
+        :meth:`run` restarts from the last checkpoint after a Kafka error, and raises
+        anything else.
 
         aiokafka only logs what a rebalance callback raises; this makes a failed
-        restore stop the worker instead of leaving it idle without partitions.
+        restore or hand-over end the consumer instead of leaving it idle without
+        partitions.
         """
-        log.error("%s: %r; stopping", self.name, error)
+        log.error("%s: %r in a rebalance; leaving the group", self.name, error)
         self._failure = self._failure or error
         self._stopping.set()
 

@@ -8,7 +8,9 @@ learn the new data while keeping what they had learned.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -18,11 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
+from eddy.streams import sources
 from eddy.streams.broker import EmbeddedBroker, free_port
 from eddy.streams.dashboard import sum_samples
+from eddy.streams.producer import ProduceOptions
+from eddy.streams.producer import produce as send_events
 from eddy.streams.supervisor import eddy_argv, scrape
+from eddy.streams.topics import create_topics
 from tests.integration.test_up import REPO, alive, eddy_env, wait_until
+from tests.integration.worker_helpers import learned, running_worker, wait_for
 
 
 def stream_examples(port: int) -> float:
@@ -183,3 +191,34 @@ def test_sigterm_stops_a_worker_whose_broker_is_lost(tmp_path: Path, broker: str
         # `eddy up` kills a child 20 s after SIGTERM; the worker gives up on Kafka after 10.
         assert w.process.wait(40) == 0
         assert "worker: stopped cleanly" in w.log.read_text()
+
+
+def test_a_kafka_error_in_a_rebalance_restarts_the_consumer_and_other_errors_stop_it(settings):
+    """A rebalance callback's error reaches the agent through ``fail`` (aiokafka only logs
+    it). A Kafka error there (the broker lost mid hand-over, as in the test above) is an
+    outage: the agent restarts from its checkpoint and learns on. Anything else (a
+    refused restore) stops the worker with that error."""
+    settings = settings.with_overrides(
+        {"topic_prefix": settings.topics.prefix + "rb.", "partitions": 1}
+    )
+    asyncio.run(create_topics(settings.kafka, settings.topics))
+
+    async def outage() -> None:
+        async with running_worker(settings) as worker:
+            await wait_for(lambda: worker.agent.ready.is_set(), 60, "partitions assigned")
+            worker.agent.fail(KafkaConnectionError("connection lost during a hand-over"))
+            await wait_for(lambda: worker.agent.outages == 1, 30, "an outage restart")
+            data = itertools.islice(sources.open_named("sea", seed=4), 500)
+            options = ProduceOptions(n=500, inline_labels=True)
+            await send_events(settings.kafka, settings.topics.prefix, data, options)
+            await wait_for(lambda: learned(worker) == 500, 60, "500 learned after the restart")
+
+    asyncio.run(outage())
+
+    async def refused() -> None:
+        async with running_worker(settings) as worker:
+            await wait_for(lambda: worker.agent.ready.is_set(), 60, "partitions assigned")
+            worker.agent.fail(ValueError("restore refused"))
+
+    with pytest.raises(ValueError, match="restore refused"):
+        asyncio.run(refused())
