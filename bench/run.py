@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import itertools
 import json
 import os
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,24 +103,47 @@ async def _eddy_rate(settings: Settings, n: int) -> float:
 
 
 def eddy_rate(settings: Settings, n: int) -> float:
-    return asyncio.run(_eddy_rate(settings, n))
+    with frozen_heap():
+        return asyncio.run(_eddy_rate(settings, n))
+
+
+FREEZE = True  # --no-freeze turns it off
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """What ``eddy worker`` does once started: ``gc.collect(); gc.freeze()``, so that
+    full collections do not walk what was there before (torch, River, the bench's own
+    data). Every timed run, eddy's and the baselines', runs inside one."""
+    if not FREEZE:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def ingest(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
     """Labels inline: eddy per model beside raw, the hand-written loop and River."""
-    data = sea(n)
     rows: dict[str, Any] = {}
     for model in ("logreg", "hoeffding", "torch-linear"):
         settings = fresh(broker, data_dir, model=model)
-        send(settings, data, ProduceOptions(n=n, inline_labels=True))
+        send(settings, sea(n), ProduceOptions(n=n, inline_labels=True))
         samples = Topics(settings.topics.prefix).samples
         bootstrap = settings.kafka.bootstrap or ""
-        row: dict[str, Any] = {"raw_per_s": asyncio.run(baselines.raw_read(bootstrap, samples, n))}
+        with frozen_heap():
+            raw = asyncio.run(baselines.raw_read(bootstrap, samples, n))
+        row: dict[str, Any] = {"raw_per_s": raw}
         if model != "torch-linear":
-            row["hand_written_per_s"] = asyncio.run(
-                baselines.hand_written_inline(bootstrap, samples, n, model)
-            )
-            row["river_per_s"] = baselines.river_rate(model, n)
+            with frozen_heap():
+                row["hand_written_per_s"] = asyncio.run(
+                    baselines.hand_written_inline(bootstrap, samples, n, model)
+                )
+            with frozen_heap():
+                row["river_per_s"] = baselines.river_rate(model, n)
         row["eddy_per_s"] = eddy_rate(settings, n)
         rows[model] = row
         print(f"  ingest {model}: {_figures(row)}", flush=True)
@@ -130,22 +156,21 @@ def two_topics(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
     send(settings, sea(n), ProduceOptions(n=n))
     topics = Topics(settings.topics.prefix)
     bootstrap = settings.kafka.bootstrap or ""
-    row = {
-        "hand_written_per_s": asyncio.run(
+    with frozen_heap():
+        hand = asyncio.run(
             baselines.hand_written_two_topics(bootstrap, topics.samples, topics.labels, n, "logreg")
-        ),
-        "eddy_per_s": eddy_rate(settings, n),
-    }
+        )
+    row = {"hand_written_per_s": hand, "eddy_per_s": eddy_rate(settings, n)}
     print(f"  two topics logreg: {_figures(row)}", flush=True)
     return row
 
 
 def feature_drift_cost(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
     """The worker with the feature and prediction monitors off and on, same events."""
-    data, rates = sea(n), {}
+    rates = {}
     for on in (False, True):
         settings = fresh(broker, data_dir, model="logreg", feature_drift=on)
-        send(settings, data, ProduceOptions(n=n, inline_labels=True))
+        send(settings, sea(n), ProduceOptions(n=n, inline_labels=True))
         rates["on" if on else "off"] = eddy_rate(settings, n)
     row = {"monitors_off_per_s": rates["off"], "monitors_on_per_s": rates["on"]}
     print(f"  feature drift: {_figures(row)}", flush=True)
@@ -377,7 +402,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="events per ingest run")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="time in-process runs without gc.freeze() (which eddy worker does at start)",
+    )
     args = parser.parse_args()
+    global FREEZE
+    FREEZE = not args.no_freeze
     if args.quick:
         args.n = 10_000
     only = set(args.only.split(","))

@@ -178,19 +178,19 @@ class RiverLearner:
     def predict_many(self, xs: Sequence[Features]) -> list[Prediction]:
         """Predict without learning; a non-finite answer triggers the guard's repair."""
         started = time.perf_counter()
-        out = []
-        for x in xs:
-            xd = as_dict(x)
-            try:
-                p = self._predict(xd)
-            except Exception:  # noqa: BLE001 - a broken model state; repaired below
-                p = Prediction(math.nan)
-            if not finite_prediction(p):
-                self._repair()
-                p = self._predict_or_none(xd)
-            out.append(p)
+        out = [self._predict_guarded(as_dict(x)) for x in xs]
         self.predict_seconds += time.perf_counter() - started
         return out
+
+    def _predict_guarded(self, xd: dict[Any, Any]) -> Prediction:
+        try:
+            p = self._predict(xd)
+        except Exception:  # noqa: BLE001 - a broken model state; repaired below
+            p = Prediction(math.nan)
+        if not finite_prediction(p):
+            self._repair()
+            p = self._predict_or_none(xd)
+        return p
 
     def _predict_or_none(self, x: dict[Any, Any]) -> Prediction:
         try:
@@ -202,21 +202,29 @@ class RiverLearner:
     def learn_many(self, xs: Sequence[Features], ys: Sequence[Any], refs: Sequence[Any]) -> None:
         """Learn each example in order; one that raises is refused and undone."""
         started = time.perf_counter()
-        learn = self.estimator.learn_one
         for x, y, ref in zip(xs, ys, refs, strict=True):
-            if self._safe is None or len(self._replay) >= self._safe_every:
-                self._take_safe_point()
-                learn = self.estimator.learn_one
-            xd = as_dict(x)
-            try:
-                learn(xd, y)
-            except Exception as ex:  # noqa: BLE001 - whatever the model raises is this example's
-                self._restore([])
-                learn = self.estimator.learn_one
-                self._refused.append(Refused(ref, LEARN_ERROR, f"{type(ex).__name__}: {ex}"))
-                continue
-            self._replay.append((xd, y, ref))
+            self._learn_guarded(as_dict(x), y, ref)
         self._learn_seconds += time.perf_counter() - started
+
+    def predict_one(self, x: Features) -> Prediction:
+        """Predict one example (guarded as :meth:`predict_many`)."""
+        return self._predict_guarded(as_dict(x))
+
+    def learn_one(self, x: Features, y: Any, ref: Any) -> bool:
+        """Learn one example (guarded as :meth:`learn_many`); ``False`` if refused."""
+        return self._learn_guarded(as_dict(x), y, ref)
+
+    def _learn_guarded(self, xd: dict[Any, Any], y: Any, ref: Any) -> bool:
+        if self._safe is None or len(self._replay) >= self._safe_every:
+            self._take_safe_point()
+        try:
+            self.estimator.learn_one(xd, y)
+        except Exception as ex:  # noqa: BLE001 - whatever the model raises is this example's
+            self._restore([])
+            self._refused.append(Refused(ref, LEARN_ERROR, f"{type(ex).__name__}: {ex}"))
+            return False
+        self._replay.append((xd, y, ref))
+        return True
 
     def take_refused(self) -> list[Refused]:
         """Examples refused since the last call."""

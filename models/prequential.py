@@ -112,6 +112,32 @@ class Learned:
     findings: list[DriftFinding] = field(default_factory=list)
 
 
+class Predict(NamedTuple):
+    """An operation of :meth:`StreamLearner.apply`: predict a sample."""
+
+    x: Features
+
+
+class Learn(NamedTuple):
+    """An operation of :meth:`StreamLearner.apply`: score ``served`` (a prediction,
+    ``None``, or the index of a ``Predict`` earlier in the same call), then learn."""
+
+    x: Features
+    y: Any
+    served: Prediction | int | None
+    ref: Any
+
+
+class Applied(NamedTuple):
+    """What :meth:`StreamLearner.apply` did: the predictions in the order of the
+    ``Predict`` operations, how many examples the model had learned when it made each,
+    and the learning."""
+
+    predictions: list[Prediction]
+    seen: list[int]
+    learned: Learned
+
+
 class StreamLearner:
     """The learning state of one model stream."""
 
@@ -194,6 +220,98 @@ class StreamLearner:
         out.learned = len(items) - len(out.refused)
         self.learned += out.learned
         return out
+
+    def apply(self, ops: Sequence[Predict | Learn]) -> Applied:
+        """Predict and learn in the order given, in one call: each prediction is made by
+        the model that learned every example before it in ``ops``, and each example is
+        scored (its served prediction) then learned, as :meth:`predict` and :meth:`learn`
+        do one at a time. A ``Learn`` may name its served prediction by the index of a
+        ``Predict`` earlier in ``ops`` (a sample predicted and labelled in one batch).
+
+        Refused examples are returned as :meth:`learn` returns them, with the examples
+        found to have broken the model since the last call.
+        """
+        learner: Any = self.learner
+        if self.immediate is None and getattr(learner, "will_step", None) is not None:
+            return self._apply_by_step(ops)
+        predictions: list[Prediction] = []
+        seen: list[int] = []
+        out = Learned()
+        one_by_one = not (learner.per_example and self.immediate is None)
+        failed: set[int] = set()
+        for op in ops:
+            if type(op) is Predict:
+                seen.append(self.learned)
+                if one_by_one:
+                    predictions.append(self.predict([op.x])[0])
+                else:
+                    predictions.append(learner.predict_one(op.x))
+                continue
+            served = op.served
+            if type(served) is int:
+                served = predictions[served]
+            if one_by_one:
+                done = self.learn([LabelledItem(op.x, op.y, served, op.ref)])
+                out.scored += done.scored
+                out.refused += done.refused
+                out.findings += done.findings
+                failed.update(id(r.ref) for r in done.refused)
+            elif learner.learn_one(op.x, op.y, op.ref):
+                self.learned += 1
+                self._score(LabelledItem(op.x, op.y, served, op.ref), out)
+            else:
+                failed.add(id(op.ref))
+        refused = learner.take_refused()
+        # learned before, found to have broken the model since: no longer counted
+        self.learned -= sum(1 for r in refused if id(r.ref) not in failed)
+        out.refused += refused
+        learned = sum(1 for op in ops if type(op) is Learn)
+        out.learned = learned - len(out.refused)
+        return Applied(predictions, seen, out)
+
+    def _apply_by_step(self, ops: Sequence[Predict | Learn]) -> Applied:
+        """:meth:`apply` for a mini-batch learner, whose predictions change only when a
+        step is taken: the operations up to the example that takes the next step are one
+        chunk, whose samples are predicted in one call and whose examples are learned in
+        another. (A step can come later than the learner foresees, when it refuses an
+        example: never earlier.)"""
+        learner: Any = self.learner
+        predictions: list[Prediction] = []
+        seen: list[int] = []
+        out = Learned()
+        start = 0
+        while start < len(ops):
+            end, learns, xs = start, 0, []
+            while end < len(ops):
+                op = ops[end]
+                end += 1
+                if type(op) is Predict:
+                    xs.append(op.x)
+                    seen.append(self.learned + learns)
+                else:
+                    learns += 1
+                    if learner.will_step(learns):
+                        break
+            if xs:
+                predictions += self.predict(xs)
+            items = [
+                LabelledItem(
+                    op.x,
+                    op.y,
+                    predictions[op.served] if type(op.served) is int else op.served,
+                    op.ref,
+                )
+                for op in ops[start:end]
+                if type(op) is Learn
+            ]
+            if items:
+                done = self.learn(items)
+                out.learned += done.learned
+                out.scored += done.scored
+                out.refused += done.refused
+                out.findings += done.findings
+            start = end
+        return Applied(predictions, seen, out)
 
     def take_refused(self) -> list[Refused]:
         """Examples found to have broken the model since the last call (by a check at

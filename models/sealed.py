@@ -32,7 +32,14 @@ def seal(obj: Any, key: bytes, level: int = 1) -> bytes:
     >>> unseal(seal({"a": 1}, b"k"), b"k")
     {'a': 1}
     """
-    payload = zlib.compress(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), level)
+    return seal_pickled(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), key, level)
+
+
+def seal_pickled(pickled: bytes, key: bytes, level: int = 1) -> bytes:
+    """:func:`seal` of an object already pickled: ``pickled`` compressed and
+    authenticated. Split from the pickle so that a caller can snapshot a state that is
+    about to change (the pickle) and do the rest while it changes."""
+    payload = zlib.compress(pickled, level)
     return MAGIC + mac(payload, key).encode() + b"\n" + payload
 
 

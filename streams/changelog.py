@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from eddy.models import checkpoint
-from eddy.models.sealed import SealError, seal, unseal
+from eddy.models.sealed import SealError, seal_pickled, unseal
 from eddy.streams.chunks import chunk_size, fetch_blob, latest_manifests, other_slot, send_blob
 from eddy.streams.exceptions import BrokerError
 from eddy.streams.kafka import close_client, end_offsets, make_consumer
@@ -72,7 +73,22 @@ class Changelog:
     ) -> dict[str, Any]:
         """Seal ``state`` and write it to the changelog, then the cache; returns the
         manifest. Only returns once the broker has acknowledged every record."""
-        data = await asyncio.to_thread(seal, state, self.key)
+        return await self.write(producer, partition, await self.snapshot(state), generation)
+
+    @staticmethod
+    async def snapshot(state: Any) -> bytes:
+        """``state`` pickled: it may change once this returns. Only the pickle waits for
+        the caller (the agent holds its lock meanwhile); compressing and signing are
+        done by :meth:`write`."""
+        return await asyncio.to_thread(pickle.dumps, state, pickle.HIGHEST_PROTOCOL)
+
+    async def write(
+        self, producer: AIOKafkaProducer, partition: int, snapshot: bytes, generation: int
+    ) -> dict[str, Any]:
+        """Seal a :meth:`snapshot` and write it to the changelog, then the cache; returns
+        the manifest once the broker has acknowledged every record. One write per
+        partition at a time (the two slots alternate)."""
+        data = await asyncio.to_thread(seal_pickled, snapshot, self.key)
         slot = other_slot(self._slots.get(partition, (None, 0))[0])
         previous = self._chunks_in.get((partition, slot), 0)
         manifest = await send_blob(

@@ -39,7 +39,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -50,6 +50,9 @@ from eddy.models.learners import Prediction, Refused
 from eddy.models.prequential import (
     DriftFinding,
     LabelledItem,
+    Learn,
+    Learned,
+    Predict,
     StreamLearner,
     StreamSpec,
     label_problem,
@@ -101,7 +104,7 @@ class Out(NamedTuple):
 Record = SourceRecord
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: built for every record, and a frozen __init__ costs 4x (never changed)
 class Stored:
     """Enough of a consumed record to dead-letter it later (a ``SourceRecord``)."""
 
@@ -279,6 +282,20 @@ class UnitState:
     sequence: int = 0  # of the events this partition emits (see codec.Sequences)
 
 
+class _Queue:
+    """Work on one stream's learner, in arrival order, for :meth:`Unit._apply`."""
+
+    __slots__ = ("index", "learned", "ops", "predicted")
+
+    def __init__(self) -> None:
+        self.ops: list[Predict | Learn] = []
+        # per Predict: (sample, record, join partition, what the join holds)
+        self.predicted: list[tuple[Sample, Stored, int, _Held]] = []
+        self.index: dict[int, int] = {}  # id() of a held sample -> position in predicted
+        # per Learn: (index of its queued prediction or None, (example, record))
+        self.learned: list[tuple[int | None, tuple[Example, Stored]]] = []
+
+
 class _Held(NamedTuple):
     """A sample waiting for its label: the sample, what was served, where it came from."""
 
@@ -299,6 +316,7 @@ class Unit:
         self._samples, self._labels, self._repartition = t.samples, t.labels, t.repartition
         self._to_predict: list[tuple[Sample, Stored, int]] = []  # (sample, record, join partition)
         self._waiting_ids: set[str] = set()
+        self._queues: dict[str, _Queue] = {}  # work on the learners here, see _queue_of
         self._source = f"{ctx.source}/p{self.p}"
         for name, learner in state.learners.items():
             ctx.directory.owned(name, learner)
@@ -337,6 +355,7 @@ class Unit:
                 self.dead_letter(record, ex)
             offsets[topic] = record.offset + 1
         self.flush_predictions()
+        self._gauge_pending()
 
     def on_idle(self, clocks: dict[str, int]) -> None:
         """Between batches: expire what waited too long (``clocks``: event-time clock of
@@ -345,6 +364,10 @@ class Unit:
         expired = self.state.join.expire(clocks.get("labels", 0), clocks.get("samples", 0))
         if expired:
             self._emit(expired)
+            self._gauge_pending()
+
+    def _gauge_pending(self) -> None:
+        self.ctx.metrics.child("pending", str(self.p)).set(len(self.state.join))
 
     # -- samples -----------------------------------------------------------------------------
 
@@ -365,11 +388,133 @@ class Unit:
                 self._warn_task(sample.stream, spec, sample.label)
                 raise UnlearnableLabel(problem)
         j = partition_of(sample.id, self.ctx.partitions)
+        queue = self._queue_of(sample.stream)
+        if queue is not None:
+            self._queue_sample(queue, sample, Stored.of(record), j)
+            return
         self._to_predict.append((sample, Stored.of(record), j))
         self._waiting_ids.add(sample.id)
         if sample.label is not None and self._learns_at_once(sample.stream):
             # Predicted, then learned, before the next sample is predicted.
             self.flush_predictions()
+
+    def _queue_of(self, stream: str) -> _Queue | None:
+        """The queue of a stream whose learner lives in this unit (``None``: the stream
+        takes the path of :meth:`flush_predictions`).
+
+        Its samples are predicted, and its examples scored and learned, in arrival order
+        but in one call into the learner per batch (:meth:`StreamLearner.apply`); the
+        records that follow are built in :meth:`_apply`. Samples wait in the join
+        meanwhile, so a label in the same batch joins them at once.
+        """
+        queue = self._queues.get(stream)
+        if queue is None:
+            learner = self.state.learners.get(stream)
+            if learner is None or learner.immediate is not None:
+                return None
+            queue = self._queues[stream] = _Queue()
+        return queue
+
+    def _queue_sample(self, queue: _Queue, sample: Sample, stored: Stored, j: int) -> None:
+        held = _Held(sample, None, None, stored)
+        queue.ops.append(Predict(sample.features))
+        queue.index[id(held)] = len(queue.predicted)
+        queue.predicted.append((sample, stored, j, held))
+        if j != self.p:
+            return  # forwarded with its prediction once it is made (_apply)
+        join = self.state.join
+        if sample.label is None or sample.id in join.joined:
+            pending = Pending(sample.id, held, (stored.partition, stored.offset), stored.timestamp)
+            self._emit(join.add_sample(pending, sample.label))
+            return
+        # What join.add_sample and _emit do with an inline label, without the detour.
+        join.joined.add(sample.id)
+        self.state.counts["joined"] += 1
+        example = _example_of(sample, sample.label, stored, None, None)
+        self._learn(example, queue.index[id(held)], stored)
+
+    def _pending_prediction(self, held: _Held) -> int | None:
+        """The index of ``held``'s prediction in its stream's queue, if not made yet."""
+        if held.served is not None:
+            return None
+        queue = self._queues.get(held.sample.stream)
+        if queue is None:
+            return None
+        return queue.index.get(id(held))  # the queue keeps each held alive: ids are unique
+
+    def _settle(self) -> None:
+        """Do the queued work of every stream (before anything reads the learners)."""
+        while self._queues:
+            stream, queue = self._queues.popitem()
+            if queue.ops:
+                self._apply(stream, queue)
+
+    def _apply(self, stream: str, queue: _Queue) -> None:
+        learner = self.state.learners[stream]
+        started = time.perf_counter()
+        applied = learner.apply(queue.ops)
+        spent = time.perf_counter() - started
+        version = learner.version
+        served_of = [
+            Served(p.value, p.proba, version, seen)
+            for p, seen in zip(applied.predictions, applied.seen, strict=True)
+        ]
+        if queue.predicted:
+            samples = [sample for sample, _, _, _ in queue.predicted]
+            partitions = [j for _, _, j, _ in queue.predicted]
+            self._publish_predictions(
+                stream, samples, partitions, applied.predictions, version, applied.seen, 0
+            )
+            self._watch_features(
+                stream, samples, applied.predictions, version, queue.predicted[-1][1]
+            )
+            waiting = self.state.join.samples
+            for (sample, stored, j, held), prediction, served in zip(
+                queue.predicted, applied.predictions, served_of, strict=True
+            ):
+                if j != self.p:
+                    self._forward(stored, b"sample", j, served)
+                    continue
+                entry = waiting.get(sample.id)
+                if entry is not None and entry.payload is held:  # still waiting for its label
+                    waiting[sample.id] = replace(
+                        entry, payload=held._replace(served=served, prediction=prediction)
+                    )
+        for k, (example, _) in queue.learned:
+            if k is not None:
+                example.served = served_of[k]
+        self._learned(stream, learner, queue.learned, applied.learned, spent)
+
+    def _learned(
+        self,
+        stream: str,
+        learner: StreamLearner,
+        entries: Sequence[tuple[Any, tuple[Example, Stored]]],
+        learned: Learned,
+        spent: float,
+    ) -> None:
+        """Record what a learner learned of ``entries`` (``(_, ref)``: each example with
+        its record, as passed to the learner): the examples topic, metrics, refusals,
+        drift."""
+        ctx = self.ctx
+        gone = {id(r.ref) for r in learned.refused}
+        out, topic, key = ctx.out, ctx.topics.examples, stream.encode()
+        for _, ref in entries:
+            if gone and id(ref) in gone:
+                continue
+            example = ref[0]
+            if ctx.on_learned is not None:
+                ctx.on_learned(stream, example.features, example.label)
+            out.append(Out(topic, encode_example(example), key, self.p))
+        metrics = ctx.metrics
+        if learned.learned > 0:  # refusals found later can outnumber a call's examples
+            metrics.child("learned", stream).inc(learned.learned)
+        if entries:
+            metrics.child("learn_seconds", stream).observe(spent / len(entries))
+        for refused in learned.refused:
+            self._refused(stream, refused)
+        for finding in learned.findings:
+            self._drift(learner, finding)
 
     def _learns_at_once(self, stream: str) -> bool:
         predictor, _ = self.ctx.directory.predictor(stream)
@@ -378,6 +523,7 @@ class Unit:
 
     def flush_predictions(self) -> None:
         """Predict the samples read since the last flush, publish, and hold them."""
+        self._settle()
         if not self._to_predict:
             return
         pending, self._to_predict = self._to_predict, []
@@ -394,34 +540,49 @@ class Unit:
             else:
                 predictions = predictor.predict(xs)
                 version, learned = predictor.version, predictor.learned
-            self._publish_predictions(stream, items, predictions, version, learned, staleness)
-            self._watch_features(stream, items, predictions, version)
+            samples = [s for s, _, _ in items]
+            self._publish_predictions(
+                stream,
+                samples,
+                [j for _, _, j in items],
+                predictions,
+                version,
+                [learned] * len(items),
+                staleness,
+            )
+            self._watch_features(stream, samples, predictions, version, items[-1][1])
             for (sample, stored, j), prediction in zip(items, predictions, strict=True):
                 served = Served(prediction.value, prediction.proba, version, learned)
                 if j == self.p:
                     self._join_sample(sample, served, prediction, stored)
                 else:
                     self._forward(stored, b"sample", j, served)
+        self._settle()  # what those joins queued (a stream whose learner began just now)
 
     def _publish_predictions(
         self,
         stream: str,
-        items: list[tuple[Sample, Stored, int]],
-        predictions: list[Prediction],
+        samples: Sequence[Sample],
+        partitions: Sequence[int],
+        predictions: Sequence[Prediction],
         version: str,
-        learned: int,
+        learned: Sequence[int],
         staleness: int,
     ) -> None:
+        """One prediction record per sample, to the partition that joins it (``partitions``);
+        ``learned``: how many examples the model had learned when it predicted each."""
         ts = now_ms()
         out = self.ctx.out
         topic = self.ctx.topics.predictions
         hook = self.ctx.hooks.on_prediction
-        for (sample, _, j), prediction in zip(items, predictions, strict=True):
+        for sample, j, prediction, seen in zip(
+            samples, partitions, predictions, learned, strict=True
+        ):
             event: dict[str, Any] = {
                 "id": sample.id,
                 "stream": stream,
                 "model_version": version,
-                "model_examples": learned,
+                "model_examples": seen,
                 "staleness_ms": staleness,
                 "prediction": prediction.value,
                 "ts": ts,
@@ -439,15 +600,16 @@ class Unit:
             if hook is not None:
                 self._call(hook, event)
         metrics = self.ctx.metrics
-        metrics.child("predictions", stream).inc(len(items))
+        metrics.child("predictions", stream).inc(len(samples))
         metrics.child("staleness", stream).observe(staleness / 1000)
 
     def _watch_features(
         self,
         stream: str,
-        items: list[tuple[Sample, Stored, int]],
-        predictions: list[Prediction],
+        samples: Sequence[Sample],
+        predictions: Sequence[Prediction],
         version: str,
+        last: Stored,
     ) -> None:
         config = self.ctx.feature_drift
         if config is None or not self.ctx.policy.spec(stream).feature_drift:
@@ -455,12 +617,10 @@ class Unit:
         monitor = self.state.monitors.get(stream)
         if monitor is None:
             monitor = self.state.monitors[stream] = FeatureMonitor(config)
-        rows = [
-            s.features if isinstance(s.features, dict) else _dense(s.features) for s, _, _ in items
-        ]
+        rows = [s.features if isinstance(s.features, dict) else _dense(s.features) for s in samples]
         found = monitor.update_many(rows, [p.value for p in predictions])
         if found:
-            self._feature_drift(stream, found, monitor, version, items[-1][1])
+            self._feature_drift(stream, found, monitor, version, last)
 
     def _feature_drift(
         self,
@@ -564,22 +724,16 @@ class Unit:
                     value = result.label
                 counts["joined"] += 1
                 sample = held.sample
-                example = Example(
-                    id=sample.id,
-                    stream=sample.stream,
-                    features=sample.features,
-                    label=value,
-                    sample=(held.stored.partition, held.stored.offset),
-                    label_at=result.label_position,
-                    ts=sample.ts,
-                    served=held.served,
+                example = _example_of(
+                    sample, value, held.stored, result.label_position, held.served
                 )
                 if sample.ts is not None and result.label_position is not None:
                     delay = max(now_ms() - sample.ts, 0) / 1000
                     self.ctx.metrics.label_delay.observe(delay)
                 q = partition_of(sample.stream, self.ctx.partitions)
                 if q == self.p:
-                    self._learn(example, held.prediction, held.stored)
+                    k = self._pending_prediction(held)
+                    self._learn(example, held.prediction if k is None else k, held.stored)
                 else:
                     self._forward_example(example, held.stored, q)
             else:
@@ -592,7 +746,6 @@ class Unit:
                 counts[error.reason] += 1
                 self.ctx.metrics.unjoined.labels(result.kind, result.reason).inc()
                 self.dead_letter(stored, error)
-        self.ctx.metrics.child("pending", str(self.p)).set(len(self.state.join))
 
     # -- forwarding --------------------------------------------------------------------------
 
@@ -656,12 +809,21 @@ class Unit:
 
     # -- learning ----------------------------------------------------------------------------
 
-    def _learn(self, example: Example, prediction: Prediction | None, stored: Stored) -> None:
+    def _learn(self, example: Example, prediction: Prediction | int | None, stored: Stored) -> None:
+        """Score ``prediction`` (or, by its index, one queued) and learn ``example``."""
         state = self.state
         if example.id in state.recent:
             state.counts["duplicates"] += 1
             self.ctx.metrics.duplicates.labels(example.stream).inc()
             return
+        queue = self._queue_of(example.stream)
+        if queue is not None:
+            state.recent.add(example.id)
+            ref = (example, stored)
+            queue.ops.append(Learn(example.features, example.label, prediction, ref))
+            queue.learned.append((prediction if type(prediction) is int else None, ref))
+            return
+        assert not isinstance(prediction, int)  # queued predictions are of queued streams
         learner = state.learners.get(example.stream)
         if learner is None:
             spec = self.ctx.policy.spec(example.stream)
@@ -681,28 +843,14 @@ class Unit:
         started = time.perf_counter()
         learned = learner.learn([LabelledItem(example.features, example.label, prediction, ref)])
         learned.refused += learner.take_refused()
-        metrics = self.ctx.metrics
-        metrics.child("learn_seconds", example.stream).observe(time.perf_counter() - started)
-        if learned.learned:
-            metrics.child("learned", example.stream).inc(learned.learned)
-            if self.ctx.on_learned is not None:
-                self.ctx.on_learned(example.stream, example.features, example.label)
-            self.ctx.out.append(
-                Out(
-                    self.ctx.topics.examples,
-                    encode_example(example),
-                    example.stream.encode(),
-                    self.p,
-                )
-            )
-        for refused in learned.refused:
-            self._refused(example.stream, refused)
-        for finding in learned.findings:
-            self._drift(learner, finding)
+        self._learned(
+            example.stream, learner, [(None, ref)], learned, time.perf_counter() - started
+        )
 
     def flush_learners(self) -> None:
         """Learn the examples mini-batch learners still collect (a partial batch), and
         dead-letter what they refuse."""
+        self.flush_predictions()
         for name, learner in self.state.learners.items():
             flush = getattr(learner.learner, "flush", None)
             if flush is not None:
@@ -883,6 +1031,25 @@ class Unit:
 
 
 # -- small helpers -------------------------------------------------------------------------------
+
+
+def _example_of(
+    sample: Sample,
+    label: Any,
+    stored: Stored,
+    label_at: tuple[int, int] | None,
+    served: Served | None,
+) -> Example:
+    return Example(
+        id=sample.id,
+        stream=sample.stream,
+        features=sample.features,
+        label=label,
+        sample=(stored.partition, stored.offset),
+        label_at=label_at,
+        ts=sample.ts,
+        served=served,
+    )
 
 
 def _dense(features: list[Any]) -> dict[str, Any]:

@@ -7,14 +7,16 @@ batches; records keep the partition the default partitioner would give their
 key, so consumers that rely on key partitioning see no difference.
 
 Delivery: :meth:`ship` sends the open batches; :meth:`flush` also waits until
-the broker acknowledged everything shipped. Agents flush before a checkpoint.
+the broker acknowledged everything shipped; :meth:`shipped` and :meth:`wait` split
+that in two, so that an agent can go on while what a checkpoint depends on is
+acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -23,6 +25,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from eddy.streams.exceptions import DecodeError
 
 _KEY_CACHE = 4096
+
+# Batches shipped and not yet acknowledged: (topic, partition) and the future of each.
+Delivery = list[tuple[tuple[str, int], "asyncio.Future[Any]"]]
 
 
 class RecordTooLarge(DecodeError):
@@ -39,7 +44,7 @@ class BatchSender:
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self._open: dict[tuple[str, int], Any] = {}
-        self._in_flight: list[tuple[tuple[str, int], asyncio.Future[Any]]] = []
+        self._in_flight: Delivery = []
         self._round_robin = itertools.count()
         # aiokafka's murmur2 is pure Python (a third of a send). Keys such as stream
         # names repeat on every record; ids do not, so the cache stops growing.
@@ -51,34 +56,33 @@ class BatchSender:
             parts = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
         return parts
 
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-    ) -> None:
-        """Append a record to its partition's batch; ships the batch when full.
+    async def send_many(self, records: Iterable[Sequence[Any]]) -> None:
+        """Append each ``(topic, value, key, partition, headers, timestamp_ms)`` to its
+        partition's batch, in order; ships a batch when it is full.
 
-        The partition is ``partition`` if given, else the default partitioner's
-        for ``key`` (round-robin without a key); the timestamp is ``timestamp_ms``,
-        else the time of sending.
+        The partition is ``partition`` if given, else the default partitioner's for
+        ``key`` (round-robin without a key); the timestamp is ``timestamp_ms``, else the
+        time of sending. One call for many records: a coroutine per record costs more
+        than the append.
         """
-        if partition is None:
-            partition = await self._partition_for(topic, key)
-        where = (topic, partition)
-        batch = self._open.get(where)
-        if batch is None:
-            batch = self._open[where] = self.producer.create_batch()
-        headers = list(headers)
-        if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
-            await self._ship(where)
-            batch = self._open[where] = self.producer.create_batch()
+        open_batches = self._open
+        for topic, value, key, partition, headers, timestamp_ms in records:
+            if partition is None:
+                partition = await self._partition_for(topic, key)
+            where = (topic, partition)
+            batch = open_batches.get(where)
+            if batch is None:
+                batch = open_batches[where] = self.producer.create_batch()
+            headers = list(headers)
             if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
-                msg = f"a {len(value or b'')}-byte record does not fit a producer batch"
-                raise RecordTooLarge(msg)
+                await self._ship(where)
+                batch = open_batches[where] = self.producer.create_batch()
+                if (
+                    batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+                    is None
+                ):
+                    msg = f"a {len(value or b'')}-byte record does not fit a producer batch"
+                    raise RecordTooLarge(msg)
 
     async def _partition_for(self, topic: str, key: bytes | None) -> int:
         parts = await self._partitions_of(topic)
@@ -124,10 +128,20 @@ class BatchSender:
 
     async def flush(self) -> None:
         """Send every open batch and wait until the broker has all of them."""
+        await self.wait(await self.shipped())
+
+    async def shipped(self) -> Delivery:
+        """Send every open batch; returns what was shipped and not yet acknowledged, for
+        :meth:`wait` (records appended later are not in it)."""
         await self.ship()
         in_flight, self._in_flight = self._in_flight, []
-        results = await asyncio.gather(*(f for _, f in in_flight), return_exceptions=True)
-        for ((topic, partition), _), result in zip(in_flight, results, strict=True):
+        return in_flight
+
+    @staticmethod
+    async def wait(delivery: Delivery) -> None:
+        """Wait until the broker acknowledged ``delivery``; raises the first failure."""
+        results = await asyncio.gather(*(f for _, f in delivery), return_exceptions=True)
+        for ((topic, partition), _), result in zip(delivery, results, strict=True):
             if isinstance(result, BaseException):
                 result.add_note(f"while delivering a batch to {topic}[{partition}]")
                 raise result

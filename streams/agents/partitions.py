@@ -42,7 +42,7 @@ from eddy.streams.engine import EngineContext, Unit, UnitState
 from eddy.streams.kafka import assign, close_client, end_offsets, getmany_until, make_consumer
 from eddy.streams.merge import InputMerger
 from eddy.streams.metrics import ConsumerMetrics
-from eddy.streams.sender import BatchSender
+from eddy.streams.sender import BatchSender, Delivery
 from eddy.streams.settings import KafkaConfig, StateConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,10 @@ HOLE_RETRIES = 5  # reads of a missing offset before it counts as a real gap
 
 # (offset, timestamp, crc32 of the key) of the last record a checkpoint reflects.
 Position = tuple[int, int, int]
+_Offsets = dict[TopicPartition, int]
+# A checkpoint taken and not yet written: the outputs it waits for, (partition, pickled
+# state, generation) of each partition, and the input offsets to commit after.
+_Snapshots = tuple[Delivery, list[tuple[int, bytes, int]], _Offsets]
 
 
 @dataclass
@@ -133,6 +137,8 @@ class WorkerAgent:
         # must never see, or pickle, a state half-way through a batch.
         self.lock = asyncio.Lock()
         self._epoch = 0  # counts restores and releases (rebalances)
+        # The periodic checkpoint being written (see _maybe_checkpoint); one at a time.
+        self._writing: asyncio.Task[None] | None = None
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -236,6 +242,8 @@ class WorkerAgent:
                 if clean and self._failure is None:
                     async with self.lock:
                         await self.save(list(self.partitions))
+                else:
+                    await self._abandon_write()
             finally:
                 # Sends LeaveGroup, so a restart rejoins at once; bounded if Kafka is gone.
                 await close_client(self.consumer)
@@ -330,16 +338,7 @@ class WorkerAgent:
             await self.sender.ship()
             return
         self.ctx.out = []
-        send = self.sender.send
-        for record in out:
-            await send(
-                record.topic,
-                record.value,
-                record.key,
-                record.headers,
-                record.partition,
-                record.timestamp_ms,
-            )
+        await self.sender.send_many(out)  # an Out is (topic, value, key, partition, headers, ts)
         await self.sender.ship()
 
     def _count(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
@@ -364,43 +363,101 @@ class WorkerAgent:
     # -- checkpoints -------------------------------------------------------------------------
 
     async def save(self, partitions: list[int]) -> None:
-        """Flush outputs, then checkpoint the given partitions' states (the caller holds
-        :attr:`lock`)."""
+        """Flush outputs, then checkpoint the given partitions' states, all before it
+        returns (the caller holds :attr:`lock`)."""
+        await self._finish_write()
+        snapshots = await self._snapshot(partitions)
+        if snapshots is not None:
+            await self._write(*snapshots)
+
+    async def _maybe_checkpoint(self) -> None:
+        """Checkpoint the partitions that are due, writing in the background: the lock
+        is held while the states are pickled, not while they are compressed, signed,
+        sent and acknowledged."""
+        writing = self._writing
+        if writing is not None:
+            if not writing.done():
+                return  # one at a time; what is due now is due at the next turn
+            self._writing = None
+            writing.result()  # a failure surfaces here: the agent restarts from before it
+        every = self.state_config.checkpoint_every
+        due = [p for p, part in self.partitions.items() if part.since_checkpoint >= every]
+        if time.monotonic() - self._last_checkpoint >= self.state_config.checkpoint_interval_s:
+            due = [p for p, part in self.partitions.items() if part.since_checkpoint > 0]
+            self._last_checkpoint = time.monotonic()
+        snapshots = await self._snapshot(due) if due else None
+        if snapshots is not None:
+            self._writing = asyncio.create_task(self._write(*snapshots))
+
+    async def _snapshot(self, partitions: list[int]) -> _Snapshots | None:
+        """The first half of a checkpoint, under :attr:`lock`: ship every output of the
+        records processed so far and pickle the partitions' states as they are now."""
         partitions = [p for p in partitions if p in self.partitions]
         if not partitions:
-            return
+            return None
         for p in partitions:
             self.partitions[p].unit.flush_predictions()
         await self._ship()
-        await self.sender.flush()  # outputs of these records are durable first
+        delivery = await self.sender.shipped()
+        snapshots = []
         for p in partitions:
             part = self.partitions[p]
             part.generation += 1
             saved = Checkpointed(part.unit.state, dict(part.positions), part.generation)
-            manifest = await self.changelog.save(self.producer, p, saved, part.generation)
+            snapshots.append((p, await self.changelog.snapshot(saved), part.generation))
             part.since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        return delivery, snapshots, self._offsets(partitions)
+
+    async def _write(
+        self, delivery: Delivery, snapshots: list[tuple[int, bytes, int]], offsets: _Offsets
+    ) -> None:
+        """The second half, which needs no lock: once the broker has every output those
+        states reflect, seal them and write them to the changelog; then commit their
+        offsets."""
+        await self.sender.wait(delivery)  # outputs of these records are durable first
+        for p, snapshot, generation in snapshots:
+            manifest = await self.changelog.write(self.producer, p, snapshot, generation)
             log.debug(
                 "%s: checkpointed partition %d (%d bytes, generation %d)",
                 self.name,
                 p,
                 manifest["size"],
-                part.generation,
+                generation,
             )
-        self._last_checkpoint = time.monotonic()
-        await self._commit(partitions)
+        await self._commit(offsets)
 
-    async def _commit(self, partitions: list[int]) -> None:
-        # Informational: lag tools read committed offsets; the checkpoint holds the truth.
+    async def _finish_write(self) -> None:
+        """Wait for the checkpoint being written, if any; raises its failure."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def _abandon_write(self) -> None:
+        """On a failure path: stop writing a checkpoint (a torn one is never read: its
+        manifest comes last, in the other slot)."""
+        writing, self._writing = self._writing, None
+        if writing is not None and not writing.done():
+            writing.cancel()
+        if writing is not None:
+            await asyncio.wait([writing])
+            if not writing.cancelled() and writing.exception() is not None:
+                log.debug("%s: checkpoint abandoned: %r", self.name, writing.exception())
+
+    def _offsets(self, partitions: list[int]) -> _Offsets:
         if self.consumer is None:
-            return
+            return {}
         assignment = self.consumer.assignment()
-        offsets = {
+        return {
             TopicPartition(t, p): o
             for p in partitions
             for t, o in self.partitions[p].unit.state.offsets.items()
             if TopicPartition(t, p) in assignment
         }
-        if not offsets:
+
+    async def _commit(self, offsets: _Offsets) -> None:
+        # Informational: lag tools read committed offsets; the checkpoint holds the truth.
+        if self.consumer is None or not offsets:
             return
         try:
             # Bounded: aiokafka retries a commit for as long as the group has no
@@ -408,15 +465,6 @@ class WorkerAgent:
             await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
         except Exception as ex:  # noqa: BLE001 - commits are advisory here
             log.debug("%s: commit failed (%r); the checkpoint holds the offsets", self.name, ex)
-
-    async def _maybe_checkpoint(self) -> None:
-        every = self.state_config.checkpoint_every
-        due = [p for p, part in self.partitions.items() if part.since_checkpoint >= every]
-        if time.monotonic() - self._last_checkpoint >= self.state_config.checkpoint_interval_s:
-            due = [p for p, part in self.partitions.items() if part.since_checkpoint > 0]
-            self._last_checkpoint = time.monotonic()
-        if due:
-            await self.save(due)
 
     async def restore(self, numbers: set[int]) -> None:
         """Restore the assigned partitions (from the changelog) and seek their inputs."""

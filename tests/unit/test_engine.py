@@ -221,7 +221,10 @@ def test_values_beyond_the_bound_are_refused_at_the_edge_and_every_sample_is_acc
         (TorchModel(), "non_finite"),
     ],
 )
-def test_with_the_bound_raised_a_poisoned_example_is_dead_lettered_and_undone(model, reason):
+@pytest.mark.parametrize("inline", [False, True], ids=["labels apart", "labels inline"])
+def test_with_the_bound_raised_a_poisoned_example_is_dead_lettered_and_undone(
+    model, reason, inline
+):
     app = eddy.App(
         settings=Settings.build(max_feature_magnitude=1e300, feature_drift=False, batch_size=64)
     )
@@ -232,8 +235,11 @@ def test_with_the_bound_raised_a_poisoned_example_is_dead_lettered_and_undone(mo
         features = {str(k): v for k, v in x.items()}
         if i == 500:
             features["1"] = 1e200
-        run.sample(str(i), features)
-        run.label(str(i), y)
+        if inline:
+            run.sample(str(i), features, label=y)
+        else:
+            run.sample(str(i), features)
+            run.label(str(i), y)
     run.process()
     run.flush_learners()
     learner = run.learner()
@@ -339,3 +345,132 @@ def test_duplicates_and_expiry_are_dead_lettered_with_their_reasons():
     group = dict(run.dead_letters[0][1].headers)["kafka_dlt-original-consumer-group"]
     assert "never came" in message or "re-sent duplicate" in message
     assert group == b"eddy.worker"
+
+
+INLINE_CASES = [
+    ("SEA scaled logreg", _sea(3000), _scaled_logreg, "binary"),
+    ("SEA hoeffding", _sea(3000), tree.HoeffdingTreeClassifier, "binary"),
+    (
+        "ImageSegments softmax",
+        datasets.ImageSegments,
+        lambda: preprocessing.StandardScaler() | linear_model.SoftmaxRegression(),
+        "multiclass",
+    ),
+    (
+        "TrumpApproval regression",
+        datasets.TrumpApproval,
+        lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(),
+        "regression",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model", "task"),
+    [case[1:] for case in INLINE_CASES],
+    ids=[case[0] for case in INLINE_CASES],
+)
+def test_inline_labels_give_what_labels_right_behind_their_samples_give(dataset, model, task):
+    """Inline-labelled samples are tested then trained a run at a time; the predictions,
+    the examples recorded for the retrainer and the metrics are those of the same data
+    with each label on its own topic right behind its sample (one at a time)."""
+    inline = replay(_app(model=model(), task=task), dataset(), inline=True)
+    apart = replay(_app(model=model(), task=task), dataset(), delay=0)
+
+    def predictions(run):
+        keys = ("id", "prediction", "proba", "model_examples", "model_version")
+        return [{k: p.get(k) for k in keys} for p in run.predictions]
+
+    def examples(run):
+        return [
+            {k: e[k] for k in ("id", "features", "label", "served")}
+            for e in run.decoded("examples")
+        ]
+
+    assert predictions(inline) == predictions(apart)
+    assert examples(inline) == examples(apart)
+    ours, theirs = inline.learner(), apart.learner()
+    assert ours.metrics.values() == theirs.metrics.values()
+    assert ours.learned == theirs.learned == sum(1 for _ in dataset())
+    river_metric = metrics.MAE() if task == "regression" else metrics.Accuracy()
+    river = evaluate.progressive_val_score(dataset(), model(), river_metric).get()
+    name = "mae" if task == "regression" else "accuracy"
+    assert ours.metrics.cumulative.get(name).get() == pytest.approx(river, abs=1e-9)
+
+
+def test_runs_of_inline_samples_keep_the_order_of_everything_around_them():
+    """Inline samples of two streams, an unlabelled sample and its later label, and a
+    repeated id: each prediction is made by the model that learned exactly what came
+    before it in its stream, and the repeat is dead-lettered once."""
+    app = eddy.App()
+    for name in ("a", "b"):
+        app.stream(name, model="logreg", feature_drift=False)
+    run = TestRun(app)
+    run.sample("a0", {"x": 1.0}, stream="a", label=True)  # creates a's learner
+    run.sample("b0", {"x": 1.0}, stream="b", label=False)
+    for i in range(1, 4):
+        run.sample(f"a{i}", {"x": 1.0}, stream="a", label=True)
+    run.sample("late", {"x": 2.0}, stream="a")  # predicted after a3 was learned
+    run.sample("a4", {"x": 1.0}, stream="a", label=True)
+    run.label("late", True)  # learned after a4
+    run.sample("a5", {"x": 1.0}, stream="a", label=True)
+    run.sample("a5", {"x": 1.0}, stream="a", label=True)  # a repeat
+    run.sample("b1", {"x": 1.0}, stream="b", label=False)
+    run.process()
+
+    def of(stream, records):
+        return [r for r in records if r["stream"] == stream]
+
+    seen = {s: [(p["id"], p["model_examples"]) for p in of(s, run.predictions)] for s in "ab"}
+    assert seen == {
+        "a": [
+            ("a0", 0),
+            ("a1", 1),
+            ("a2", 2),
+            ("a3", 3),
+            ("late", 4),
+            ("a4", 4),
+            ("a5", 6),
+            ("a5", 7),
+        ],
+        "b": [("b0", 0), ("b1", 1)],
+    }
+    assert [r for r, _ in run.dead_letters] == ["sample_duplicate"]
+    assert run.learner("a").learned == 7 and run.learner("b").learned == 2
+    examples = run.decoded("examples")
+    assert [e["id"] for e in of("a", examples)] == ["a0", "a1", "a2", "a3", "a4", "late", "a5"]
+    assert [e["id"] for e in of("b", examples)] == ["b0", "b1"]
+    # each example carries the prediction served for it, made when its sample came
+    assert [e["served"]["model_examples"] for e in of("a", examples)] == [0, 1, 2, 3, 4, 4, 6]
+
+
+@pytest.mark.parametrize("model", ["scaled-logreg", "hoeffding", "torch-linear"])
+@pytest.mark.parametrize("delay", [None, 0, 50], ids=["inline", "labels right behind", "50 late"])
+def test_the_queued_path_predicts_scores_and_learns_as_one_record_at_a_time(model, delay):
+    """The queue hands a batch's work to the learner in one call; a stream scored at label
+    time too takes the path that predicts and learns record by record. Same data, same
+    predictions, same metrics, same examples learned."""
+
+    def run(score_at_label_time):
+        app = eddy.App(
+            settings=Settings.build(
+                feature_drift=False, score_at_label_time=score_at_label_time, batch_size=64
+            )
+        )
+        app.stream("default", model=model)
+        data = _sea(1500)()
+        if delay is None:
+            return replay(app, data, inline=True)
+        return replay(app, data, delay=delay)
+
+    queued, one_by_one = run(False), run(True)
+    assert [p["id"] for p in queued.predictions] == [p["id"] for p in one_by_one.predictions]
+    for ours, theirs in zip(queued.predictions, one_by_one.predictions, strict=True):
+        assert ours["prediction"] == theirs["prediction"]
+        assert (ours.get("proba") or {}) == pytest.approx(theirs.get("proba") or {}, abs=1e-6)
+    a, b = queued.learner(), one_by_one.learner()
+    assert a.learned == b.learned == 1500
+    assert a.metrics.values() == pytest.approx(b.metrics.values(), abs=1e-9)
+    assert [e["id"] for e in queued.decoded("examples")] == [
+        e["id"] for e in one_by_one.decoded("examples")
+    ]

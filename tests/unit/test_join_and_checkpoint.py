@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from eddy.models import checkpoint
 from eddy.models.checkpoint import CheckpointError
@@ -115,3 +117,37 @@ def test_recent_ids_survive_a_pickle_and_an_old_one_still_loads():
     old = RecentIds.__new__(RecentIds)
     old.__setstate__({"size": 3, "_order": ids._order, "_set": ids._set})
     assert "d" in old and "a" not in old
+    listed = RecentIds.__new__(RecentIds)  # as checkpoints before the ids went as one string
+    listed.__setstate__((3, ["b", "c", "d"]))
+    assert list(listed._order) == ["b", "c", "d"] and "d" in listed
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [[], [""], ["", ""], ["a"], ["a\x1fb", "c"], ["\x1f"], ["x", "\x1f\x1f", ""], ["é", "日本"]],
+)
+def test_recent_ids_keep_every_id_through_a_pickle_whatever_it_holds(ids):
+    import pickle
+
+    from eddy.models.join import RecentIds
+
+    recent = RecentIds(10)
+    for i in ids:
+        recent.add(i)
+    back = pickle.loads(pickle.dumps(recent))
+    distinct = list(dict.fromkeys(ids))
+    assert list(back._order) == distinct and back._set == set(ids) and back.size == 10
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from("ab\x1f\n\x00é")), max_size=30), st.integers(1, 8))
+def test_recent_ids_pickle_to_the_same_last_ids_for_any_ids(ids, size):
+    import pickle
+
+    from eddy.models.join import RecentIds
+
+    recent = RecentIds(size)
+    for i in ids:
+        recent.add(i)
+    back = pickle.loads(pickle.dumps(recent))
+    assert list(back._order) == list(recent._order) and back._set == recent._set
+    assert recent._set == set(recent._order) and len(recent._order) <= size
