@@ -111,6 +111,13 @@ class Learned:
     refused: list[Refused] = field(default_factory=list)
     findings: list[DriftFinding] = field(default_factory=list)
 
+    def add(self, other: Learned) -> None:
+        """Count ``other`` in this one (the learning of a later call)."""
+        self.learned += other.learned
+        self.scored += other.scored
+        self.refused += other.refused
+        self.findings += other.findings
+
 
 class Predict(NamedTuple):
     """An operation of :meth:`StreamLearner.apply`: predict a sample."""
@@ -252,9 +259,7 @@ class StreamLearner:
                 served = predictions[served]
             if one_by_one:
                 done = self.learn([LabelledItem(op.x, op.y, served, op.ref)])
-                out.scored += done.scored
-                out.refused += done.refused
-                out.findings += done.findings
+                out.add(done)  # out.learned is counted once at the end
                 failed.update(id(r.ref) for r in done.refused)
             elif learner.learn_one(op.x, op.y, op.ref):
                 self.learned += 1
@@ -305,11 +310,7 @@ class StreamLearner:
                 if type(op) is Learn
             ]
             if items:
-                done = self.learn(items)
-                out.learned += done.learned
-                out.scored += done.scored
-                out.refused += done.refused
-                out.findings += done.findings
+                out.add(self.learn(items))
             start = end
         return Applied(predictions, seen, out)
 

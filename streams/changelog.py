@@ -68,13 +68,6 @@ class Changelog:
         """The local copy of a partition's last checkpoint."""
         return self.cache_dir / f"p{partition}.ckpt"
 
-    async def save(
-        self, producer: AIOKafkaProducer, partition: int, state: Any, generation: int
-    ) -> dict[str, Any]:
-        """Seal ``state`` and write it to the changelog, then the cache; returns the
-        manifest. Only returns once the broker has acknowledged every record."""
-        return await self.write(producer, partition, await self.snapshot(state), generation)
-
     @staticmethod
     async def snapshot(state: Any) -> bytes:
         """``state`` pickled: it may change once this returns. Only the pickle waits for

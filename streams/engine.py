@@ -422,16 +422,7 @@ class Unit:
         queue.predicted.append((sample, stored, j, held))
         if j != self.p:
             return  # forwarded with its prediction once it is made (_apply)
-        join = self.state.join
-        if sample.label is None or sample.id in join.joined:
-            pending = Pending(sample.id, held, (stored.partition, stored.offset), stored.timestamp)
-            self._emit(join.add_sample(pending, sample.label))
-            return
-        # What join.add_sample and _emit do with an inline label, without the detour.
-        join.joined.add(sample.id)
-        self.state.counts["joined"] += 1
-        example = _example_of(sample, sample.label, stored, None, None)
-        self._learn(example, queue.index[id(held)], stored)
+        self._join_sample(held)
 
     def _pending_prediction(self, held: _Held) -> int | None:
         """The index of ``held``'s prediction in its stream's queue, if not made yet."""
@@ -554,7 +545,7 @@ class Unit:
             for (sample, stored, j), prediction in zip(items, predictions, strict=True):
                 served = Served(prediction.value, prediction.proba, version, learned)
                 if j == self.p:
-                    self._join_sample(sample, served, prediction, stored)
+                    self._join_sample(_Held(sample, served, prediction, stored))
                 else:
                     self._forward(stored, b"sample", j, served)
         self._settle()  # what those joins queued (a stream whose learner began just now)
@@ -684,16 +675,9 @@ class Unit:
             return
         self._join_label(label, Stored.of(record))
 
-    def _join_sample(
-        self, sample: Sample, served: Served | None, prediction: Prediction | None, stored: Stored
-    ) -> None:
-        at = stored.timestamp
-        pending = Pending(
-            sample.id,
-            _Held(sample, served, prediction, stored),
-            (stored.partition, stored.offset),
-            at,
-        )
+    def _join_sample(self, held: _Held) -> None:
+        sample, stored = held.sample, held.stored
+        pending = Pending(sample.id, held, (stored.partition, stored.offset), stored.timestamp)
         self._emit(self.state.join.add_sample(pending, sample.label))
 
     def _join_label(self, label: Label, stored: Stored) -> None:
@@ -724,8 +708,15 @@ class Unit:
                     value = result.label
                 counts["joined"] += 1
                 sample = held.sample
-                example = _example_of(
-                    sample, value, held.stored, result.label_position, held.served
+                example = Example(
+                    id=sample.id,
+                    stream=sample.stream,
+                    features=sample.features,
+                    label=value,
+                    sample=(held.stored.partition, held.stored.offset),
+                    label_at=result.label_position,
+                    ts=sample.ts,
+                    served=held.served,
                 )
                 if sample.ts is not None and result.label_position is not None:
                     delay = max(now_ms() - sample.ts, 0) / 1000
@@ -801,7 +792,7 @@ class Unit:
             served_raw = headers.get(SERVED)
             served = _served_from_json(orjson.loads(served_raw)) if served_raw else None
             prediction = _prediction_of(served, sample.label)
-            self._join_sample(sample, served, prediction, origin)
+            self._join_sample(_Held(sample, served, prediction, origin))
         else:
             label = self._decode(decode_label, record, latest)
             self._advance_clock("labels", record, latest, now)
@@ -1031,25 +1022,6 @@ class Unit:
 
 
 # -- small helpers -------------------------------------------------------------------------------
-
-
-def _example_of(
-    sample: Sample,
-    label: Any,
-    stored: Stored,
-    label_at: tuple[int, int] | None,
-    served: Served | None,
-) -> Example:
-    return Example(
-        id=sample.id,
-        stream=sample.stream,
-        features=sample.features,
-        label=label,
-        sample=(stored.partition, stored.offset),
-        label_at=label_at,
-        ts=sample.ts,
-        served=served,
-    )
 
 
 def _dense(features: list[Any]) -> dict[str, Any]:
