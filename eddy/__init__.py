@@ -19,6 +19,8 @@ set-up, no patched libraries, no threads or event loops. Process-wide tuning hap
 only in eddy's own entry points (the ``eddy`` command).
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from eddy.models.learners import TorchModel, register_model
 from eddy.models.prequential import StreamSpec
 from eddy.streams.app import App
@@ -34,6 +36,11 @@ from eddy.streams.settings import (
     TopicConfig,
 )
 
+try:
+    __version__ = version("eddy")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "App",
     "JoinConfig",
@@ -47,5 +54,6 @@ __all__ = [
     "StreamSpec",
     "TopicConfig",
     "TorchModel",
+    "__version__",
     "register_model",
 ]

@@ -1,11 +1,12 @@
 """Run an app's streams without a broker: eddy's own code path over in-memory events.
 
 :class:`TestRun` feeds samples, labels or raw bytes to the same
-:class:`~eddy.streams.engine.Unit` objects a worker runs, in the order they are sent
-(each gets the next timestamp of a logical clock, unless given one), forwards what a
-worker would forward through the repartition topic, and keeps every record a worker
-would produce. :func:`replay` sends a dataset as River's ``stream.simulate_qa`` orders
-questions and answers, with labels ``delay`` samples late.
+:class:`~eddy.streams.engine.Unit` objects a worker runs, merged by event time as a
+worker merges its topics (an event's ``ts``; without one, its record's timestamp: the
+next tick of a logical clock, so events sent without times keep the order they were
+sent in), forwards what a worker would forward through the repartition topic, and
+keeps every record a worker would produce. :func:`replay` sends a dataset as River's
+``stream.simulate_qa`` orders questions and answers, with labels ``delay`` samples late.
 
 >>> from river import linear_model
 >>> import eddy
@@ -81,8 +82,8 @@ class TestRun:
             hooks=app.hooks,
         )
         self.units = {p: Unit(Unit.new_state(p, self.ctx), self.ctx) for p in range(partitions)}
-        priority = {self.topics.repartition: 0, self.topics.labels: 1, self.topics.samples: 2}
-        self._mergers = {p: InputMerger(priority) for p in range(partitions)}
+        inputs = [self.topics.labels, self.topics.samples, self.topics.repartition]
+        self._mergers = {p: InputMerger(inputs) for p in range(partitions)}
         self._clock = itertools.count(start_ms)
         self._offsets: dict[tuple[str, int], int] = {}
         self.produced: list[Out] = []
@@ -98,15 +99,20 @@ class TestRun:
         ts: int | None = None,
         partition: int | None = None,
     ) -> None:
-        """Send a sample (keyed by its id; ``partition`` overrides the partitioner)."""
-        value = encode_sample(Sample(id, features, None, label, stream))
+        """Send a sample (keyed by its id; ``partition`` overrides the partitioner).
+
+        ``ts`` is the event time, written into the event; without it the sample has no
+        ``ts`` and its record gets the next tick of the run's logical clock (which is
+        then its event time)."""
+        value = encode_sample(Sample(id, features, ts, label, stream))
         self.send(self.topics.samples, value, id.encode(), partition, ts)
 
     def label(
         self, id: str, label: Any, ts: int | None = None, partition: int | None = None
     ) -> None:
-        """Send a label for the sample with the same id."""
-        self.send(self.topics.labels, encode_label(Label(id, label)), id.encode(), partition, ts)
+        """Send a label for the sample with the same id (``ts`` as for :meth:`sample`)."""
+        value = encode_label(Label(id, label, ts))
+        self.send(self.topics.labels, value, id.encode(), partition, ts)
 
     def send(
         self,
@@ -116,13 +122,22 @@ class TestRun:
         partition: int | None = None,
         ts: int | None = None,
     ) -> None:
-        """Send raw bytes to one of the app's input topics (fuzzing, bad events)."""
+        """Send raw bytes to one of the app's input topics (fuzzing, bad events);
+        ``ts`` is the record's timestamp (default: the next tick of the logical clock)."""
         if partition is None:
             partition = partition_of(key.decode(errors="replace"), self.partitions) if key else 0
         stamp = next(self._clock) if ts is None else ts
+        offset = self._next_offset(topic, partition)
+        self._deliver(Record(topic, partition, offset, stamp, key, value))
+
+    def _next_offset(self, topic: str, partition: int) -> int:
         offset = self._offsets.get((topic, partition), 0)
         self._offsets[(topic, partition)] = offset + 1
-        self._mergers[partition].add(topic, [Record(topic, partition, offset, stamp, key, value)])
+        return offset
+
+    def _deliver(self, record: Record) -> None:
+        unit = self.units[record.partition]
+        self._mergers[record.partition].add(record.topic, unit.timed(record.topic, [record]))
 
     # -- running -----------------------------------------------------------------------------
 
@@ -130,7 +145,7 @@ class TestRun:
         """Process everything sent, including what the units forward to each other."""
         while any(len(m) for m in self._mergers.values()):
             for p, merger in self._mergers.items():
-                ready = merger.take(lambda topic: False)
+                ready = merger.take(lambda topic, since: True)  # all sent is all there is
                 if ready:
                     self.units[p].process(ready)
             self._collect()
@@ -159,24 +174,19 @@ class TestRun:
         out, self.ctx.out = self.ctx.out, []
         for record in out:
             if record.topic == self.topics.repartition:
-                offset = self._offsets.get((record.topic, record.partition), 0)
-                self._offsets[(record.topic, record.partition)] = offset + 1
                 stamp = (
                     record.timestamp_ms if record.timestamp_ms is not None else next(self._clock)
                 )
-                self._mergers[record.partition].add(
-                    record.topic,
-                    [
-                        Record(
-                            record.topic,
-                            record.partition,
-                            offset,
-                            stamp,
-                            record.key,
-                            record.value,
-                            tuple(record.headers),
-                        )
-                    ],
+                self._deliver(
+                    Record(
+                        record.topic,
+                        record.partition,
+                        self._next_offset(record.topic, record.partition),
+                        stamp,
+                        record.key,
+                        record.value,
+                        tuple(record.headers),
+                    )
                 )
             self.produced.append(record)
 

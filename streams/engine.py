@@ -77,6 +77,7 @@ from eddy.streams.deadletter import (
     truncate_for_dead_letter,
 )
 from eddy.streams.exceptions import DecodeError, TimestampInFuture, UnlearnableLabel
+from eddy.streams.merge import LABEL, SAMPLE, Timed
 from eddy.streams.metrics import EngineMetrics
 from eddy.streams.partitioning import partition_of
 from eddy.streams.settings import Settings
@@ -87,6 +88,7 @@ log = logging.getLogger(__name__)
 KIND = "eddy-kind"  # header of repartition records: sample, label or example
 SOURCE = "eddy-source"  # header: topic:partition:offset of the original record
 SERVED = "eddy-served"  # header of a forwarded sample: the prediction served for it
+TIME = "eddy-time"  # header of repartition records: the event time they are merged at
 
 
 class Out(NamedTuple):
@@ -115,10 +117,11 @@ class Stored:
     key: bytes | None
     value: bytes | None
     headers: Any = ()
+    time: int = 0  # event time (see merge): the event's ts, else the record's timestamp
 
     @classmethod
-    def of(cls, record: Record) -> Stored:
-        """Keep what dead-lettering needs of ``record``."""
+    def of(cls, record: Record, time: int) -> Stored:
+        """Keep what dead-lettering needs of ``record`` (event time ``time``)."""
         return cls(
             record.topic,
             record.partition,
@@ -127,6 +130,7 @@ class Stored:
             record.key,
             record.value,
             tuple(record.headers or ()),
+            time,
         )
 
 
@@ -224,6 +228,7 @@ class EngineContext:
     dedup_horizon: int
     feature_drift: FeatureDriftConfig | None
     feature_drift_cooldown_s: float = 60.0
+    merge_wait_s: float = 0.5  # see InputMerger
     signing_key: bytes | None = None
     hooks: Hooks = field(default_factory=Hooks)
     # Called with (stream, features, label) for each example learned (champion scoring).
@@ -258,6 +263,7 @@ class EngineContext:
             join_ttl_ms=int(settings.join.ttl_s * 1000),
             join_max_pending=settings.join.max_pending,
             max_future_ms=int(settings.join.max_future_s * 1000),
+            merge_wait_s=settings.join.merge_wait_s,
             max_message_bytes=settings.kafka.max_message_bytes,
             max_feature_magnitude=learning.max_feature_magnitude,
             dedup_horizon=settings.state.dedup_horizon,
@@ -280,6 +286,16 @@ class UnitState:
     recent: RecentIds = field(default_factory=lambda: RecentIds(200_000))
     counts: Counter[str] = field(default_factory=Counter)  # survive restarts, for metrics
     sequence: int = 0  # of the events this partition emits (see codec.Sequences)
+    # Event-time bookkeeping for late data: the newest event time processed per input
+    # topic, and over all inputs (the merge's frontier).
+    newest: dict[str, int] = field(default_factory=dict)
+    frontier: int = -(2**63)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A checkpoint of an earlier version lacks the fields added since.
+        state.setdefault("newest", {})
+        state.setdefault("frontier", -(2**63))
+        self.__dict__.update(state)
 
 
 class _Queue:
@@ -315,6 +331,8 @@ class Unit:
         t = ctx.topics
         self._samples, self._labels, self._repartition = t.samples, t.labels, t.repartition
         self._to_predict: list[tuple[Sample, Stored, int]] = []  # (sample, record, join partition)
+        self._time = 0  # event time of the record being processed
+        self._clock_seen = time.time() * 1000  # wall time the newest join clock came
         self._waiting_ids: set[str] = set()
         self._queues: dict[str, _Queue] = {}  # work on the learners here, see _queue_of
         self._source = f"{ctx.source}/p{self.p}"
@@ -337,43 +355,105 @@ class Unit:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record]) -> None:
-        """Handle records of this partition in the merged order; outputs go to ``ctx.out``."""
+    def timed(self, topic: str, records: Sequence[Record]) -> list[Timed]:
+        """Decode fetched ``records`` of ``topic`` and give each its event time: what
+        the merger orders (:mod:`eddy.streams.merge`) and :meth:`process` takes.
+
+        The event time of a sample or label is its ``ts``, else (no ``ts``, or a
+        record that does not decode) the record's timestamp, taken as now when it is
+        beyond ``EDDY_MAX_FUTURE_S``. A repartition record carries the time it was
+        merged at where it was forwarded from.
+        """
+        now = now_ms()
+        latest = now + self.ctx.max_future_ms
+        out: list[Timed] = []
+        if topic == self._repartition:
+            for record in records:
+                headers = dict(record.headers or ())
+                kind = headers.get(KIND)
+                raw = headers.get(TIME, b"")
+                stamp = int(raw) if raw.isdigit() else _stamp(record, latest, now)
+                rank = SAMPLE if kind == b"sample" else LABEL
+                out.append(Timed(stamp, rank, record.offset, record, None))
+            return out
+        decode, rank = (decode_sample, SAMPLE) if topic == self._samples else (decode_label, LABEL)
+        for record in records:
+            try:
+                event = self._decode(decode, record, latest)
+            except DecodeError as ex:
+                out.append(Timed(_stamp(record, latest, now), rank, record.offset, record, ex))
+                continue
+            stamp = event.ts if event.ts is not None else _stamp(record, latest, now)
+            out.append(Timed(stamp, rank, record.offset, record, event))
+        return out
+
+    def process(self, items: Sequence[Timed]) -> None:
+        """Handle timed records of this partition (from :meth:`timed`) in the merged
+        order; outputs go to ``ctx.out``."""
         now = now_ms()
         latest = now + self.ctx.max_future_ms
         offsets = self.state.offsets
-        for record in records:
+        for item in items:
+            record = item.record
             topic = record.topic
+            self._time = item.time
+            self._note_time(topic, item.time)
             try:
+                event = item.event
+                if isinstance(event, DecodeError):
+                    raise event
                 if topic == self._samples:
-                    self._on_sample_record(record, latest, now)
+                    self._on_sample(event, record, item.time)
                 elif topic == self._labels:
-                    self._on_label_record(record, latest, now)
+                    self._on_label(event, record, item.time)
                 else:
-                    self._on_forwarded(record, latest, now)
+                    self._on_forwarded(record, item.time, latest, now)
             except DecodeError as ex:
                 self.dead_letter(record, ex)
             offsets[topic] = record.offset + 1
         self.flush_predictions()
         self._gauge_pending()
 
-    def on_idle(self, clocks: dict[str, int]) -> None:
+    def _note_time(self, topic: str, t: int) -> None:
+        """Count late data: a record whose event time is below one its topic had before
+        (``out_of_order``), or below one the merge already released from another input
+        (``late``: it came after the merge went on without it). Either is processed
+        where it stands, with the state as it is then."""
+        state = self.state
+        newest = state.newest.get(topic)
+        if newest is not None and t < newest:
+            kind = "out_of_order"
+        elif t < state.frontier:
+            kind = "late"
+        else:
+            kind = ""
+        if newest is None or t > newest:
+            state.newest[topic] = t
+        if t > state.frontier:
+            state.frontier = t
+        if kind:
+            which = self.ctx.topics.kind(topic)
+            state.counts[f"{kind}:{which}"] += 1
+            self.ctx.metrics.late.labels(which, kind).inc()
+
+    def on_idle(self, clocks: dict[str, int]) -> int:
         """Between batches: expire what waited too long (``clocks``: event-time clock of
-        the samples and of the labels, from the agent)."""
+        the samples and of the labels, from the agent). Returns how many left the join:
+        a change of state that the next checkpoint must record."""
         self.flush_predictions()
         expired = self.state.join.expire(clocks.get("labels", 0), clocks.get("samples", 0))
         if expired:
             self._emit(expired)
             self._gauge_pending()
+        return len(expired)
 
     def _gauge_pending(self) -> None:
         self.ctx.metrics.child("pending", str(self.p)).set(len(self.state.join))
 
     # -- samples -----------------------------------------------------------------------------
 
-    def _on_sample_record(self, record: Record, latest: int, now: int) -> None:
-        sample = self._decode(decode_sample, record, latest)
-        self._advance_clock("samples", record, latest, now)
+    def _on_sample(self, sample: Sample, record: Record, time_ms: int) -> None:
+        self._advance_clock("samples", time_ms)
         spec, reason, message = self.ctx.policy.admit(sample.stream)
         if spec is None:
             raise Refusal(reason, message)
@@ -390,12 +470,14 @@ class Unit:
         j = partition_of(sample.id, self.ctx.partitions)
         queue = self._queue_of(sample.stream)
         if queue is not None:
-            self._queue_sample(queue, sample, Stored.of(record), j)
+            self._queue_sample(queue, sample, Stored.of(record, time_ms), j)
             return
-        self._to_predict.append((sample, Stored.of(record), j))
+        self._to_predict.append((sample, Stored.of(record, time_ms), j))
         self._waiting_ids.add(sample.id)
-        if sample.label is not None and self._learns_at_once(sample.stream):
-            # Predicted, then learned, before the next sample is predicted.
+        # Labelled already (inline, or its label came first): predicted, then learned,
+        # before the next sample is predicted.
+        labelled = sample.label is not None or (j == self.p and sample.id in self.state.join.labels)
+        if labelled and self._learns_at_once(sample.stream):
             self.flush_predictions()
 
     def _queue_of(self, stream: str) -> _Queue | None:
@@ -666,26 +748,23 @@ class Unit:
 
     # -- labels and the join -----------------------------------------------------------------
 
-    def _on_label_record(self, record: Record, latest: int, now: int) -> None:
-        label = self._decode(decode_label, record, latest)
-        self._advance_clock("labels", record, latest, now)
+    def _on_label(self, label: Label, record: Record, time_ms: int) -> None:
+        self._advance_clock("labels", time_ms)
         j = partition_of(label.id, self.ctx.partitions)
         if j != self.p:
-            self._forward(Stored.of(record), b"label", j)
+            self._forward(Stored.of(record, time_ms), b"label", j)
             return
-        self._join_label(label, Stored.of(record))
+        self._join_label(label, Stored.of(record, time_ms))
 
     def _join_sample(self, held: _Held) -> None:
         sample, stored = held.sample, held.stored
-        pending = Pending(sample.id, held, (stored.partition, stored.offset), stored.timestamp)
+        pending = Pending(sample.id, held, (stored.partition, stored.offset), stored.time)
         self._emit(self.state.join.add_sample(pending, sample.label))
 
     def _join_label(self, label: Label, stored: Stored) -> None:
         if label.id in self._waiting_ids:
             self.flush_predictions()  # its sample was read in this batch: hold it first
-        pending = Pending(
-            label.id, (label, stored), (stored.partition, stored.offset), stored.timestamp
-        )
+        pending = Pending(label.id, (label, stored), (stored.partition, stored.offset), stored.time)
         self._emit(self.state.join.add_label(pending))
 
     def _emit(self, results: list[Joined | Unjoined]) -> None:
@@ -743,7 +822,7 @@ class Unit:
     def _forward(self, stored: Stored, kind: bytes, to: int, served: Served | None = None) -> None:
         # The original record whole (its own headers too), plus where it came from.
         source = f"{stored.topic}:{stored.partition}:{stored.offset}".encode()
-        headers = [*stored.headers, (KIND, kind), (SOURCE, source)]
+        headers = [*stored.headers, (KIND, kind), (SOURCE, source), (TIME, b"%d" % stored.time)]
         if served is not None:
             headers.append((SERVED, orjson.dumps(served.as_json(), option=orjson.OPT_NON_STR_KEYS)))
         self.ctx.out.append(
@@ -757,6 +836,7 @@ class Unit:
         headers = [
             (KIND, b"example"),
             (SOURCE, f"{stored.topic}:{stored.partition}:{stored.offset}".encode()),
+            (TIME, b"%d" % self._time),  # when the join completed: the label's time
         ]
         self.ctx.out.append(
             Out(
@@ -769,11 +849,11 @@ class Unit:
         )
         self.ctx.metrics.forwarded.labels("example").inc()
 
-    def _on_forwarded(self, record: Record, latest: int, now: int) -> None:
+    def _on_forwarded(self, record: Record, time_ms: int, latest: int, now: int) -> None:
         headers = dict(record.headers or ())
         kind = headers.get(KIND)
         source = headers.get(SOURCE, b"").decode(errors="replace")
-        origin = _origin(record, source)
+        origin = _origin(record, source, time_ms)
         if kind == b"example":
             example = decode_example(record.value, self.ctx.max_message_bytes)  # type: ignore[arg-type]
             prediction = _prediction_of(example.served, example.label)
@@ -788,14 +868,14 @@ class Unit:
         self.state.forwarded[where] = int(offset)
         if kind == b"sample":
             sample = self._decode(decode_sample, record, latest)
-            self._advance_clock("samples", record, latest, now)
+            self._advance_clock("samples", time_ms)
             served_raw = headers.get(SERVED)
             served = _served_from_json(orjson.loads(served_raw)) if served_raw else None
             prediction = _prediction_of(served, sample.label)
             self._join_sample(_Held(sample, served, prediction, origin))
         else:
             label = self._decode(decode_label, record, latest)
-            self._advance_clock("labels", record, latest, now)
+            self._advance_clock("labels", time_ms)
             self._join_label(label, origin)
 
     # -- learning ----------------------------------------------------------------------------
@@ -951,13 +1031,27 @@ class Unit:
             raise TimestampInFuture(msg)
         return event
 
-    def _advance_clock(self, which: str, record: Record, latest: int, now: int) -> None:
-        # A producer's clock far ahead must not move the join's clock: that would
-        # expire everything waiting. Such record timestamps count as "now".
-        ts = record.timestamp if record.timestamp <= latest else now
+    def _advance_clock(self, which: str, time_ms: int) -> None:
+        # The join's event-time clocks (see on_idle). Event times beyond
+        # EDDY_MAX_FUTURE_S never get here: such events are dead-lettered, and such
+        # record timestamps count as "now" (see timed).
         clocks = self.state.clocks
-        if ts > clocks.get(which, 0):
-            clocks[which] = ts
+        if time_ms > clocks.get(which, 0):
+            clocks[which] = time_ms
+            self._clock_seen = time.time() * 1000
+
+    def idle_clocks(self, caught_up_at_ms: float | None) -> dict[str, int]:
+        """The join's event-time clocks, for :meth:`on_idle`. ``caught_up_at_ms``: the
+        wall time of a fetch that found every input of the partition caught up, if one
+        did since the newest event came: event time then moves on with the wall clock
+        from the newest event, so that what waits for a label that will not come
+        expires after the TTL even when nothing else comes."""
+        clocks = dict(self.state.clocks)
+        if caught_up_at_ms is not None and clocks:
+            moved = max(clocks.values()) + int(max(0.0, caught_up_at_ms - self._clock_seen))
+            for which in ("samples", "labels"):
+                clocks[which] = max(clocks.get(which, 0), moved)
+        return clocks
 
     def _label_magnitude(self, spec: StreamSpec, label: Any) -> str | None:
         if spec.task != "regression" or isinstance(label, bool):
@@ -1043,7 +1137,12 @@ def _finding_json(f: FeatureDrift) -> dict[str, Any]:
 _INTERNAL_HEADERS = frozenset((KIND, SOURCE, SERVED))
 
 
-def _origin(record: Record, source: str) -> Stored:
+def _stamp(record: Record, latest: int, now: int) -> int:
+    """A record's own timestamp as an event time (``now`` when beyond ``latest``)."""
+    return record.timestamp if record.timestamp <= latest else now
+
+
+def _origin(record: Record, source: str, time_ms: int) -> Stored:
     """The original record a forwarded one stands for (for dead letters and positions)."""
     topic, _, rest = source.rpartition(":")
     where_topic, _, partition = topic.rpartition(":")
@@ -1057,9 +1156,10 @@ def _origin(record: Record, source: str) -> Stored:
             record.key,
             record.value,
             headers,
+            time_ms,
         )
     except ValueError:
-        return Stored.of(record)
+        return Stored.of(record, time_ms)
 
 
 def _served_from_json(value: dict[str, Any]) -> Served:

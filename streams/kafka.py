@@ -12,7 +12,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -201,9 +201,14 @@ def assign(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None
 
 
 async def getmany_until(
-    consumer: AIOKafkaConsumer, stop: asyncio.Event, timeout_ms: int, max_records: int
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    timeout_ms: int,
+    max_records: int,
+    partitions: Collection[TopicPartition] = (),
 ) -> dict[TopicPartition, list[ConsumerRecord]]:
-    """``consumer.getmany(timeout_ms=…, max_records=…)``, or ``{}`` once ``stop`` is set.
+    """``consumer.getmany(*partitions, timeout_ms=…, max_records=…)``, or ``{}`` once
+    ``stop`` is set (no ``partitions``: every assigned one).
 
     aiokafka's ``getmany`` ignores its timeout while the group rebalances, and a
     rebalance lasts as long as the group cannot form (a broker back without the
@@ -211,7 +216,9 @@ async def getmany_until(
     """
     if stop.is_set():
         return {}
-    fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
+    fetch = asyncio.ensure_future(
+        consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+    )
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)

@@ -45,6 +45,7 @@ class EngineMetrics:
     pending: Gauge
     label_delay: Histogram
     forwarded: Counter
+    late: Counter
     dead_lettered: Counter
     examples: Gauge
     metric: Gauge
@@ -161,6 +162,15 @@ class EngineMetrics:
                 "labels a non-murmur2 partitioner put elsewhere; examples of streams learned "
                 "in another partition).",
                 ["kind"],
+                registry=registry,
+            ),
+            late=Counter(
+                "eddy_late_events",
+                "Records processed behind event time, by topic kind: out_of_order (an event "
+                "time below one its topic partition had before) or late (below one the merge "
+                "had already released from another input). Both are processed where they "
+                "stand, with the state as it is then.",
+                ["topic", "kind"],
                 registry=registry,
             ),
             dead_lettered=Counter(

@@ -235,6 +235,18 @@ class KafkaConfig(_Config):
         "comes; the embedded broker only when the wait ends, so it bounds each hop's latency.",
         _positive_int,
     )
+    fetch_max_records: int = _setting(
+        5000,
+        "Most records the worker takes from its consumer at once (one batch of the engine).",
+        _positive_int,
+    )
+    fetch_partition_bytes: int = _setting(
+        4 * 1024 * 1024,
+        "Most bytes one fetch reads from each partition (max.partition.fetch.bytes). "
+        "Results do not depend on it (nor on fetch_max_records): the merge orders events "
+        "by their time, not by how fetches split them.",
+        _positive_int,
+    )
     max_message_bytes: int = _setting(
         1_048_576,
         "Largest event eddy accepts or sends; larger ones are dead-lettered (Tansu does not "
@@ -296,6 +308,13 @@ class JoinConfig(_Config):
         "with a later `ts` are dead-lettered (ts_future), and later Kafka record "
         "timestamps do not move the join's event-time clock.",
         _positive_float,
+    )
+    merge_wait_s: float = _setting(
+        0.5,
+        "Longest the event-time merge of a partition's samples and labels waits for an "
+        "input that may still hold earlier events (unread records on the broker) before it "
+        "goes on; what that input brings later is processed as late data.",
+        _non_negative_float,
     )
 
 

@@ -131,7 +131,10 @@ class WorkerAgent:
         self._last_checkpoint = time.monotonic()
         self._last_lag = 0.0
         self._recovering = False
-        self._priority = {t.repartition: 0, t.labels: 1, t.samples: 2}
+        # Inputs a merger waits for -> the time of their last fetch response then.
+        self._wanted_since: dict[TopicPartition, float] = {}
+        # The merge's tie order of inputs (after event time and kind: see merge).
+        self._inputs = [t.labels, t.samples, t.repartition]
         # Held while records are processed and while state is checkpointed or handed
         # over: a rebalance callback (aiokafka's coordinator task) or a model snapshot
         # must never see, or pickle, a state half-way through a batch.
@@ -199,7 +202,7 @@ class WorkerAgent:
             partition_assignment_strategy=(RangePartitionAssignor,),
             session_timeout_ms=self.kafka.session_timeout_ms,
             heartbeat_interval_ms=max(self.kafka.session_timeout_ms // 3, 100),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            max_partition_fetch_bytes=self.kafka.fetch_partition_bytes,
             # aiokafka waits up to 500 ms for a fetch to fill; an idle stream should not
             # add that to every sample's latency.
             fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
@@ -210,7 +213,15 @@ class WorkerAgent:
         try:
             while not self._stopping.is_set():
                 epoch = self._epoch
-                batch = await getmany_until(self.consumer, self._stopping, 100, 5000)
+                wanted = self._wanted()
+                batch = await getmany_until(
+                    self.consumer,
+                    self._stopping,
+                    100,
+                    self.kafka.fetch_max_records,
+                    wanted,
+                )
+                starved = self._starved(wanted, batch)
                 async with self.lock:
                     if self._epoch == epoch:
                         self._take(batch)
@@ -218,12 +229,15 @@ class WorkerAgent:
                     # its records may predate the restored positions (the consumer was
                     # seeked there, and delivers them again).
                     for number, part in list(self.partitions.items()):
-                        ready = part.merger.take(lambda topic, n=number: self._lagging(topic, n))
+                        ready = part.merger.take(
+                            lambda topic, since, n=number: self._caught_up(topic, n, since),
+                            lambda topic, n=number, gone=starved: TopicPartition(topic, n) in gone,
+                        )
                         if ready:
                             part.unit.process(ready)
                             part.since_checkpoint += len(ready)
-                            for record in ready:
-                                part.positions[record.topic] = position_of(record)
+                            for item in ready:
+                                part.positions[item.record.topic] = position_of(item.record)
                     self._count(batch)
                     self._idle()
                     if self.on_tick is not None:
@@ -289,48 +303,79 @@ class WorkerAgent:
                 taken.append(record)
                 expected = record.offset + 1
             if taken:
-                part.merger.add(tp.topic, taken)
+                assert self.consumer is not None
+                fetched_at = self.consumer.last_poll_timestamp(tp) or 0
+                part.merger.add(tp.topic, part.unit.timed(tp.topic, taken), fetched_at)
                 part.fetched[tp.topic] = expected
                 hole = part.holes.get(tp.topic)
                 if hole is not None and expected > hole[0]:
                     del part.holes[tp.topic]
 
-    def _lagging(self, topic: str, partition: int) -> bool:
-        """Whether the broker holds records of ``topic[partition]`` not fetched yet."""
+    def _caught_up(self, topic: str, partition: int, since: float) -> bool:
+        """Whether the broker held no unfetched records of ``topic[partition]`` as of a
+        fetch response received at or after ``since`` (ms): the merger's test of an
+        input that has nothing buffered (:meth:`InputMerger.take`)."""
         assert self.consumer is not None
-        high = self.consumer.highwater(TopicPartition(topic, partition))
+        tp = TopicPartition(topic, partition)
+        high = self.consumer.highwater(tp)
+        polled = self.consumer.last_poll_timestamp(tp)
+        if high is None or polled is None or polled < since:
+            return False
         part = self.partitions[partition]
-        fetched = part.fetched.get(topic, part.unit.state.offsets.get(topic, 0))
-        return high is not None and fetched < high
+        return part.fetched.get(topic, part.unit.state.offsets.get(topic, 0)) >= high
+
+    def _wanted(self) -> list[TopicPartition]:
+        """The inputs a merger waits for (nothing buffered, records on the broker), if
+        any: the next fetch takes only those. aiokafka hands over one partition's
+        prefetched records before the next one's, so a merger waiting for labels could
+        otherwise be handed samples for as long as their backlog lasts."""
+        wanted = []
+        for number, part in self.partitions.items():
+            if len(part.merger):
+                wanted += [
+                    TopicPartition(t, number)
+                    for t in self.topics
+                    if not part.merger.buffered(t) and not self._caught_up(t, number, 0)
+                ]
+        return wanted
+
+    def _starved(
+        self, wanted: list[TopicPartition], batch: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> set[TopicPartition]:
+        """The wanted inputs the broker answered for since they were first wanted, without
+        a record: what the merge's wait counts (InputMerger.take). A busy machine that is
+        slow to fetch makes nothing late; only an input that does not deliver does."""
+        assert self.consumer is not None
+        since = self._wanted_since
+        for tp in list(since):
+            if tp not in wanted or batch.get(tp):
+                del since[tp]
+        starved = set()
+        for tp in wanted:
+            polled = self.consumer.last_poll_timestamp(tp)
+            if tp not in since:
+                since[tp] = polled if polled is not None else -1
+            elif polled is not None and polled > since[tp]:
+                starved.add(tp)
+        return starved
 
     def _idle(self) -> None:
         """Between batches: let each unit expire what waited too long."""
-        now = int(time.time() * 1000)
-        t = self.ctx.topics
+        assert self.consumer is not None
         for number, part in self.partitions.items():
-            clocks = {
-                "labels": self._clock(part, t.labels, "labels", number, now),
-                "samples": self._clock(part, t.samples, "samples", number, now),
-            }
-            part.unit.on_idle(clocks)
-
-    def _clock(self, part: _Partition, topic: str, which: str, number: int, now: int) -> int:
-        # Caught up with the high watermark of the last fetch response: whatever comes
-        # next was stamped after that response. Not after *now*: under load that
-        # watermark is stale, and "now" would expire samples whose labels are next in
-        # line.
-        clock = part.unit.state.clocks.get(which, 0)
-        if self.consumer is None or part.merger.buffered(topic):
-            return clock
-        tp = TopicPartition(topic, number)
-        highwater = self.consumer.highwater(tp)
-        if highwater is not None and part.unit.state.offsets.get(topic, 0) >= highwater:
-            repartition = TopicPartition(self.ctx.topics.repartition, number)
-            high_r = self.consumer.highwater(repartition)
-            if high_r is None or part.unit.state.offsets.get(repartition.topic, 0) >= high_r:
-                polled = self.consumer.last_poll_timestamp(tp)
-                clock = max(clock, min(now, polled if polled is not None else now))
-        return clock
+            # Caught up on every input as of the last fetch responses: event time moves
+            # on with the wall clock (Unit.idle_clocks).
+            caught_up_at: float | None = None
+            if not len(part.merger):
+                polls = [
+                    self.consumer.last_poll_timestamp(TopicPartition(t, number))
+                    for t in self.topics
+                ]
+                if all(p is not None for p in polls) and all(
+                    self._caught_up(t, number, 0) for t in self.topics
+                ):
+                    caught_up_at = min(p for p in polls if p is not None)
+            part.since_checkpoint += part.unit.on_idle(part.unit.idle_clocks(caught_up_at))
 
     async def _ship(self) -> None:
         out = self.ctx.out
@@ -497,7 +542,7 @@ class WorkerAgent:
             await self._warn_retention(p, state.offsets)
             for topic in self.topics:
                 self.consumer.seek(TopicPartition(topic, p), state.offsets.get(topic, 0))
-            merger = InputMerger(self._priority)
+            merger = InputMerger(self._inputs, self.ctx.merge_wait_s)
             part = _Partition(
                 Unit(state, self.ctx), merger, positions, generation, restored_from=source
             )

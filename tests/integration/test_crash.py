@@ -1,4 +1,5 @@
-"""kill -9 the worker mid-stream: after a restart every example changed the model once."""
+"""kill -9 the worker mid-stream: after a restart every example changed the model once,
+and the model is the one an uncrashed run gives."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import time
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from river import evaluate, linear_model, metrics
+from river import evaluate, linear_model, metrics, optim
+from river import stream as river_stream
+from river.datasets import synth
 
 from eddy.models import checkpoint
 from eddy.models.checkpoint import CheckpointError
 from eddy.streams import sources
 from eddy.streams.keys import state_key
 from eddy.streams.topics import Topics, create_topics
+from tests.integration.event_helpers import named, produce_librdkafka, qa_events
 
 N = 50_000
 
@@ -38,6 +42,7 @@ def _start_worker(settings, log_path):
         "off",
     ]
     command += ["--checkpoint-every", "3000", "--checkpoint-interval-s", "1"]
+    command += ["--feature-drift", "false"]
     return subprocess.Popen(command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
 
 
@@ -140,3 +145,56 @@ def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(setting
         f"killed after {killed_at} checkpointed examples; "
         f"{state.counts.get('duplicates', 0)} re-sent examples dropped; accuracy {river.get():.6f}"
     )
+
+
+KILL_N, KILL_DELAY = 30_000, 37
+_kill_dataset = named(lambda: itertools.islice(synth.SEA(variant=2, seed=5), KILL_N))
+
+
+def test_kill_9_and_restore_mid_stream_give_the_model_of_an_uncrashed_run(settings, tmp_path):
+    """Events with their own ts, labels 37 late on their own topic, from a librdkafka
+    client: the model after a kill -9 and a restore is River's, weight for weight."""
+    pytest.importorskip("confluent_kafka")
+    settings = settings.with_overrides(
+        {"topic_prefix": settings.topics.prefix + "k.", "partitions": 1}
+    )
+    asyncio.run(create_topics(settings.kafka, settings.topics))
+    events = qa_events(_kill_dataset(), KILL_DELAY)
+    log_path = tmp_path / "worker.log"
+    worker = _start_worker(settings, log_path)
+    loop = asyncio.new_event_loop()
+    try:
+        production = loop.run_in_executor(None, lambda: produce_librdkafka(settings, events, 3000))
+        _wait(lambda: _learned(settings) >= 8000, 120, "8,000 examples checkpointed", worker)
+        killed_at = _learned(settings)
+        assert killed_at < KILL_N, "the stream must still be flowing when the worker is killed"
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        worker = _start_worker(settings, log_path)
+        loop.run_until_complete(production)
+        _wait(lambda: _learned(settings) >= KILL_N, 180, f"{KILL_N} checkpointed", worker)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        loop.close()
+
+    learner = _unit_state(settings).learners["default"]
+    river_model = linear_model.LogisticRegression(optimizer=optim.SGD(0.01))
+    for _, x, y in river_stream.simulate_qa(_kill_dataset(), None, KILL_DELAY):
+        if y is not None:
+            river_model.learn_one(x, y)
+    ours = learner.learner.estimator
+    assert learner.learned == KILL_N
+    assert dict(ours._weights) == dict(river_model._weights)  # bit for bit
+    assert ours.intercept == river_model.intercept
+    river = evaluate.progressive_val_score(
+        _kill_dataset(),
+        linear_model.LogisticRegression(optimizer=optim.SGD(0.01)),
+        metrics.Accuracy(),
+        delay=KILL_DELAY,
+    )
+    assert learner.metrics.cumulative.get("accuracy").get() == pytest.approx(river.get(), abs=1e-9)
+    print(f"killed after {killed_at} checkpointed examples; accuracy {river.get():.6f}")
