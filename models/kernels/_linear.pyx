@@ -210,6 +210,7 @@ cdef class Kernel:
     cdef int64_t* cnt
     cdef double* mean
     cdef double* var
+    cdef double* sd  # pow(var, 0.5), refreshed whenever var changes
     cdef int64_t* cseq
     cdef int64_t* meanseq
     cdef int64_t* vseq
@@ -305,6 +306,7 @@ cdef class Kernel:
         free(self.cnt)
         free(self.mean)
         free(self.var)
+        free(self.sd)
         free(self.cseq)
         free(self.meanseq)
         free(self.vseq)
@@ -375,6 +377,7 @@ cdef class Kernel:
         self.cnt = <int64_t*>grow(self.cnt, sizeof(int64_t), new)
         self.mean = <double*>grow(self.mean, sizeof(double), new)
         self.var = <double*>grow(self.var, sizeof(double), new)
+        self.sd = <double*>grow(self.sd, sizeof(double), new)
         self.cseq = <int64_t*>grow(self.cseq, sizeof(int64_t), new)
         self.meanseq = <int64_t*>grow(self.meanseq, sizeof(int64_t), new)
         self.vseq = <int64_t*>grow(self.vseq, sizeof(int64_t), new)
@@ -392,7 +395,7 @@ cdef class Kernel:
         self.xf_val = <double*>grow(self.xf_val, sizeof(double), new)
         if (self.flags == NULL or self.w == NULL or self.m == NULL or self.v == NULL
                 or self.wseq == NULL or self.cnt == NULL or self.mean == NULL
-                or self.var == NULL or self.cseq == NULL or self.meanseq == NULL
+                or self.var == NULL or self.sd == NULL or self.cseq == NULL or self.meanseq == NULL
                 or self.vseq == NULL or self.kpos == NULL or self.mark == NULL
                 or self.xval == NULL or self.K == NULL or self.num_slot == NULL
                 or self.num_raw == NULL or self.num_xt == NULL or self.dum == NULL
@@ -408,6 +411,7 @@ cdef class Kernel:
             self.cnt[i] = 0
             self.mean[i] = 0.0
             self.var[i] = 0.0
+            self.sd[i] = 0.0
             self.cseq[i] = -1
             self.meanseq[i] = -1
             self.vseq[i] = -1
@@ -571,6 +575,7 @@ cdef class Kernel:
             self.cnt[i] = 0
             self.mean[i] = 0.0
             self.var[i] = 0.0
+            self.sd[i] = 0.0
             self.cseq[i] = -1
             self.meanseq[i] = -1
             self.vseq[i] = -1
@@ -625,6 +630,7 @@ cdef class Kernel:
         for i in range(vslots.shape[0]):
             s = vslots[i]
             self.var[s] = vars_[i]
+            self.sd[s] = pow(vars_[i], self.half)
             self.vseq[s] = self.seq
             self.seq += 1
 
@@ -938,8 +944,8 @@ cdef class Kernel:
             if self.has_scaler:
                 if self.with_std:
                     vv = self.var[s]
-                    # (xi - means[i]) / v**0.5 if v else 0.0
-                    xi = (xi - self.mean[s]) / pow(vv, self.half) if vv != 0.0 else 0.0
+                    # (xi - means[i]) / v**0.5 if v else 0.0 (sd[s] is v**0.5)
+                    xi = (xi - self.mean[s]) / self.sd[s] if vv != 0.0 else 0.0
                 else:
                     xi = xi - self.mean[s]
             self.num_xt[e] = xi
@@ -1152,10 +1158,11 @@ cdef class Kernel:
                     if not isfinite(nv):
                         return STOP_NON_FINITE
                     self._setd(&self.var[s], nv)
+                    self._setd(&self.sd[s], pow(nv, self.half))
                     if self.vseq[s] < 0:
                         self._seti(&self.vseq[s], self.seq)
                         self.seq += 1
-                    xi = (xi - nm) / pow(nv, self.half) if nv != 0.0 else 0.0
+                    xi = (xi - nm) / self.sd[s] if nv != 0.0 else 0.0
                 else:
                     xi = xi - nm
             self.num_xt[e] = xi
@@ -1188,7 +1195,7 @@ cdef class Kernel:
         cdef double raw, z, lg, lr, lrt = 0.0, ni, g, nw, nm, nv, xv, bound = 0.0, acc
         cdef int r
         cdef int full = self.opt == OPT_ADAM or self.l2 != 0.0
-        if self._ensure_undo(4 * (self.nK + self.nd + self.nn) + 16,
+        if self._ensure_undo(4 * (self.nK + self.nd + self.nn) + 2 * self.nn + 16,
                              4 * (self.nn + self.nK + self.nd) + 16,
                              self.nd + 4) < 0:
             return -1
@@ -1327,7 +1334,7 @@ cdef class Kernel:
         cdef int r
         cdef int full = self.opt == OPT_ADAM or self.l2 != 0.0
         ncls = self.nC + 1 if yc == self.nC else self.nC
-        if self._ensure_undo(ncls * 4 * (self.nK + self.nd + self.nn) + 4 * self.nn + 16,
+        if self._ensure_undo(ncls * 4 * (self.nK + self.nd + self.nn) + 6 * self.nn + 16,
                              ncls * (self.nK + self.nd + self.nn + 2) + 4 * self.nn + 16,
                              ncls * (self.nK + self.nd + self.nn) + self.nd + 4) < 0:
             return -1

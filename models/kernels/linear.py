@@ -529,14 +529,16 @@ class CompiledLinear:
                 yc[i] = c
             return ya, yb, yc, len(classes)
         if arr is not None and arr.dtype.kind in "biuf" and arr.shape == (n,):
-            v = arr[learn].astype(np.float64)
+            # Whole arrays: the entries at predict ops are computed and never read.
+            v = arr.astype(np.float64, copy=False)
             if family == _FAM_SQUARED:
-                ya[learn] = v
-            else:
+                return np.ascontiguousarray(v), yb, yc, 0
+            with np.errstate(invalid="ignore"):
                 zero = v == 0
-                ya[learn] = np.where(zero, -1.0, np.trunc(v))
-                yb[learn] = np.where(zero, self._wneg, self._wpos)
-                ops[learn[~np.isfinite(v)]] = _BAD
+                ya = np.where(zero, -1.0, np.trunc(v))
+            yb = np.where(zero, self._wneg, self._wpos)
+            if arr.dtype.kind == "f":
+                ops[~np.isfinite(v) & (ops == LEARN)] = _BAD
             return ya, yb, yc, 0
         for i in learn.tolist():
             label = y[i]
