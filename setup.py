@@ -1,0 +1,47 @@
+"""Builds eddy's one compiled module, eddy.models.kernels._linear (everything else is in
+pyproject.toml).
+
+The flags are the point: the kernel must reproduce River's floating point bit for bit,
+so no fast-math, no FMA contraction, no -march=native (a fused multiply-add rounds once
+where Python rounds twice; reassociation changes the order of River's sums). They come
+last on the compiler's command line, after Python's own CFLAGS and any $CFLAGS, so they
+win. tests/unit/test_kernels.py checks the built module with probes.
+"""
+
+import os
+import sysconfig
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+EXACT_FLAGS = [
+    "-O2",
+    "-fno-fast-math",
+    "-fno-unsafe-math-optimizations",
+    "-fno-associative-math",
+    "-fno-reciprocal-math",
+    "-fno-finite-math-only",
+    "-fsigned-zeros",
+    "-ftrapping-math",
+    "-ffp-contract=off",
+    "-fexcess-precision=standard",
+    # pow/exp stay calls into libm, as CPython's float ** and math.exp are.
+    "-fno-builtin-pow",
+    "-fno-builtin-exp",
+]
+
+recorded = " ".join(
+    part
+    for part in (sysconfig.get_config_var("CFLAGS") or "", os.environ.get("CFLAGS", ""))
+    if part
+)
+recorded = f"{recorded} {' '.join(EXACT_FLAGS)}".strip()
+
+extension = Extension(
+    "eddy.models.kernels._linear",
+    ["models/kernels/_linear.pyx"],
+    extra_compile_args=EXACT_FLAGS,
+    define_macros=[("EDDY_KERNEL_CFLAGS", '"' + recorded.replace('"', "'") + '"')],
+)
+
+setup(ext_modules=cythonize([extension], compiler_directives={"language_level": "3"}))
