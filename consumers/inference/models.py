@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +110,13 @@ class ModelSet:
     # -- following the registry ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Read the registry to its end, load every stream's models, then follow it."""
+        """Read the registry to its end, load every stream's models, then follow it.
+
+        The mirror is rebuilt from Kafka each time: what is served is what the registry
+        topic holds now (a memory-only broker restarted empty holds none of the last run's
+        versions)."""
+        if not self.registry.fold.position:
+            shutil.rmtree(self.registry.mirror.root, ignore_errors=True)
         for name in self.serving.models:
             await self._add(name)
         await self.registry.sync()
