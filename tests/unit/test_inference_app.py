@@ -265,3 +265,17 @@ def test_metrics_per_model_and_version(tmp_path: Path) -> None:
     assert 'eddy_serve_request_seconds_count{model="cards",version="online-1"} 3.0' in lines
     assert 'eddy_serve_model_info{kind="online",model="cards",version="online-1"} 1.0' in lines
     assert "eddy_serve_ready 1.0" in lines
+
+
+def test_the_listening_socket_is_tcp_so_asyncio_turns_nagle_off() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; without it
+    every response waited ~40 ms for the client's delayed ACK (bench/serve.py saw 23 req/s)."""
+    import socket
+
+    from eddy.consumers.inference.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
