@@ -11,6 +11,8 @@ Sections (see bench/README.md for what each figure means and the profiles):
   feature_drift  the worker with the feature/prediction monitors off and on
   scale-out   one worker process vs two on two partitions (four streams), staleness
   int8        fp32 vs int8 ONNX batch-256 throughput and accuracy of a trained network
+  serve       `eddy serve` over HTTP vs HotSwapClient.predict in process, batch 1 and 64
+              (bench/serve.py)
 """
 
 from __future__ import annotations
@@ -394,7 +396,7 @@ def report(results: dict[str, Any]) -> None:
         print(f"{name:<42}{value:>10.3f}  {op} {goal:<6}{'met' if ok else 'MISSED'}")
 
 
-SECTIONS = ("ingest", "two_topics", "feature_drift", "latency", "scale_out", "int8")
+SECTIONS = ("ingest", "two_topics", "feature_drift", "latency", "scale_out", "int8", "serve")
 
 
 def main() -> None:
@@ -444,6 +446,10 @@ def main() -> None:
                 )
             if "scale_out" in only:
                 results["scale_out"] = scale_out(broker, data_dir, args.n)
+            if "serve" in only:
+                from bench.serve import serving
+
+                results["serve"] = serving(broker, data_dir, 400 if args.quick else 2000)
         if "int8" in only:
             results["int8"] = int8(min(args.n, 20_000))
     finally:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from eddy.models.batch import BatchModel, vectorize
 from eddy.models.export import run, session
+from eddy.models.learners import Prediction
 from eddy.models.metrics import PrequentialMetrics
 from eddy.models.registry import ONLINE, RegistryError
 from eddy.models.sealed import SealError, unseal
@@ -60,6 +61,10 @@ class Served:
     version: str
     predict: Any  # rows -> predictions
     detail: str
+    infer: Any = None  # rows -> list[Prediction]: the label (or value) and class probabilities
+    columns: tuple[str, ...] | None = None  # the champion's feature columns (``name=value``)
+    classes: tuple[Any, ...] | None = None  # the champion's classes, in its output order
+    model: Any = None  # what predicts: the online learner, or None for an ONNX session
 
 
 class HotSwapClient:
@@ -69,6 +74,11 @@ class HotSwapClient:
     one it does not know, raises :class:`ServingError` naming them (a silent zero
     would be a wrong answer); with ``strict=False`` missing features count as 0 and
     unknown ones are ignored.
+
+    ``registry``: a :class:`KafkaRegistry` shared by several clients (``eddy serve``
+    holds one client per stream): its owner syncs and follows it and calls
+    :meth:`refresh` when this client's model changes; this client neither reads the
+    topic itself nor closes the registry.
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class HotSwapClient:
         follow: Literal["champion", "online", "both"] = "champion",
         serve: Kind | None = None,
         strict: bool = True,
+        registry: KafkaRegistry | None = None,
     ) -> None:
         if follow not in ("champion", "online", "both"):
             msg = f"follow must be champion, online or both, got {follow!r}"
@@ -94,7 +105,8 @@ class HotSwapClient:
         key = Secret(signing_key) if isinstance(signing_key, str) else signing_key
         state = StateConfig(data_dir=data_dir, signing_key=key)
         self._key = state_key(state)
-        self.registry = KafkaRegistry(
+        self._shared = registry is not None
+        self.registry = registry or KafkaRegistry(
             kafka, prefix, data_dir / "registry", configured_signing_key(state)
         )
         self._models: dict[Kind, Served] = {}
@@ -126,6 +138,11 @@ class HotSwapClient:
         served = self._models.get(self.serving)
         return served.version if served else None
 
+    def current(self, kind: Kind | None = None) -> Served | None:
+        """The loaded model of ``kind`` (default: the one served), read once: what a
+        caller predicts with and the version it reports stay together across a swap."""
+        return self._models.get(kind or self.serving)
+
     def predict(self, rows: Sequence[dict[str, Any] | list[float]]) -> list[Any]:
         """Predict with whatever model is current when the call starts."""
         served = self._models.get(self.serving)  # one read: a swap during the call is unseen
@@ -156,17 +173,25 @@ class HotSwapClient:
         return "multiclass"
 
     async def start(self) -> None:
-        """Read the registry, load what it says to serve, and follow it."""
-        await self.registry.sync()
+        """Read the registry, load what it says to serve, and follow it (a shared
+        registry is its owner's to read and follow)."""
+        if not self._shared:
+            await self.registry.sync()
         await asyncio.to_thread(self._refresh)
-        self._task = asyncio.create_task(self._follow())
+        if not self._shared:
+            self._task = asyncio.create_task(self._follow())
+
+    def refresh(self) -> None:
+        """Load what the mirror now says to serve (blocking: call it in a thread)."""
+        self._refresh()
 
     async def stop(self) -> None:
         """Stop following the registry."""
         self._stop.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.registry.close()
+        if not self._shared:
+            await self.registry.close()
 
     async def _follow(self) -> None:
         consumer = make_consumer(
@@ -244,6 +269,8 @@ class HotSwapClient:
                 f"{label}@{v.card.get('learned', 0)}",
                 predict_online,
                 v.card["artifacts"][ONLINE_ARTIFACT]["sha256"],
+                infer=learner.predict_many,
+                model=learner,
             )
         meta = BatchModel.from_bytes(v.artifact("model.pt").read_bytes())
         sess = session(v.artifact(INT8).read_bytes())
@@ -257,7 +284,26 @@ class HotSwapClient:
                 return [float(value) for value in out[:, 0]]
             return [classes[i] for i in out.argmax(axis=1)]
 
-        return Served("champion", v.version, predict_champion, v.card["artifacts"][INT8]["sha256"])
+        def infer_champion(rows: Sequence[Any]) -> list[Prediction]:
+            if strict:
+                check_features(rows, names, model)
+            out = run(sess, vectorize(rows, names)[0])
+            if classes is None:
+                return [Prediction(float(value)) for value in out[:, 0]]
+            return [
+                Prediction(classes[best], dict(zip(classes, row, strict=True)))
+                for best, row in zip(out.argmax(axis=1).tolist(), out.tolist(), strict=True)
+            ]
+
+        return Served(
+            "champion",
+            v.version,
+            predict_champion,
+            v.card["artifacts"][INT8]["sha256"],
+            infer=infer_champion,
+            columns=tuple(names),
+            classes=tuple(classes) if classes is not None else None,
+        )
 
 
 def check_features(rows: Sequence[Any], columns: list[str], model: str) -> None:

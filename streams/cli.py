@@ -47,10 +47,21 @@ from eddy.streams.settings import (
     add_settings_arguments,
     env_var,
     setting_help,
+    setting_names,
     settings_reference,
 )
 from eddy.streams.supervisor import stop_signals
 from eddy.streams.topics import Topics, create_topics, topic_sizes
+
+# `eddy serve`'s own flags beyond KAFKA_SETTINGS: its [serving] table, the metrics endpoint,
+# and the bounds it shares with the worker.
+SERVE_SETTINGS = [
+    *(n for n in setting_names() if n.startswith("serve_")),
+    "metrics_port",
+    "metrics_host",
+    "max_streams",
+    "max_feature_magnitude",
+]
 
 log = logging.getLogger("eddy")
 T = TypeVar("T")
@@ -136,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings_arguments(p, config_file=True)
     p.set_defaults(run=cmd_worker)
+
+    p = commands.add_parser(
+        "serve",
+        help="serve every stream's online model and int8 champion over HTTP, on the Open "
+        "Inference Protocol (KServe v2), hot-swapped as the registry on Kafka moves",
+    )
+    add_settings_arguments(p, [*KAFKA_SETTINGS, *SERVE_SETTINGS])
+    p.set_defaults(run=cmd_serve)
 
     p = commands.add_parser(
         "config", help="every setting: its variable, flag and the value this shell gives it"
@@ -395,6 +414,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     app = App.from_settings(settings)  # loads the streams' models (and torch) now
     _freeze_heap()
     asyncio.run(run_worker(app.settings, app.policy(), app.hooks, handle_signals=True))  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the models until SIGTERM or Ctrl-C; see :mod:`eddy.consumers.inference`."""
+    from eddy.consumers.inference.server import run_serve
+
+    _freeze_heap()
+    asyncio.run(run_serve(with_embedded_broker(settings), handle_signals=True))
     return 0
 
 

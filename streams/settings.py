@@ -517,6 +517,65 @@ class ObservabilityConfig(_Config):
     )
 
 
+@dataclass(frozen=True)
+class ServingConfig(_Config):
+    """``eddy serve``: the Open Inference Protocol endpoint (eddy.consumers.inference)."""
+
+    section: ClassVar[str] = "serving"
+
+    host: str = _setting(
+        "127.0.0.1",
+        "Address `eddy serve` listens on (0.0.0.0: every interface; set a token then).",
+        name="serve_host",
+    )
+    port: int = _setting(
+        8000, "Port of `eddy serve` (0: a free one, printed at start).", _port, name="serve_port"
+    )
+    token: Secret | None = _setting(
+        None,
+        "Bearer token `eddy serve` requires on every route but /v2/health/* (unset: none).",
+        secret=True,
+        name="serve_token",
+    )
+    models: tuple[str, ...] = _setting(
+        (),
+        "Streams `eddy serve` serves, comma-separated (they answer 503 until loaded); "
+        "unset: every stream the registry holds, up to EDDY_MAX_STREAMS.",
+        lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+        name="serve_models",
+    )
+    default: str = _setting(
+        "auto",
+        "What a request without a version gets: champion, online, or auto (the int8 "
+        "champion once one is servable, else the online model).",
+        _choice("auto", "champion", "online"),
+        name="serve_default",
+    )
+    max_batch: int = _setting(
+        1024, "Most rows one inference request may carry.", _positive_int, name="serve_max_batch"
+    )
+    max_body_bytes: int = _setting(
+        4_194_304,
+        "Largest request body `eddy serve` reads; larger ones get 413.",
+        _positive_int,
+        name="serve_max_body_bytes",
+    )
+    shadow: bool = _setting(
+        True,
+        "Also predict each request with the stream's other model (online or champion) "
+        "after answering, and count where they agree.",
+        _boolean,
+        name="serve_shadow",
+    )
+    strict: bool = _setting(
+        True,
+        "Refuse (400) a row missing one of the champion's features or carrying one it "
+        "does not know (off: missing count as 0, unknown ones are ignored).",
+        _boolean,
+        name="serve_strict",
+    )
+
+
 CONFIGS: tuple[type[_Config], ...] = (
     KafkaConfig,
     TopicConfig,
@@ -525,6 +584,7 @@ CONFIGS: tuple[type[_Config], ...] = (
     StateConfig,
     MaintenanceConfig,
     ObservabilityConfig,
+    ServingConfig,
 )
 # Old names that keep working (environment variable → setting name).
 _ALIASES = {"EDDY_EVENT_SIGNING_KEY": "signing_key"}
@@ -548,6 +608,7 @@ _SECTION_ATTRIBUTE = {
     StateConfig: "state",
     MaintenanceConfig: "maintenance",
     ObservabilityConfig: "observability",
+    ServingConfig: "serving",
 }
 
 
@@ -567,6 +628,7 @@ class Settings:
     state: StateConfig = field(default_factory=StateConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     # Per-stream tables of the config file ([streams.<name>]), validated by the app.
     streams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -601,7 +663,7 @@ class Settings:
     def from_file(cls, path: Path) -> Settings:
         """Settings from a TOML file: a table per concern (``[kafka]``, ``[topics]``,
         ``[join]``, ``[learning]``, ``[state]``, ``[maintenance]``,
-        ``[observability]``) with setting names as keys, and ``[streams.<name>]``
+        ``[observability]``, ``[serving]``) with setting names as keys, and ``[streams.<name>]``
         tables for per-stream configuration."""
         try:
             document = tomllib.loads(Path(path).read_text())
@@ -800,7 +862,7 @@ def settings_reference() -> str:
             current = cls
             rows.append(f"| **{cls.__name__}** `[{cls.section}]` | | | |")
         default = f.default
-        if default is None:
+        if default is None or default == ():
             shown = "unset"
         elif isinstance(default, tuple):
             shown = f"`{','.join(map(str, default))}`"

@@ -39,6 +39,8 @@ from eddy.streams.supervisor import (
     ChildSpec,
     Supervisor,
     child_specs,
+    eddy_argv,
+    port_or_free,
     reset_stream_state,
     scrape,
     stop_signals,
@@ -68,6 +70,12 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=600,
         help="with --exit-when-done: give up after this many seconds (600)",
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="also run `eddy serve`: the Open Inference Protocol over HTTP on EDDY_SERVE_PORT "
+        "(8000, or a free port if taken)",
     )
     p.add_argument(
         "--fresh",
@@ -245,8 +253,24 @@ def cmd_up(args: argparse.Namespace, settings: Settings, console: Console) -> in
         base = settings.observability.metrics_port or DEFAULT_BASE_PORT
         demo = {"n": args.n, "rate": args.rate} if args.demo else None
         specs = child_specs(settings, base, demo, getattr(args, "config", None))
+        if getattr(args, "serve", False):
+            specs.append(serve_spec(settings, specs[0].env, base + 3, console))
         return _supervise(args, settings, specs, console, broker)
     return 0  # unreachable; keeps type checkers content
+
+
+def serve_spec(
+    settings: Settings, env: dict[str, str], metrics_port: int, console: Console
+) -> ChildSpec:
+    """``eddy serve`` as a child of ``eddy up``, on EDDY_SERVE_PORT (or a free port)."""
+    port = settings.serving.port and port_or_free(settings.serving.port)
+    metrics = port_or_free(metrics_port)
+    env = env | {"EDDY_METRICS_PORT": str(metrics), "EDDY_SERVE_PORT": str(port)}
+    host = settings.serving.host
+    shown = f"[{host}]" if ":" in host else host
+    where = f"http://{shown}:{port}/v2" if port else f"{settings.data_dir / 'serve.json'}"
+    console.print(f"eddy up: eddy serve (Open Inference Protocol) on {where}")
+    return ChildSpec("serve", eddy_argv("serve"), env, metrics)
 
 
 def _supervise(
