@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from eddy.streams import sources
+from eddy.streams.ops import sources
 
 FETCH = {"max_records": 5000, "timeout_ms": 200}
 

@@ -5,7 +5,7 @@ hand-written loop over the same records, in one process.
 
 The records are built in memory (SEA samples with inline labels, or with ``--apart``
 each label on its own topic right behind its sample) and handed to one
-:class:`~eddy.streams.engine.Unit` in batches of 5,000, as the worker hands a fetch;
+:class:`~eddy.streams.engine.unit.Unit` in batches of 5,000, as the worker hands a fetch;
 what the engine would produce is dropped. Timed after ``gc.collect(); gc.freeze()``, as
 ``eddy worker`` runs. ``--profile`` prints cProfile's top functions of the engine run.
 This is where engine levers are measured before the end-to-end figures of ``run.py``.
@@ -28,10 +28,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.baselines import river_model
-from eddy.streams import sources
 from eddy.streams.app import App
-from eddy.streams.codec import Label, Sample, encode_label, encode_sample
+from eddy.streams.ops import sources
 from eddy.streams.settings import Settings
+from eddy.streams.wire.codec import Label, Sample, encode_label, encode_sample
 from eddy.testing import Record, TestRun
 
 BATCH = 5000

@@ -20,7 +20,7 @@ import uuid
 
 import orjson
 
-from eddy.streams.broker import EmbeddedBroker, die_with_parent
+from eddy.streams.kafka.broker import EmbeddedBroker, die_with_parent
 from eddy.streams.settings import Settings
 
 

@@ -29,11 +29,11 @@ import torch
 
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.retrainer import Retrainer
-from eddy.models.batch import BatchModel, TrainParams, train, vectorize
-from eddy.models.evaluation import mcnemar_p
-from eddy.streams import sources
-from eddy.streams.codec import ControlEvent
+from eddy.models.maintain.batch import BatchModel, TrainParams, train, vectorize
+from eddy.models.maintain.evaluation import mcnemar_p
+from eddy.streams.ops import sources
 from eddy.streams.settings import Settings
+from eddy.streams.wire.codec import ControlEvent
 
 STREAMS = {  # name: (source, variant before, variant after)
     "SEA 0→3": ("sea", 0, 3),

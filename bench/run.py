@@ -43,17 +43,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka import TopicPartition
 
 from bench import baselines
-from eddy.models.batch import TrainParams, train, vectorize
-from eddy.models.export import compare_int8, quantize_int8, to_onnx
-from eddy.streams import sources
+from eddy.models.maintain.batch import TrainParams, train, vectorize
+from eddy.models.maintain.export import compare_int8, quantize_int8, to_onnx
+from eddy.streams.agents.worker import Worker
 from eddy.streams.app import App
-from eddy.streams.broker import EmbeddedBroker
-from eddy.streams.kafka import end_offsets, make_consumer, read_records
-from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.kafka.broker import EmbeddedBroker
+from eddy.streams.kafka.clients import end_offsets, make_consumer, read_records
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.ops.supervisor import eddy_argv
 from eddy.streams.settings import Settings
-from eddy.streams.supervisor import eddy_argv
-from eddy.streams.topics import Topics, create_topics
-from eddy.streams.worker import Worker
 
 
 def fresh(broker: EmbeddedBroker, data_dir: str, partitions: int = 1, **overrides: Any) -> Settings:

@@ -34,13 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eddy.consumers.hotswap import HotSwapClient
-from eddy.streams import sources
 from eddy.streams.app import App
-from eddy.streams.broker import EmbeddedBroker
-from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.kafka.broker import EmbeddedBroker
+from eddy.streams.kafka.topics import create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.ops.supervisor import eddy_argv
 from eddy.streams.settings import Settings, settings_env
-from eddy.streams.supervisor import eddy_argv
-from eddy.streams.topics import create_topics
 
 KEY = "bench-serve-key"
 ROUNDS = 4

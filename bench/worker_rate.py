@@ -21,12 +21,12 @@ import uuid
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from eddy.streams import sources
-from eddy.streams.broker import EmbeddedBroker
-from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.agents.worker import Worker, run_worker
+from eddy.streams.kafka.broker import EmbeddedBroker
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics, create_topics
-from eddy.streams.worker import Worker, run_worker
 
 
 async def raw_rate(settings: Settings, topic: str, n: int) -> float:

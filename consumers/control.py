@@ -35,7 +35,12 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from eddy.streams.codec import (
+from eddy.streams.kafka.clients import close_client, getmany_until, make_consumer
+from eddy.streams.kafka.topics import Topics, wait_for_topics
+from eddy.streams.observe.metrics import ControlMetrics, EngineMetrics
+from eddy.streams.settings import Settings
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.codec import (
     SEQUENCE_ATTRIBUTE,
     ControlEvent,
     DecodeError,
@@ -43,13 +48,8 @@ from eddy.streams.codec import (
     decode_event,
     make_event,
 )
-from eddy.streams.deadletter import DeadLetterQueue
-from eddy.streams.kafka import close_client, getmany_until, make_consumer
-from eddy.streams.keys import signing_key
-from eddy.streams.metrics import ControlMetrics, EngineMetrics
-from eddy.streams.registry_topic import KafkaRegistry
-from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics, wait_for_topics
+from eddy.streams.wire.deadletter import DeadLetterQueue
+from eddy.streams.wire.keys import signing_key
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class ControlConsumer(ABC):
 
 
 def _is_name(text: str) -> bool:
-    from eddy.streams.codec import valid_stream_name
+    from eddy.streams.wire.codec import valid_stream_name
 
     return valid_stream_name(text)
 

@@ -2,7 +2,7 @@
 
 The version's model (``model.pt``, the *teacher*) is turned into int8 variants that
 are measured against it, in fp32, on the version's held-out examples
-(:func:`eddy.models.compress.compress`): the teacher itself, a student distilled on
+(:func:`eddy.models.maintain.compress.compress`): the teacher itself, a student distilled on
 the training window the retrainer stored (``train.npz``; ``export_distill``), the
 teacher structurally pruned at each level of ``export_ladder`` (and magnitude-pruned
 by ``export_prune`` when it is above 0). A variant passes the gate when it is at
@@ -34,18 +34,24 @@ import numpy as np
 import orjson
 
 from eddy.consumers.control import ControlConsumer
-from eddy.models.batch import BatchModel
-from eddy.models.compress import (
+from eddy.models.maintain.batch import BatchModel
+from eddy.models.maintain.compress import (
     CompressionReport,
     DistillParams,
     compress,
     parameter_count,
     student_hidden_for,
 )
-from eddy.models.export import compare_int8, prune, quantize_int8, read_train_window, to_onnx
-from eddy.models.registry import RegistryError
-from eddy.streams.codec import ControlEvent
+from eddy.models.maintain.export import (
+    compare_int8,
+    prune,
+    quantize_int8,
+    read_train_window,
+    to_onnx,
+)
+from eddy.models.maintain.registry import RegistryError
 from eddy.streams.settings import MaintenanceConfig
+from eddy.streams.wire.codec import ControlEvent
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +237,7 @@ def check_same_interface(teacher: BatchModel, served: BatchModel) -> None:
     if served.feature_names != teacher.feature_names or served.classes != teacher.classes:
         msg = (
             "the served variant's feature names or classes differ from model.pt's; clients "
-            "would misread its inputs or outputs: this is a bug in eddy.models.compress"
+            "would misread its inputs or outputs: this is a bug in eddy.models.maintain.compress"
         )
         raise RegistryError(msg)
 

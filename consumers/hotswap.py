@@ -1,6 +1,6 @@
 """The hot-swap client that serving code embeds.
 
-It serves one model stream from the registry on Kafka (:mod:`eddy.streams.registry_topic`),
+It serves one model stream from the registry on Kafka (:mod:`eddy.streams.state.registry_topic`),
 which it follows into a mirror of its own, so it works on any machine with an empty
 data directory:
 
@@ -30,17 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from eddy.models.batch import BatchModel, vectorize
-from eddy.models.export import run, session
 from eddy.models.learners import Prediction
+from eddy.models.maintain.batch import BatchModel, vectorize
+from eddy.models.maintain.export import run, session
+from eddy.models.maintain.registry import ONLINE, RegistryError
 from eddy.models.metrics import PrequentialMetrics
-from eddy.models.registry import ONLINE, RegistryError
 from eddy.models.sealed import SealError, unseal
-from eddy.streams.kafka import close_client, make_consumer
-from eddy.streams.keys import signing_key as configured_signing_key
-from eddy.streams.keys import state_key
-from eddy.streams.registry_topic import KafkaRegistry
+from eddy.streams.kafka.clients import close_client, make_consumer
 from eddy.streams.settings import KafkaConfig, Secret, StateConfig
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.keys import signing_key as configured_signing_key
+from eddy.streams.wire.keys import state_key
 
 log = logging.getLogger(__name__)
 

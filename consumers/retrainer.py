@@ -8,7 +8,7 @@ window's most recent ``retrain_holdout`` is held out; candidates are scored by
 contiguous-fold cross-validation on the rest: the fixed hyperparameters fine-tuning the
 champion, from scratch, or both (``retrain_strategy``), and, unless
 ``retrain_trials`` is 0, the best of a hyperparameter search
-(:func:`eddy.models.tuning.search`, bounded by ``retrain_trials`` and
+(:func:`eddy.models.maintain.tuning.search`, bounded by ``retrain_trials`` and
 ``retrain_budget_s``). The best candidate is trained on the whole training part,
 compared with the champion on the held-out slice (McNemar or a paired bootstrap),
 registered with its card, and promoted only when the gate passes. The version's
@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from eddy.consumers.control import ControlConsumer
-from eddy.models.batch import (
+from eddy.models.maintain.batch import (
     BatchModel,
     TrainingError,
     TrainParams,
@@ -40,14 +40,14 @@ from eddy.models.batch import (
     train,
     vectorize,
 )
-from eddy.models.evaluation import compare
-from eddy.models.export import train_window_bytes
-from eddy.models.registry import RegistryError
-from eddy.models.tuning import SearchResult, SearchSpace, search
-from eddy.streams.codec import ControlEvent, DecodeError, decode_example, valid_stream_name
-from eddy.streams.kafka import partition_end, read_range
-from eddy.streams.partitioning import partition_of
+from eddy.models.maintain.evaluation import compare
+from eddy.models.maintain.export import train_window_bytes
+from eddy.models.maintain.registry import RegistryError
+from eddy.models.maintain.tuning import SearchResult, SearchSpace, search
+from eddy.streams.kafka.clients import partition_end, read_range
+from eddy.streams.kafka.partitioning import partition_of
 from eddy.streams.settings import MaintenanceConfig
+from eddy.streams.wire.codec import ControlEvent, DecodeError, decode_example, valid_stream_name
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 import sys
 
 from eddy.consumers.hotswap import HotSwapClient
-from eddy.models.registry import RegistryError
+from eddy.models.maintain.registry import RegistryError
 from eddy.streams.settings import Settings, add_settings_arguments
 
 

@@ -9,9 +9,9 @@ import signal
 from prometheus_client import CollectorRegistry
 
 from eddy.consumers.control import ControlConsumer
-from eddy.streams.dashboard import MetricsServer
-from eddy.streams.kafka import close_client, start_producer
-from eddy.streams.metrics import ControlMetrics, process_metrics
+from eddy.streams.kafka.clients import close_client, start_producer
+from eddy.streams.observe.dashboard import MetricsServer
+from eddy.streams.observe.metrics import ControlMetrics, process_metrics
 from eddy.streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Run an app's streams without a broker: eddy's own code path over in-memory events.
 
 :class:`TestRun` feeds samples, labels or raw bytes to the same
-:class:`~eddy.streams.engine.Unit` objects a worker runs, merged by event time as a
+:class:`~eddy.streams.engine.unit.Unit` objects a worker runs, merged by event time as a
 worker merges its topics (an event's ``ts``; without one, its record's timestamp: the
 next tick of a logical clock, so events sent without times keep the order they were
 sent in), forwards what a worker would forward through the repartition topic, and
@@ -33,14 +33,14 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from eddy.models.prequential import StreamLearner
+from eddy.streams.agents.replicas import ModelDirectory
 from eddy.streams.app import App
-from eddy.streams.codec import Label, Sample, encode_label, encode_sample
-from eddy.streams.engine import EngineContext, Out, Unit
-from eddy.streams.merge import InputMerger
-from eddy.streams.metrics import EngineMetrics
-from eddy.streams.partitioning import partition_of
-from eddy.streams.replicas import ModelDirectory
-from eddy.streams.topics import Topics
+from eddy.streams.engine.merge import InputMerger
+from eddy.streams.engine.unit import EngineContext, Out, Unit
+from eddy.streams.kafka.partitioning import partition_of
+from eddy.streams.kafka.topics import Topics
+from eddy.streams.observe.metrics import EngineMetrics
+from eddy.streams.wire.codec import Label, Sample, encode_label, encode_sample
 
 __all__ = ["Record", "TestRun", "replay"]
 

@@ -40,8 +40,8 @@ import orjson
 
 from eddy.models.learners import Prediction
 from eddy.models.prequential import LabelledItem, StreamLearner, StreamSpec, label_problem
-from eddy.streams.codec import Sample, decode_sample, now_ms
 from eddy.streams.exceptions import DecodeError
+from eddy.streams.wire.codec import Sample, decode_sample, now_ms
 
 log = logging.getLogger("eddy.examples.faust")
 

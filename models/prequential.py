@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from eddy.models.drift import DriftMonitor, DriftSignal
 from eddy.models.exceptions import ModelConfigError
 from eddy.models.learners import (
     Features,
@@ -32,6 +31,7 @@ from eddy.models.learners import (
     make_learner,
 )
 from eddy.models.metrics import PrequentialMetrics, metric_names
+from eddy.models.monitor.drift import DriftMonitor, DriftSignal
 
 TASKS = ("binary", "multiclass", "regression")
 

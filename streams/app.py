@@ -24,11 +24,11 @@ from typing import Any
 from eddy.models.exceptions import ModelConfigError
 from eddy.models.learners import CATALOGUE, describe, make_learner
 from eddy.models.prequential import StreamSpec
-from eddy.streams.codec import valid_stream_name
-from eddy.streams.engine import Hooks
+from eddy.streams.engine.policy import Streams
+from eddy.streams.engine.unit import Hooks
 from eddy.streams.exceptions import ConfigError
-from eddy.streams.policy import Streams
 from eddy.streams.settings import KafkaConfig, Settings
+from eddy.streams.wire.codec import valid_stream_name
 
 # Per-stream settings a [streams.<name>] table (or App.stream) may give.
 STREAM_KEYS = (
@@ -167,7 +167,7 @@ class App:
     async def create_topics(self) -> dict[str, str]:
         """Create the app's topics (idempotent; an existing topic must have the same
         partition count)."""
-        from eddy.streams.topics import create_topics
+        from eddy.streams.kafka.topics import create_topics
 
         assert self.settings is not None
         return await create_topics(self.settings.kafka, self.settings.topics)
@@ -176,8 +176,8 @@ class App:
         self, create_topics: bool = True, on_start: asyncio.Future[Any] | None = None
     ) -> None:
         """Run the worker in the current event loop until it is stopped (``on_start``
-        receives the :class:`~eddy.streams.worker.Worker`, whose ``stop()`` ends it)."""
-        from eddy.streams.worker import run_worker
+        receives the :class:`~eddy.streams.agents.worker.Worker`, whose ``stop()`` ends it)."""
+        from eddy.streams.agents.worker import run_worker
 
         assert self.settings is not None
         if create_topics:

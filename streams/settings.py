@@ -197,7 +197,7 @@ class _Config:
 
 @dataclass(frozen=True)
 class KafkaConfig(_Config):
-    """How to reach Kafka: every eddy client is built from this (``eddy.streams.kafka``)."""
+    """How to reach Kafka: every eddy client is built from this (``eddy.streams.kafka.clients``)."""
 
     section: ClassVar[str] = "kafka"
 

@@ -1,6 +1,6 @@
 """The models ``eddy serve`` holds: one hot-swap client per stream, found in the registry.
 
-One :class:`~eddy.streams.registry_topic.KafkaRegistry` follows the registry topic for the
+One :class:`~eddy.streams.state.registry_topic.KafkaRegistry` follows the registry topic for the
 whole server (an empty data directory is enough: everything comes over Kafka); each stream
 it names gets a :class:`~eddy.consumers.hotswap.HotSwapClient` that follows both the online
 model and the int8 champion on that shared registry, verifying every artifact as it does
@@ -39,11 +39,11 @@ from eddy.consumers.inference.protocol import (
     ProtocolError,
     features_of_columns,
 )
-from eddy.models.registry import RegistryError
-from eddy.streams.kafka import close_client, make_consumer
-from eddy.streams.keys import signing_key, state_key
-from eddy.streams.registry_topic import KafkaRegistry
+from eddy.models.maintain.registry import RegistryError
+from eddy.streams.kafka.clients import close_client, make_consumer
 from eddy.streams.settings import Secret, Settings
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.keys import signing_key, state_key
 
 log = logging.getLogger(__name__)
 

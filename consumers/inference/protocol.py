@@ -118,7 +118,7 @@ class Feature:
 
 def features_of_columns(columns: Iterable[str]) -> list[Feature]:
     """The features behind a model's columns: a text feature is one-hot columns
-    ``name=value`` (as :func:`eddy.models.batch.vectorize` makes them), the rest numbers.
+    ``name=value`` (as :func:`eddy.models.maintain.batch.vectorize` makes them), the rest numbers.
 
     >>> [(f.name, f.kind) for f in features_of_columns(["x", "color=red", "color=blue", "a=b"])]
     [('x', 'number'), ('color', 'category'), ('a', 'category')]

@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry
 from eddy.consumers.inference.app import build_app
 from eddy.consumers.inference.metrics import ServeMetrics
 from eddy.consumers.inference.models import ModelSet
-from eddy.streams.dashboard import MetricsServer
-from eddy.streams.metrics import process_metrics
+from eddy.streams.observe.dashboard import MetricsServer
+from eddy.streams.observe.metrics import process_metrics
 from eddy.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ async def run_serve(
             "registry %s",
             url,
             token,
-            models.registry.topic,
+            models.maintain.registry.topic,
         )
         follow = asyncio.create_task(_start_models(models))
         if on_start is not None:

@@ -5,7 +5,7 @@ topic (what the dashboard shows of the maintenance loop).
 stream the worker learns, when the champion alias moves, it loads the champion's int8
 model to score it beside the online model on the same labels (:class:`ChampionScorer`)
 and lets a PyTorch online model whose layers match continue from the champion's
-weights (:func:`eddy.models.adoption.adopt`); both are recorded in the maintenance
+weights (:func:`eddy.models.maintain.adoption.adopt`); both are recorded in the maintenance
 log. The registry, not an event, says what the champion is: events only tell the
 dashboard that something happened.
 """
@@ -21,17 +21,17 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from eddy.models.adoption import adopt
-from eddy.models.batch import BatchModel, vectorize
-from eddy.models.export import run, session
+from eddy.models.maintain.adoption import adopt
+from eddy.models.maintain.batch import BatchModel, vectorize
+from eddy.models.maintain.export import run, session
+from eddy.models.maintain.registry import RegistryError
 from eddy.models.metrics import PrequentialMetrics
-from eddy.models.registry import RegistryError
-from eddy.streams.codec import DecodeError, decode_event
-from eddy.streams.kafka import assign, close_client, end_offsets, make_consumer
-from eddy.streams.metrics import CONTROL_EVENT_TYPES, EngineMetrics, ModelEventMetrics
-from eddy.streams.registry_topic import KafkaRegistry
-from eddy.streams.replicas import ModelDirectory
+from eddy.streams.agents.replicas import ModelDirectory
+from eddy.streams.kafka.clients import assign, close_client, end_offsets, make_consumer
+from eddy.streams.observe.metrics import CONTROL_EVENT_TYPES, EngineMetrics, ModelEventMetrics
 from eddy.streams.settings import KafkaConfig
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.codec import DecodeError, decode_event
 
 log = logging.getLogger(__name__)
 

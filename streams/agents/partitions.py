@@ -1,15 +1,15 @@
 """The worker agent: a consumer group over samples, labels and the repartition topic,
-one :class:`~eddy.streams.engine.Unit` per assigned partition, state on the changelog.
+one :class:`~eddy.streams.engine.unit.Unit` per assigned partition, state on the changelog.
 
 Delivery contract: a partition's state is checkpointed together with the input
-offsets it reflects (see :mod:`eddy.streams.changelog`), and only after everything
+offsets it reflects (see :mod:`eddy.streams.state.changelog`), and only after everything
 produced from those records is acknowledged by the broker. On assignment the state
 is restored (from the changelog, wherever the worker runs) and consumption resumes
 at its offsets, so each input record changes the state exactly once, across crashes
 and machines; outputs are at-least-once, and downstream drops repeats by id.
 
 Records are fetched in batches (``getmany``), never one by one, and handed to the
-units in event-time order (:mod:`eddy.streams.merge`).
+units in event-time order (:mod:`eddy.streams.engine.merge`).
 
 Outages: when Kafka fails under the agent (a produce is not acknowledged), it drops
 its in-memory state, waits (1 s doubling to 30 s) and restarts from its last
@@ -37,13 +37,19 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
-from eddy.streams.changelog import Changelog
-from eddy.streams.engine import EngineContext, Unit, UnitState
-from eddy.streams.kafka import assign, close_client, end_offsets, getmany_until, make_consumer
-from eddy.streams.merge import InputMerger
-from eddy.streams.metrics import ConsumerMetrics
-from eddy.streams.sender import BatchSender, Delivery
+from eddy.streams.engine.merge import InputMerger
+from eddy.streams.engine.unit import EngineContext, Unit, UnitState
+from eddy.streams.kafka.clients import (
+    assign,
+    close_client,
+    end_offsets,
+    getmany_until,
+    make_consumer,
+)
+from eddy.streams.kafka.sender import BatchSender, Delivery
+from eddy.streams.observe.metrics import ConsumerMetrics
 from eddy.streams.settings import KafkaConfig, StateConfig
+from eddy.streams.state.changelog import Changelog
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +99,7 @@ class WorkerAgent:
     """Consumes a worker's input topics in group ``<prefix>worker``.
 
     ``on_batch`` (if given) is called after each processed batch and ``on_tick`` once
-    per loop turn (metric snapshots, model snapshots: see :mod:`eddy.streams.worker`).
+    per loop turn (metric snapshots, model snapshots: see :mod:`eddy.streams.agents.worker`).
     """
 
     name = "worker"

@@ -9,10 +9,10 @@ import time
 
 import orjson
 
-from eddy.streams.deadletter import H_REASON
-from eddy.streams.kafka import start_producer
+from eddy.streams.kafka.clients import start_producer
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics
+from eddy.streams.wire.deadletter import H_REASON
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import running_worker, wait_for
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from eddy.streams import sources
-from eddy.streams.broker import EmbeddedBroker, free_port
-from eddy.streams.dashboard import sum_samples
-from eddy.streams.producer import ProduceOptions
-from eddy.streams.producer import produce as send_events
-from eddy.streams.supervisor import eddy_argv, scrape
-from eddy.streams.topics import create_topics
+from eddy.streams.kafka.broker import EmbeddedBroker, free_port
+from eddy.streams.kafka.topics import create_topics
+from eddy.streams.observe.dashboard import sum_samples
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions
+from eddy.streams.ops.producer import produce as send_events
+from eddy.streams.ops.supervisor import eddy_argv, scrape
 from tests.integration.test_up import REPO, alive, eddy_env, wait_until
 from tests.integration.worker_helpers import learned, running_worker, wait_for
 

@@ -21,16 +21,16 @@ from typing import Any
 import pytest
 
 from eddy.models import checkpoint
-from eddy.models.registry import Registry
-from eddy.streams.codec import decode_event
-from eddy.streams.kafka import read_records
-from eddy.streams.keys import state_key
-from eddy.streams.producer import ProduceOptions, produce
-from eddy.streams.registry_topic import KafkaRegistry
+from eddy.models.maintain.registry import Registry
+from eddy.streams.kafka.clients import read_records
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.ops.sources import open_named
+from eddy.streams.ops.supervisor import Child, ChildSpec, Supervisor, eddy_argv
 from eddy.streams.settings import Settings, settings_env
-from eddy.streams.sources import open_named
-from eddy.streams.supervisor import Child, ChildSpec, Supervisor, eddy_argv
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.codec import decode_event
+from eddy.streams.wire.keys import state_key
 from tests.integration.test_up import FAST
 from tests.integration.worker_helpers import holds_within
 

@@ -12,13 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from eddy.streams.broker import free_port
-from eddy.streams.dashboard import sum_samples
-from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.kafka.broker import free_port
+from eddy.streams.observe.dashboard import sum_samples
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.ops.sources import open_named
+from eddy.streams.ops.supervisor import eddy_argv
+from eddy.streams.ops.supervisor import scrape as scrape_metrics
 from eddy.streams.settings import Settings, settings_env
-from eddy.streams.sources import open_named
-from eddy.streams.supervisor import eddy_argv
-from eddy.streams.supervisor import scrape as scrape_metrics
 from tests.integration.test_up import REPO, wait_until
 
 SUSTAINED_RATE = 1_000  # samples/s
@@ -46,7 +46,7 @@ def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: P
             "producer_idempotence": "off",
         }
     )
-    from eddy.streams.topics import create_topics
+    from eddy.streams.kafka.topics import create_topics
 
     asyncio.run(create_topics(settings.kafka, settings.topics))
     port = free_port()

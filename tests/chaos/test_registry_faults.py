@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import eddy.models.registry as registry_module
+import eddy.models.maintain.registry as registry_module
 from eddy.models.checkpoint import write_atomic
-from eddy.models.registry import Registry, RegistryError
+from eddy.models.maintain.registry import Registry, RegistryError
 
 CARD = {"task": "binary", "gate": {"promoted": True}}
 

@@ -20,12 +20,12 @@ from eddy.consumers.control import Replayed
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.models.sealed import MAGIC
-from eddy.streams.codec import decode_event, event_signature, make_event
 from eddy.streams.exceptions import BadSignature, UnsignedEvent
-from eddy.streams.kafka import client_options, make_consumer, start_producer
-from eddy.streams.registry_topic import KafkaRegistry, RegistryFold, sign
+from eddy.streams.kafka.clients import client_options, make_consumer, start_producer
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics
+from eddy.streams.state.registry_topic import KafkaRegistry, RegistryFold, sign
+from eddy.streams.wire.codec import decode_event, event_signature, make_event
 from tests.integration.worker_helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_every_kafka_client_is_built_from_client_options() -> None:
         if re.search(r"AIOKafka(Consumer|Producer|AdminClient)\(", text):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders
-    kafka = (REPO / "streams/kafka.py").read_text()
+    kafka = (REPO / "streams/kafka/clients.py").read_text()
     for constructor in ("AIOKafkaProducer(", "AIOKafkaConsumer(", "AIOKafkaAdminClient("):
         for call in re.findall(re.escape(constructor) + r"[^)]*\)", kafka):
             assert "**options" in call, call
@@ -219,9 +219,9 @@ def test_the_registry_fold_refuses_forged_and_replayed_records() -> None:
 def test_serving_follows_the_registry_not_forged_or_replayed_events(settings, tmp_path) -> None:
     """With and without a key, an event cannot move what serving code serves: the client
     serves what the registry's champion alias points to (verified)."""
-    from eddy.models.batch import TrainParams, train, vectorize
-    from eddy.models.export import quantize_int8, to_onnx
-    from eddy.streams import sources
+    from eddy.models.maintain.batch import TrainParams, train, vectorize
+    from eddy.models.maintain.export import quantize_int8, to_onnx
+    from eddy.streams.ops import sources
 
     settings = settings.with_overrides({"signing_key": KEY})
     data = list(__import__("itertools").islice(sources.open_named("sea", seed=1), 600))
@@ -317,9 +317,9 @@ def test_a_crafted_checkpoint_is_refused_and_the_partition_starts_over(settings,
     (here: to the start) and learns everything once."""
     import itertools
 
-    from eddy.streams import sources
-    from eddy.streams.producer import ProduceOptions, produce
-    from eddy.streams.topics import create_topics
+    from eddy.streams.kafka.topics import create_topics
+    from eddy.streams.ops import sources
+    from eddy.streams.ops.producer import ProduceOptions, produce
     from tests.integration.worker_helpers import learned, running_worker
 
     settings = settings.with_overrides(
@@ -340,7 +340,7 @@ def test_a_crafted_checkpoint_is_refused_and_the_partition_starts_over(settings,
     cache.with_suffix(".json").write_bytes(orjson.dumps({"sha256": "x", "generation": 9}))
 
     async def scenario() -> int:
-        from eddy.streams.chunks import send_blob
+        from eddy.streams.state.chunks import send_blob
 
         producer = await start_producer(settings.kafka)
         try:  # and the same crafted bytes as the changelog's latest checkpoint

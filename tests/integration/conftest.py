@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord
 
-from eddy.streams.broker import EmbeddedBroker
-from eddy.streams.kafka import read_records
+from eddy.streams.kafka.broker import EmbeddedBroker
+from eddy.streams.kafka.clients import read_records
+from eddy.streams.kafka.topics import create_topics
 from eddy.streams.settings import Settings
-from eddy.streams.topics import create_topics
 
 
 @pytest.fixture(scope="session")

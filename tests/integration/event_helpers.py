@@ -8,7 +8,7 @@ import time
 import orjson
 from river import stream as river_stream
 
-from eddy.streams.topics import Topics
+from eddy.streams.kafka.topics import Topics
 
 BASE = int(time.time() * 1000) - 10_000_000  # event times in the past, as in a replay
 

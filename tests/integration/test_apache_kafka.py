@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from eddy.streams import sources
-from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.kafka.topics import Topics, create_topics, topic_sizes
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics, create_topics, topic_sizes
 
 # Confluent Platform 8.1 is Apache Kafka 4.1 (KRaft), the version docker-compose.yml runs
 # as apache/kafka:4.1.0: testcontainers' KafkaContainer drives Confluent's images only.

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from eddy.streams.broker import EmbeddedBroker, metadata_probe
 from eddy.streams.exceptions import BrokerError
+from eddy.streams.kafka.broker import EmbeddedBroker, metadata_probe
 
 
 def _alive(pid: int) -> bool:
@@ -67,7 +67,7 @@ def test_a_silent_binary_times_out_with_a_clear_error(tmp_path):
 
 def test_eddy_broker_command_prints_its_address_and_stops_on_sigterm(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eddy.streams.cli", "broker", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "eddy.streams.ops.cli", "broker", "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -101,7 +101,7 @@ def test_eddy_broker_command_prints_its_address_and_stops_on_sigterm(tmp_path):
 
 def test_broker_dies_with_its_parent_even_on_kill_9(tmp_path):
     code = (
-        "from eddy.streams.broker import EmbeddedBroker\n"
+        "from eddy.streams.kafka.broker import EmbeddedBroker\n"
         "import sys, time\n"
         "b = EmbeddedBroker().start()\n"
         "print(b.pid, flush=True)\n"

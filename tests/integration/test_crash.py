@@ -20,16 +20,16 @@ from river.datasets import synth
 
 from eddy.models import checkpoint
 from eddy.models.checkpoint import CheckpointError
-from eddy.streams import sources
-from eddy.streams.keys import state_key
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.wire.keys import state_key
 from tests.integration.event_helpers import named, produce_librdkafka, qa_events
 
 N = 50_000
 
 
 def _start_worker(settings, log_path):
-    command = [sys.executable, "-m", "eddy.streams.cli", "worker"]
+    command = [sys.executable, "-m", "eddy.streams.ops.cli", "worker"]
     command += ["--bootstrap", settings.kafka.bootstrap, "--topic-prefix", settings.topics.prefix]
     command += [
         "--partitions",

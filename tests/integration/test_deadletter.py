@@ -5,7 +5,9 @@ import asyncio
 
 import orjson
 
-from eddy.streams.deadletter import (
+from eddy.streams.kafka.clients import start_producer
+from eddy.streams.kafka.topics import Topics
+from eddy.streams.wire.deadletter import (
     H_EXCEPTION_CLASS,
     H_EXCEPTION_MESSAGE,
     H_GROUP,
@@ -14,8 +16,6 @@ from eddy.streams.deadletter import (
     H_REASON,
     H_TOPIC,
 )
-from eddy.streams.kafka import start_producer
-from eddy.streams.topics import Topics
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import learned, running_worker, wait_for
 

@@ -16,10 +16,10 @@ from river import stream as river_stream
 from river.datasets import synth
 
 from eddy.models.learners import make_learner
-from eddy.streams import sources
 from eddy.streams.app import App
-from eddy.streams.producer import ProduceOptions, produce
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
 from tests.integration.conftest import read_topic
 from tests.integration.event_helpers import named, produce_librdkafka, qa_events
 from tests.integration.worker_helpers import learned, running_worker, wait_for

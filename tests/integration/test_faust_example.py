@@ -18,8 +18,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from eddy.streams.broker import EmbeddedBroker, die_with_parent
-from eddy.streams.sources import open_named
+from eddy.streams.kafka.broker import EmbeddedBroker, die_with_parent
+from eddy.streams.ops.sources import open_named
 
 pytest.importorskip("faust", reason="faust-streaming is not installed (pip install 'eddy[faust]')")
 

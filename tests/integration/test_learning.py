@@ -16,11 +16,11 @@ from river import datasets, evaluate, linear_model, metrics, preprocessing, tree
 from river import stream as river_stream
 from river.datasets import synth
 
-from eddy.streams import sources
 from eddy.streams.app import App
-from eddy.streams.codec import decode_event
-from eddy.streams.producer import ProduceOptions, produce
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.wire.codec import decode_event
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import learned, running_worker, wait_for
 
@@ -218,7 +218,7 @@ def test_late_and_missing_labels_are_learned_or_counted_as_expired(settings):
 
 
 def _sample_values(worker, name):
-    from eddy.streams.dashboard import read_registry
+    from eddy.streams.observe.dashboard import read_registry
 
     return read_registry(worker.registry).get(name, [])
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from eddy.streams.broker import EmbeddedBroker
-from eddy.streams.kafka import make_consumer, read_records
+from eddy.streams.kafka.broker import EmbeddedBroker
+from eddy.streams.kafka.clients import make_consumer, read_records
 from eddy.streams.settings import KafkaConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def test_a_project_with_its_own_models_package_runs_the_sketch(
             assert app.poll() is None, app.communicate()[0]
             assert time.monotonic() < deadline, "the app did not create its topics in 60 s"
             time.sleep(0.2)
-        produce = [sys.executable, "-m", "eddy.streams.cli", "produce", "--dataset", "sea"]
+        produce = [sys.executable, "-m", "eddy.streams.ops.cli", "produce", "--dataset", "sea"]
         produce += ["--bootstrap", broker.bootstrap, "--topic-prefix", prefix, "--no-progress"]
         produce += ["--producer-idempotence", "off", "--n", "300"]
         for stream in ("cards", "merchants"):
@@ -213,7 +213,7 @@ def test_eddy_up_config_runs_a_model_from_the_users_own_module(tmp_path: Path) -
         [
             sys.executable,
             "-m",
-            "eddy.streams.cli",
+            "eddy.streams.ops.cli",
             "up",
             "--config",
             "eddy.toml",

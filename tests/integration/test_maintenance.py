@@ -7,11 +7,11 @@ import asyncio
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
-from eddy.streams import sources
-from eddy.streams.codec import decode_event, schema_errors
-from eddy.streams.producer import ProduceOptions, produce
-from eddy.streams.registry_topic import KafkaRegistry
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.codec import decode_event, schema_errors
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import (
     request_manual_retrain,

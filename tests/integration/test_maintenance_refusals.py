@@ -10,13 +10,13 @@ import orjson
 
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.retrainer import Retrainer
-from eddy.streams import sources
-from eddy.streams.codec import decode_event, make_event
-from eddy.streams.deadletter import H_REASON
-from eddy.streams.kafka import start_producer
-from eddy.streams.producer import ProduceOptions, produce
-from eddy.streams.registry_topic import KafkaRegistry
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.kafka.clients import start_producer
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.codec import decode_event, make_event
+from eddy.streams.wire.deadletter import H_REASON
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import learned, running_consumer, running_worker, wait_for
 
@@ -131,7 +131,7 @@ def test_a_bad_request_is_refused_and_the_next_one_is_served(settings):
 
 
 def _decoded(raw: bytes):
-    from eddy.streams.codec import DecodeError
+    from eddy.streams.wire.codec import DecodeError
 
     try:
         return decode_event(raw)

@@ -2,11 +2,11 @@
 
 import asyncio
 
-from eddy.streams.broker import free_port
-from eddy.streams.cli import main
-from eddy.streams.codec import decode_event
-from eddy.streams.registry_topic import KafkaRegistry
-from eddy.streams.topics import Topics
+from eddy.streams.kafka.broker import free_port
+from eddy.streams.kafka.topics import Topics
+from eddy.streams.ops.cli import main
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.codec import decode_event
 from tests.integration.conftest import read_topic
 
 

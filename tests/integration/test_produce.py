@@ -7,17 +7,17 @@ import sys
 
 import orjson
 
-from eddy.streams import sources
-from eddy.streams.codec import decode_label, decode_sample
-from eddy.streams.producer import ProduceOptions, produce
-from eddy.streams.topics import Topics
+from eddy.streams.kafka.topics import Topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.wire.codec import decode_label, decode_sample
 from tests.integration.conftest import read_topic
 
 
 def test_labels_arrive_late_and_dropped_ones_are_counted(settings):
     settings = settings.with_overrides({"topic_prefix": settings.topics.prefix + "one."})
     settings = settings.with_overrides({"partitions": 1})
-    from eddy.streams.topics import create_topics
+    from eddy.streams.kafka.topics import create_topics
 
     asyncio.run(create_topics(settings.kafka, settings.topics))
     options = ProduceOptions(n=2000, label_delay=50, label_drop=0.05, seed=3, id_prefix="run")
@@ -81,7 +81,7 @@ def test_the_produce_command_sends_a_file(settings, tmp_path):
         [
             sys.executable,
             "-m",
-            "eddy.streams.cli",
+            "eddy.streams.ops.cli",
             "produce",
             "--file",
             str(data),
@@ -113,7 +113,7 @@ def test_the_produce_command_refuses_an_endless_stream_without_n(settings):
         [
             sys.executable,
             "-m",
-            "eddy.streams.cli",
+            "eddy.streams.ops.cli",
             "produce",
             "--dataset",
             "sea",

@@ -9,12 +9,12 @@ import itertools
 import numpy as np
 import orjson
 
-from eddy.streams import sources
-from eddy.streams.dashboard import read_registry, sum_samples
-from eddy.streams.kafka import read_records
-from eddy.streams.partitioning import partition_of
-from eddy.streams.producer import ProduceOptions, produce
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.kafka.clients import read_records
+from eddy.streams.kafka.partitioning import partition_of
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.observe.dashboard import read_registry, sum_samples
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
 from tests.integration.worker_helpers import learned, running_worker, wait_for
 
 N = 4_000

@@ -34,13 +34,13 @@ from tritonclient.utils import InferenceServerException
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
-from eddy.streams import sources
-from eddy.streams.codec import make_event
-from eddy.streams.kafka import start_producer
-from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.kafka.clients import start_producer
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
+from eddy.streams.ops.supervisor import eddy_argv
 from eddy.streams.settings import settings_env
-from eddy.streams.supervisor import eddy_argv
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.wire.codec import make_event
 from tests.integration.worker_helpers import (
     learned,
     running_consumer,

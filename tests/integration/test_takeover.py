@@ -19,14 +19,14 @@ import orjson
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
-from eddy.streams import sources
-from eddy.streams.changelog import Changelog
-from eddy.streams.codec import make_event
-from eddy.streams.kafka import start_producer
-from eddy.streams.keys import state_key
-from eddy.streams.producer import ProduceOptions, produce
+from eddy.streams.kafka.clients import start_producer
+from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.ops import sources
+from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.settings import settings_env
-from eddy.streams.topics import Topics, create_topics
+from eddy.streams.state.changelog import Changelog
+from eddy.streams.wire.codec import make_event
+from eddy.streams.wire.keys import state_key
 from tests.integration.worker_helpers import running_consumer, wait_for
 
 # Four streams, one per partition (murmur2 of the name), 4,500 samples each.
@@ -44,7 +44,7 @@ def _start(settings, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
         "EDDY_SNAPSHOT_INTERVAL_S": "2",
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "eddy.streams.cli", "worker"]
+    command = [sys.executable, "-m", "eddy.streams.ops.cli", "worker"]
     return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

@@ -4,8 +4,8 @@ import time
 import pytest
 
 from eddy.streams.exceptions import BrokerError, TopicError
+from eddy.streams.kafka.topics import Topics, create_topics, topic_sizes
 from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics, create_topics, topic_sizes
 
 
 def test_topics_are_created_with_explicit_partitions_and_idempotently(broker, tmp_path):
@@ -43,7 +43,7 @@ def test_no_broker_configured_says_how_to_get_one(tmp_path):
 
 
 def test_unreachable_broker_is_a_clear_error(tmp_path):
-    from eddy.streams.broker import free_port
+    from eddy.streams.kafka.broker import free_port
 
     s = Settings.build(bootstrap=f"127.0.0.1:{free_port()}", data_dir=tmp_path)
     with pytest.raises(BrokerError, match="could not connect to Kafka"):
@@ -55,7 +55,7 @@ def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
     its default partition count, unless the request says not to: eddy's clients say so."""
     from aiokafka.errors import KafkaError
 
-    from eddy.streams.kafka import start_admin, start_producer
+    from eddy.streams.kafka.clients import start_admin, start_producer
 
     s = Settings.build(
         bootstrap=broker.bootstrap, topic_prefix="tc3.", partitions=1, data_dir=tmp_path
@@ -85,8 +85,8 @@ def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
 
 
 def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_path, caplog):
-    from eddy.streams.kafka import start_producer
-    from eddy.streams.topics import require_topics, wait_for_topics
+    from eddy.streams.kafka.clients import start_producer
+    from eddy.streams.kafka.topics import require_topics, wait_for_topics
 
     s = Settings.build(
         bootstrap=broker.bootstrap, topic_prefix="tc4.", partitions=1, data_dir=tmp_path
@@ -123,7 +123,7 @@ def test_eddy_changes_nothing_for_other_clients_in_the_process(broker, tmp_path)
     from aiokafka import AIOKafkaProducer
 
     import eddy  # noqa: F401 - importing eddy must not patch aiokafka
-    from eddy.streams.kafka import start_producer
+    from eddy.streams.kafka.clients import start_producer
 
     s = Settings.build(bootstrap=broker.bootstrap, topic_prefix="tc5.", data_dir=tmp_path)
 
@@ -142,7 +142,7 @@ def test_eddy_changes_nothing_for_other_clients_in_the_process(broker, tmp_path)
 
 
 async def _list_topics(s) -> set[str]:
-    from eddy.streams.kafka import start_admin
+    from eddy.streams.kafka.clients import start_admin
 
     admin = await start_admin(s.kafka)
     try:

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from eddy.streams.dashboard import sum_samples
-from eddy.streams.supervisor import eddy_argv, scrape
+from eddy.streams.observe.dashboard import sum_samples
+from eddy.streams.ops.supervisor import eddy_argv, scrape
 
 pytestmark = pytest.mark.integration
 

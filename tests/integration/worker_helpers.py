@@ -11,12 +11,12 @@ from typing import Any
 import orjson
 
 from eddy.consumers.service import run_consumer
+from eddy.streams.agents.worker import Worker
 from eddy.streams.app import App
-from eddy.streams.codec import make_event
-from eddy.streams.kafka import start_producer
+from eddy.streams.kafka.clients import start_producer
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics
-from eddy.streams.worker import Worker
+from eddy.streams.wire.codec import make_event
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,4 @@
-from eddy.streams.cli import main
+from eddy.streams.ops.cli import main
 
 
 def test_catalogue_lists_the_online_models(capsys):

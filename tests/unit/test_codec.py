@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eddy.streams.codec import (
+from eddy.streams.exceptions import DecodeError, InvalidJSON, MessageTooLarge, SchemaViolation
+from eddy.streams.wire.codec import (
     MAX_TIMESTAMP_MS,
     Label,
     Sample,
@@ -19,7 +20,6 @@ from eddy.streams.codec import (
     make_event,
     schema_errors,
 )
-from eddy.streams.exceptions import DecodeError, InvalidJSON, MessageTooLarge, SchemaViolation
 
 # -- examples ------------------------------------------------------------------------------
 

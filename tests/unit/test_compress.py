@@ -1,4 +1,4 @@
-"""Distillation, structured pruning and the compression report (eddy.models.compress)."""
+"""Distillation, structured pruning and the compression report (eddy.models.maintain.compress)."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from eddy.models.batch import BatchModel, TrainParams, score, train
-from eddy.models.compress import (
+from eddy.models.maintain.batch import BatchModel, TrainParams, score, train
+from eddy.models.maintain.compress import (
     DistillParams,
     compress,
     distill,
@@ -15,7 +15,7 @@ from eddy.models.compress import (
     prune_structured,
     student_hidden_for,
 )
-from eddy.models.export import run, session, to_onnx
+from eddy.models.maintain.export import run, session, to_onnx
 from tests.unit.synthetic import three_classes
 
 NAMES = [f"f{i}" for i in range(8)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from eddy.streams.dashboard import History
-from eddy.streams.metrics import EngineMetrics
+from eddy.streams.observe.dashboard import History
+from eddy.streams.observe.metrics import EngineMetrics
 
 
 def test_history_charts_predictions_ahead_of_learning_and_the_champion_beside_the_online_model():

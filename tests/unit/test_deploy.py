@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from eddy.streams import metrics
+from eddy.streams.observe import metrics
 from eddy.streams.settings import env_var, setting_names
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,10 +2,10 @@ import itertools
 
 import pytest
 
-from eddy.models.drift import DriftMonitor
 from eddy.models.exceptions import ModelConfigError
+from eddy.models.monitor.drift import DriftMonitor
 from eddy.models.prequential import LabelledItem, StreamLearner, StreamSpec
-from eddy.streams.sources import open_named
+from eddy.streams.ops.sources import open_named
 
 
 def _run(detector, seed, n=20_000, drift_at=10_000):

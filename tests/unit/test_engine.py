@@ -278,7 +278,7 @@ def test_samples_and_labels_join_whatever_partitioner_each_producer_used(partiti
 
 
 def _samples(run, name):
-    from eddy.streams.dashboard import read_registry
+    from eddy.streams.observe.dashboard import read_registry
 
     return read_registry(run.registry).get(name, [])
 

@@ -16,7 +16,7 @@ from river import stream as river_stream
 from river.datasets import synth
 
 import eddy
-from eddy.streams.merge import LABEL, SAMPLE, InputMerger, Timed
+from eddy.streams.engine.merge import LABEL, SAMPLE, InputMerger, Timed
 from eddy.testing import TestRun
 
 BASE = 1_700_000_000_000

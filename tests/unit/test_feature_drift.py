@@ -1,4 +1,4 @@
-"""Feature and prediction drift (eddy.models.feature_drift): power, false alarms, bounds.
+"""Feature and prediction drift (eddy.models.monitor.feature_drift): power, false alarms, bounds.
 
 Every stream here is seeded, so each assertion is exact for these seeds.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from river.datasets import synth
 
-from eddy.models.feature_drift import (
+from eddy.models.monitor.feature_drift import (
     PREDICTION,
     FeatureDriftConfig,
     FeatureMonitor,

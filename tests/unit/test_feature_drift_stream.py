@@ -9,7 +9,7 @@ import random
 import pytest
 
 import eddy
-from eddy.streams import sources
+from eddy.streams.ops import sources
 from eddy.testing import TestRun
 
 SHIFT_AT = 15_000

@@ -20,7 +20,7 @@ from eddy.models.learners import (
 )
 from eddy.models.metrics import PrequentialMetrics
 from eddy.models.torch_learner import TorchLearner
-from eddy.streams.sources import open_named
+from eddy.streams.ops.sources import open_named
 
 SOURCE = {"binary": "sea", "multiclass": "led", "regression": "friedman"}
 CASES = [(name, task) for name, spec in CATALOGUE.items() for task in spec.tasks]

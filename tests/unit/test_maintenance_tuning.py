@@ -29,15 +29,15 @@ from eddy.consumers.exporter import (
     student_plan,
 )
 from eddy.consumers.retrainer import Retrainer, choose, search_log, search_space, startup_trials
-from eddy.models.batch import BatchModel, TrainParams, train, vectorize
-from eddy.models.compress import compress
-from eddy.models.export import read_train_window, run, session, train_window_bytes
-from eddy.models.registry import RegistryError
-from eddy.streams import sources
-from eddy.streams.codec import ControlEvent, schema_errors
+from eddy.models.maintain.batch import BatchModel, TrainParams, train, vectorize
+from eddy.models.maintain.compress import compress
+from eddy.models.maintain.export import read_train_window, run, session, train_window_bytes
+from eddy.models.maintain.registry import RegistryError
 from eddy.streams.exceptions import ConfigError
-from eddy.streams.maintenance_cli import _tables
+from eddy.streams.ops import sources
+from eddy.streams.ops.maintenance_cli import _tables
 from eddy.streams.settings import Settings, settings_env
+from eddy.streams.wire.codec import ControlEvent, schema_errors
 
 ALL_VARIANTS = [
     "teacher-fp32",

@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from eddy.streams.codec import CONTROL_EVENT_TYPES, schema_errors
 from eddy.streams.settings import settings_reference
+from eddy.streams.wire.codec import CONTROL_EVENT_TYPES, schema_errors
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

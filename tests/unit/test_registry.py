@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from eddy.models.adoption import adopt
-from eddy.models.batch import TrainParams, train, vectorize
-from eddy.models.evaluation import compare, mcnemar_p
 from eddy.models.learners import TorchModel
-from eddy.models.registry import Registry, RegistryError
+from eddy.models.maintain.adoption import adopt
+from eddy.models.maintain.batch import TrainParams, train, vectorize
+from eddy.models.maintain.evaluation import compare, mcnemar_p
+from eddy.models.maintain.registry import Registry, RegistryError
 from eddy.models.torch_learner import TorchLearner
-from eddy.streams.sources import open_named
+from eddy.streams.ops.sources import open_named
 
 
 def test_versions_are_numbered_whole_and_hashed(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 from jsonschema import Draft202012Validator
 
-from eddy.streams.codec import CONTROL_EVENT_TYPES, schema_documents, schema_errors
+from eddy.streams.wire.codec import CONTROL_EVENT_TYPES, schema_documents, schema_errors
 
 DOCS = schema_documents()
 

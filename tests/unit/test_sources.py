@@ -3,7 +3,7 @@ import itertools
 import pytest
 from river.datasets import synth
 
-from eddy.streams import sources
+from eddy.streams.ops import sources
 
 
 def take(it, n):

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from eddy.streams.supervisor import Child, ChildSpec, Supervisor
+from eddy.streams.ops.supervisor import Child, ChildSpec, Supervisor
 from tests.integration.worker_helpers import holds_within
 
 

@@ -1,4 +1,4 @@
-"""Hyperparameter search (eddy.models.tuning) on a small seeded synthetic problem."""
+"""Hyperparameter search (eddy.models.maintain.tuning) on a small seeded synthetic problem."""
 
 import json
 import subprocess
@@ -9,9 +9,9 @@ import optuna
 import pytest
 import torch
 
-from eddy.models import tuning
-from eddy.models.batch import TrainingError, TrainParams, cross_validate, score, train
-from eddy.models.tuning import SearchSpace, search
+from eddy.models.maintain import tuning
+from eddy.models.maintain.batch import TrainingError, TrainParams, cross_validate, score, train
+from eddy.models.maintain.tuning import SearchSpace, search
 from tests.unit.synthetic import three_classes
 
 NAMES = [f"f{i}" for i in range(8)]
@@ -173,7 +173,10 @@ def test_optuna_logging_is_restored_and_import_is_lazy():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run(trials=2)
     assert optuna.logging.get_verbosity() == optuna.logging.WARNING
-    code = "import sys, eddy.models.tuning, eddy.models.compress; print('optuna' in sys.modules)"
+    code = (
+        "import sys, eddy.models.maintain.tuning, eddy.models.maintain.compress; "
+        "print('optuna' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from eddy.streams.exceptions import TopicError
-from eddy.streams.kafka import end_offsets, make_consumer, start_admin
+from eddy.streams.kafka.clients import end_offsets, make_consumer, start_admin
 from eddy.streams.settings import KafkaConfig, TopicConfig
 
 log = logging.getLogger(__name__)

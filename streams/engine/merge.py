@@ -26,7 +26,7 @@ backlog, as long as producers write each event after the events it follows in ev
 time (within a producer's own topic, and across topics up to the fetch boundary).
 What eddy does with events that break that (``ts`` going backwards within a topic, or
 arriving after the merge passed their time) is the caller's: see
-:mod:`eddy.streams.engine`.
+:mod:`eddy.streams.engine.unit`.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from eddy.streams.broker import die_with_parent, free_port
-from eddy.streams.dashboard import Samples, samples_of
+from eddy.streams.kafka.broker import die_with_parent, free_port
+from eddy.streams.observe.dashboard import Samples, samples_of
 from eddy.streams.settings import Settings, settings_env
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def child_specs(
 
 def eddy_argv(*args: str) -> list[str]:
     """The command line of ``eddy <args>`` in this interpreter."""
-    return [sys.executable, "-m", "eddy.streams.cli", *args]
+    return [sys.executable, "-m", "eddy.streams.ops.cli", *args]
 
 
 def reset_stream_state(data_dir: Path, everything: bool) -> list[Path]:

@@ -22,7 +22,7 @@ the sample with its *served* prediction until its label comes. When the label co
 the owner scores the served prediction, learns the example, watches the error for
 drift, and records the example on ``examples`` (the retrainer's window).
 
-Records of one partition are processed in the order :mod:`eddy.streams.merge`
+Records of one partition are processed in the order :mod:`eddy.streams.engine.merge`
 gives (record timestamps across topics), one at a time, so a sample is predicted by
 a model that has learned every label that came before it and none after.
 
@@ -44,9 +44,9 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from eddy.models.feature_drift import FeatureDrift, FeatureDriftConfig, FeatureMonitor
 from eddy.models.join import JoinBuffer, Joined, Pending, RecentIds, Unjoined
 from eddy.models.learners import Prediction, Refused
+from eddy.models.monitor.feature_drift import FeatureDrift, FeatureDriftConfig, FeatureMonitor
 from eddy.models.prequential import (
     DriftFinding,
     LabelledItem,
@@ -57,7 +57,13 @@ from eddy.models.prequential import (
     StreamSpec,
     label_problem,
 )
-from eddy.streams.codec import (
+from eddy.streams.engine.merge import LABEL, SAMPLE, Timed
+from eddy.streams.exceptions import DecodeError, TimestampInFuture, UnlearnableLabel
+from eddy.streams.kafka.partitioning import partition_of
+from eddy.streams.kafka.topics import Topics
+from eddy.streams.observe.metrics import EngineMetrics
+from eddy.streams.settings import Settings
+from eddy.streams.wire.codec import (
     Example,
     Label,
     Sample,
@@ -71,17 +77,11 @@ from eddy.streams.codec import (
     next_sequence,
     now_ms,
 )
-from eddy.streams.deadletter import (
+from eddy.streams.wire.deadletter import (
     SourceRecord,
     dead_letter_headers,
     truncate_for_dead_letter,
 )
-from eddy.streams.exceptions import DecodeError, TimestampInFuture, UnlearnableLabel
-from eddy.streams.merge import LABEL, SAMPLE, Timed
-from eddy.streams.metrics import EngineMetrics
-from eddy.streams.partitioning import partition_of
-from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ class Unit:
 
     def timed(self, topic: str, records: Sequence[Record]) -> list[Timed]:
         """Decode fetched ``records`` of ``topic`` and give each its event time: what
-        the merger orders (:mod:`eddy.streams.merge`) and :meth:`process` takes.
+        the merger orders (:mod:`eddy.streams.engine.merge`) and :meth:`process` takes.
 
         The event time of a sample or label is its ``ts``, else (no ``ts``, or a
         record that does not decode) the record's timestamp, taken as now when it is

@@ -4,7 +4,7 @@ eddy joins a sample with its label in the partition that Java clients and aiokaf
 put their key (the event id) in, and learns a stream in the partition of its name, so
 that records produced by those clients need no extra hop. Records that another
 partitioner (librdkafka's CRC32) or no key put elsewhere are forwarded (see
-:mod:`eddy.streams.engine`).
+:mod:`eddy.streams.engine.unit`).
 """
 
 from __future__ import annotations

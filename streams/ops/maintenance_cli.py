@@ -1,7 +1,7 @@
 """The maintenance commands of ``eddy``: the registry, the consumers, manual retrains.
 
 The registry commands read the registry topic into the local mirror first
-(:mod:`eddy.streams.registry_topic`), so they work from any machine with an empty
+(:mod:`eddy.streams.state.registry_topic`), so they work from any machine with an empty
 data directory; with Kafka unreachable they say so and show the mirror as it is.
 """
 
@@ -19,14 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from eddy.models.exceptions import EddyError
-from eddy.models.registry import ONLINE, Registry, RegistryError
-from eddy.streams.codec import make_event
+from eddy.models.maintain.registry import ONLINE, Registry, RegistryError
 from eddy.streams.exceptions import BrokerError
-from eddy.streams.kafka import start_producer
-from eddy.streams.keys import signing_key
-from eddy.streams.registry_topic import KafkaRegistry
+from eddy.streams.kafka.clients import start_producer
+from eddy.streams.kafka.topics import Topics, require_topics
 from eddy.streams.settings import KAFKA_SETTINGS, Settings, add_settings_arguments
-from eddy.streams.topics import Topics, require_topics
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.codec import make_event
+from eddy.streams.wire.keys import signing_key
 
 console = Console()
 log = logging.getLogger(__name__)

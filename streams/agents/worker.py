@@ -1,5 +1,5 @@
 """The worker: the partition agent, its followers, and an HTTP endpoint with Prometheus
-``/metrics`` and the live dashboard (:mod:`eddy.streams.dashboard`).
+``/metrics`` and the live dashboard (:mod:`eddy.streams.observe.dashboard`).
 
 :func:`run_worker` is what ``eddy worker`` and :meth:`eddy.App.run` run. On stop (or
 SIGTERM/SIGINT with ``handle_signals``) the agent finishes its batch, checkpoints
@@ -24,23 +24,23 @@ from eddy.models.prequential import StreamLearner
 from eddy.models.sealed import seal
 from eddy.streams.agents.followers import ChampionScorer, EventsFollower, RegistryFollower
 from eddy.streams.agents.partitions import WorkerAgent
-from eddy.streams.changelog import Changelog
-from eddy.streams.codec import now_ms
-from eddy.streams.dashboard import History, MetricsServer
-from eddy.streams.engine import EngineContext, Hooks, Out
-from eddy.streams.kafka import close_client, start_producer, watch_connectivity
-from eddy.streams.keys import signing_key, state_key
-from eddy.streams.metrics import (
+from eddy.streams.agents.replicas import ModelDirectory, ReplicaFollower, SnapshotPublisher
+from eddy.streams.engine.policy import Streams
+from eddy.streams.engine.unit import EngineContext, Hooks, Out
+from eddy.streams.kafka.clients import close_client, start_producer, watch_connectivity
+from eddy.streams.kafka.topics import Topics, wait_for_topics
+from eddy.streams.observe.dashboard import History, MetricsServer
+from eddy.streams.observe.metrics import (
     ConsumerMetrics,
     EngineMetrics,
     ModelEventMetrics,
     process_metrics,
 )
-from eddy.streams.policy import Streams
-from eddy.streams.registry_topic import KafkaRegistry
-from eddy.streams.replicas import ModelDirectory, ReplicaFollower, SnapshotPublisher
 from eddy.streams.settings import Settings
-from eddy.streams.topics import Topics, wait_for_topics
+from eddy.streams.state.changelog import Changelog
+from eddy.streams.state.registry_topic import KafkaRegistry
+from eddy.streams.wire.codec import now_ms
+from eddy.streams.wire.keys import signing_key, state_key
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ async def run_worker(
     registry = registry or CollectorRegistry()
     process_metrics(registry)
     topics = Topics(settings.topics.prefix)
-    # Agents hand over whole, closed batches (streams/sender.py): allow large ones, and
+    # Agents hand over whole, closed batches (streams/kafka/sender.py): allow large ones, and
     # send them at once (lingering cannot add records to a closed batch, only latency).
     producer = await start_producer(
         settings.kafka, "worker", linger_ms=0, max_batch_size=512 * 1024

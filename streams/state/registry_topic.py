@@ -1,11 +1,11 @@
 """The model registry on Kafka: versions, aliases, online snapshots and the maintenance
-log on one compacted topic; the local folder (:mod:`eddy.models.registry`) is a mirror
+log on one compacted topic; the local folder (:mod:`eddy.models.maintain.registry`) is a mirror
 that any machine rebuilds from it.
 
 Records of the registry topic (one partition, so one total order), by key:
 
 - ``a/<model>/<version>/<artifact>``: an artifact, as a chunked blob with a manifest
-  (:mod:`eddy.streams.chunks`: chunks checked by the manifest's SHA-256);
+  (:mod:`eddy.streams.state.chunks`: chunks checked by the manifest's SHA-256);
 - ``card/<model>/<version>``: the model card (JSON), which lists each artifact's
   SHA-256; a version exists once its card is there and its artifacts match it;
 - ``aliases/<model>``: ``{"aliases": {...}, "seq": n}``;
@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from eddy.models.registry import (
+from eddy.models.maintain.registry import (
     ONLINE,
     Registry,
     RegistryError,
@@ -45,9 +45,7 @@ from eddy.models.registry import (
     log_entry,
     utc_now,
 )
-from eddy.streams.chunks import chunk_size, send_blob
-from eddy.streams.codec import next_sequence
-from eddy.streams.kafka import (
+from eddy.streams.kafka.clients import (
     assign,
     close_client,
     end_offsets,
@@ -55,8 +53,10 @@ from eddy.streams.kafka import (
     start_consumer,
     start_producer,
 )
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.settings import KafkaConfig
-from eddy.streams.topics import Topics
+from eddy.streams.state.chunks import chunk_size, send_blob
+from eddy.streams.wire.codec import next_sequence
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class KafkaRegistry:
 async def seed_registry(settings: Any) -> int:
     """Publish the local mirror's versions, aliases and log to an empty registry topic
     (a memory-only embedded broker starts empty each time); returns the versions sent."""
-    from eddy.streams.keys import signing_key
+    from eddy.streams.wire.keys import signing_key
 
     root = settings.data_dir / "registry"
     local = Registry(root)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 
-from eddy.streams.metrics import EngineMetrics
+from eddy.streams.observe.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
 

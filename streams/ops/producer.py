@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from eddy.streams.codec import Label, Sample, encode_label, encode_sample, now_ms
-from eddy.streams.kafka import start_producer
+from eddy.streams.kafka.clients import start_producer
+from eddy.streams.kafka.topics import Topics, require_topics
 from eddy.streams.settings import KafkaConfig
-from eddy.streams.topics import Topics, require_topics
+from eddy.streams.wire.codec import Label, Sample, encode_label, encode_sample, now_ms
 
 # How many sends may be in flight before we wait for their acknowledgements.
 _IN_FLIGHT = 2000

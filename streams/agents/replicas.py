@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from eddy.models.learners import OnlineLearner, Prediction
 from eddy.models.prequential import StreamLearner
 from eddy.models.sealed import SealError, seal, unseal
-from eddy.streams.chunks import chunk_size, other_slot, send_blob
-from eddy.streams.kafka import assign, close_client, make_consumer
+from eddy.streams.kafka.clients import assign, close_client, make_consumer
 from eddy.streams.settings import KafkaConfig
+from eddy.streams.state.chunks import chunk_size, other_slot, send_blob
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from eddy.streams.exceptions import BrokerError
-from eddy.streams.kafka import assign
+from eddy.streams.kafka.clients import assign
 
 
 def chunk_size(max_message_bytes: int) -> int:

@@ -1,6 +1,6 @@
 """The ``eddy up`` command: broker, topics, supervised processes, live status, summary.
 
-See :mod:`eddy.streams.supervisor` for the supervision contract. ``--demo`` adds a
+See :mod:`eddy.streams.ops.supervisor` for the supervision contract. ``--demo`` adds a
 producer of a drifting synthetic stream with delayed labels; with
 ``--exit-when-done`` (what ``make demo`` runs) the command stops once every
 produced sample is learned or expired and the maintenance loop has answered
@@ -22,19 +22,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from eddy.models.registry import Registry
-from eddy.streams.broker import (
+from eddy.models.maintain.registry import Registry
+from eddy.streams.exceptions import BrokerError
+from eddy.streams.kafka.broker import (
     EmbeddedBroker,
     broker_file,
     find_running_broker,
     record_running_broker,
 )
-from eddy.streams.dashboard import Samples, sum_samples
-from eddy.streams.exceptions import BrokerError
-from eddy.streams.keys import SIGNING_KEY_FILE, create_key_file
-from eddy.streams.registry_topic import seed_registry
-from eddy.streams.settings import Settings
-from eddy.streams.supervisor import (
+from eddy.streams.kafka.topics import create_topics
+from eddy.streams.observe.dashboard import Samples, sum_samples
+from eddy.streams.ops.supervisor import (
     Child,
     ChildSpec,
     Supervisor,
@@ -46,7 +44,9 @@ from eddy.streams.supervisor import (
     stop_signals,
     write_status_file,
 )
-from eddy.streams.topics import create_topics
+from eddy.streams.settings import Settings
+from eddy.streams.state.registry_topic import seed_registry
+from eddy.streams.wire.keys import SIGNING_KEY_FILE, create_key_file
 
 DEFAULT_BASE_PORT = 9100
 

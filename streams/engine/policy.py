@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from eddy.models.prequential import StreamSpec
-from eddy.streams.codec import valid_stream_name
-from eddy.streams.partitioning import remember_name
+from eddy.streams.kafka.partitioning import remember_name
+from eddy.streams.wire.codec import valid_stream_name
 
 
 class Streams:

@@ -204,7 +204,7 @@ def _primary(s: Samples, name: str) -> dict[str, float]:
 
 def dashboard_page() -> bytes:
     """The page (HTML with its script inline: it must work with no network)."""
-    return resources.files("eddy.streams").joinpath("dashboard.html").read_bytes()
+    return resources.files("eddy.streams.observe").joinpath("dashboard.html").read_bytes()
 
 
 class MetricsServer:

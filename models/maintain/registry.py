@@ -10,7 +10,7 @@ Layout under the registry root (default ``eddy-data/registry``)::
     maintenance.jsonl              append-only: when, what, which version, why, result
 
 This is the *local* side. In a running system the registry's truth is a compacted
-Kafka topic (:mod:`eddy.streams.registry_topic`), and these files are its mirror,
+Kafka topic (:mod:`eddy.streams.state.registry_topic`), and these files are its mirror,
 which any machine can rebuild from Kafka.
 
 A version appears whole or not at all: it is written into a hidden temporary

@@ -1,4 +1,4 @@
-"""Exporting a :class:`~eddy.models.batch.BatchModel` to ONNX, and quantizing it to int8.
+"""Exporting a :class:`~eddy.models.maintain.batch.BatchModel` to ONNX, and quantizing it to int8.
 
 The ONNX graph takes raw features (in the model's ``feature_names`` order) and
 returns class probabilities (classification) or the value (regression):
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eddy.models.batch import BatchModel
+from eddy.models.maintain.batch import BatchModel
 
 INPUT = "features"
 OUTPUT = "output"

@@ -3,7 +3,7 @@
 :class:`FeatureMonitor` watches every feature of the samples a stream sees (and the
 model's predictions for them) and reports a :class:`FeatureDrift` when the recent
 distribution differs from a reference one. It needs no label, so it speaks as soon
-as the inputs change, long before the error-based :mod:`eddy.models.drift` can.
+as the inputs change, long before the error-based :mod:`eddy.models.monitor.drift` can.
 
 How it works
 ------------

@@ -1,7 +1,7 @@
 """Hyperparameter search for the batch model: Optuna TPE, scored by contiguous-fold CV.
 
-Each trial trains :func:`~eddy.models.batch.train` on the same contiguous folds as
-:func:`~eddy.models.batch.cross_validate` and is scored by the mean fold score
+Each trial trains :func:`~eddy.models.maintain.batch.train` on the same contiguous folds as
+:func:`~eddy.models.maintain.batch.cross_validate` and is scored by the mean fold score
 (accuracy, or negative MAE for regression: higher is better). After each fold the
 running mean is reported to a median pruner, which stops trials that trail the
 others at the same fold. The study is in memory and single-threaded; with the same
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from eddy.models.batch import BatchModel, TrainingError, TrainParams, score, train
+from eddy.models.maintain.batch import BatchModel, TrainingError, TrainParams, score, train
 
 MIN_TRAIN_EXAMPLES = 20  # what batch.train needs
 
@@ -138,7 +138,8 @@ class TrialRecord:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The outcome of :func:`search`; ``best`` is ready for :func:`~eddy.models.batch.train`."""
+    """The outcome of :func:`search`; ``best`` is ready for
+    :func:`~eddy.models.maintain.batch.train`."""
 
     space: SearchSpace
     metric: str  # "accuracy", or "neg_mae" for regression (higher is better)
@@ -188,7 +189,8 @@ class SearchResult:
 
 
 def fold_bounds(n: int, folds: int) -> list[tuple[int, int]]:
-    """The contiguous test folds of :func:`~eddy.models.batch.cross_validate`, as (start, end)."""
+    """The contiguous test folds of :func:`~eddy.models.maintain.batch.cross_validate`,
+    as (start, end)."""
     return list(itertools.pairwise(int(b) for b in np.linspace(0, n, folds + 1, dtype=int)))
 
 
@@ -223,12 +225,12 @@ def search(
     Hyperparameters outside the space (batch size, patience, validation, seed) come
     from ``base``. With ``try_base``, the first trial evaluates ``base`` itself when the
     space can express it, so the best score is at least the fixed config's CV score.
-    ``warm_start`` is passed to :func:`~eddy.models.batch.train`: trials whose hidden
+    ``warm_start`` is passed to :func:`~eddy.models.maintain.batch.train`: trials whose hidden
     layers match its network fine-tune it, the others train from scratch. The median
     pruner judges a trial only after ``startup_trials`` trials have finished.
 
     A trial that raises is recorded as failed and the search goes on. Raises
-    :class:`~eddy.models.batch.TrainingError` when there are too few examples for
+    :class:`~eddy.models.maintain.batch.TrainingError` when there are too few examples for
     ``folds`` or when no trial completes; :class:`ValueError` for bad arguments.
     """
     import optuna

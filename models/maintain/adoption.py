@@ -1,6 +1,6 @@
 """Letting the online learner continue from a promoted batch model, where the families match.
 
-A promoted champion is a :class:`~eddy.models.batch.BatchModel` (an MLP with fixed
+A promoted champion is a :class:`~eddy.models.maintain.batch.BatchModel` (an MLP with fixed
 standardization). The online PyTorch learner can take its weights when the
 layer shapes match (``EDDY_RETRAIN_HIDDEN`` equal to the online model's hidden
 layer, or both linear): it then keeps learning from them online. River models
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from eddy.models.batch import BatchModel
 from eddy.models.learners import OnlineLearner
+from eddy.models.maintain.batch import BatchModel
 from eddy.models.torch_learner import TorchLearner
 
 # Running statistics are seeded from the batch model's as if it had seen this many.

@@ -33,14 +33,16 @@ from rich.table import Table
 
 from eddy.models.exceptions import EddyError
 from eddy.models.learners import CATALOGUE
-from eddy.streams import maintenance_cli, sources, up
-from eddy.streams.broker import (
+from eddy.streams.kafka.broker import (
     EmbeddedBroker,
     broker_file,
     find_running_broker,
     record_running_broker,
 )
-from eddy.streams.producer import ProduceOptions, ProduceReport, produce
+from eddy.streams.kafka.topics import Topics, create_topics, topic_sizes
+from eddy.streams.ops import maintenance_cli, sources, up
+from eddy.streams.ops.producer import ProduceOptions, ProduceReport, produce
+from eddy.streams.ops.supervisor import stop_signals
 from eddy.streams.settings import (
     KAFKA_SETTINGS,
     Settings,
@@ -50,8 +52,6 @@ from eddy.streams.settings import (
     setting_names,
     settings_reference,
 )
-from eddy.streams.supervisor import stop_signals
-from eddy.streams.topics import Topics, create_topics, topic_sizes
 
 # `eddy serve`'s own flags beyond KAFKA_SETTINGS: its [serving] table, the metrics endpoint,
 # and the bounds it shares with the worker.
@@ -408,8 +408,8 @@ def _print_report(report: ProduceReport) -> None:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run the worker until SIGTERM or Ctrl-C; it checkpoints and leaves cleanly."""
+    from eddy.streams.agents.worker import run_worker
     from eddy.streams.app import App
-    from eddy.streams.worker import run_worker
 
     app = App.from_settings(settings)  # loads the streams' models (and torch) now
     _freeze_heap()
@@ -459,7 +459,7 @@ def cmd_catalogue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    """Run eddy's processes supervised; see :mod:`eddy.streams.up`."""
+    """Run eddy's processes supervised; see :mod:`eddy.streams.ops.up`."""
     return up.cmd_up(args, settings, console)
 
 

@@ -3,7 +3,7 @@
 A worker partition's state (join buffer, stream learners, feature monitors, dedup
 ids, input offsets) is sealed (pickled, compressed, HMAC-authenticated: see
 :mod:`eddy.models.sealed`) and sent to partition ``p`` of the changelog topic in
-chunks with a manifest (:mod:`eddy.streams.chunks`), so whichever machine is
+chunks with a manifest (:mod:`eddy.streams.state.chunks`), so whichever machine is
 assigned partition ``p`` next restores it from Kafka. A copy goes to
 ``<data dir>/checkpoints/<group>/p<p>.ckpt``; on restore the copy is used when it is
 the checkpoint the changelog's last manifest names (same SHA-256), which saves
@@ -29,10 +29,16 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from eddy.models import checkpoint
 from eddy.models.sealed import SealError, seal_pickled, unseal
-from eddy.streams.chunks import chunk_size, fetch_blob, latest_manifests, other_slot, send_blob
 from eddy.streams.exceptions import BrokerError
-from eddy.streams.kafka import close_client, end_offsets, make_consumer
+from eddy.streams.kafka.clients import close_client, end_offsets, make_consumer
 from eddy.streams.settings import KafkaConfig
+from eddy.streams.state.chunks import (
+    chunk_size,
+    fetch_blob,
+    latest_manifests,
+    other_slot,
+    send_blob,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """Making a trained batch model smaller, and choosing the variant by measurement.
 
-Three ways to shrink a :class:`~eddy.models.batch.BatchModel` (the *teacher*):
+Three ways to shrink a :class:`~eddy.models.maintain.batch.BatchModel` (the *teacher*):
 
 * :func:`distill` trains a smaller *student* network on the teacher's outputs;
 * :func:`prune_structured` removes whole hidden units (a narrower dense network,
-  which ONNX Runtime runs faster; :func:`eddy.models.export.prune` is the
+  which ONNX Runtime runs faster; :func:`eddy.models.maintain.export.prune` is the
   unstructured option, which zeroes weights but keeps every matrix its size);
-* int8 dynamic quantization (:func:`eddy.models.export.quantize_int8`).
+* int8 dynamic quantization (:func:`eddy.models.maintain.export.quantize_int8`).
 
 :func:`compress` builds the variants, measures each on held-out examples with
 ONNX Runtime (size, accuracy or MAE, batch-1 latency, batch-256 throughput) and
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from eddy.models.batch import BatchModel, TrainParams, _network
-from eddy.models.export import (
+from eddy.models.maintain.batch import BatchModel, TrainParams, _network
+from eddy.models.maintain.export import (
     _interleaved_latency,
     prune,
     quantize_int8,
@@ -41,7 +41,7 @@ FP32_BYTES_PER_PARAM = 4
 
 
 def parameter_count(n_features: int, hidden: tuple[int, ...], n_outputs: int) -> int:
-    """Weights and biases of the network :mod:`eddy.models.batch` builds for this shape."""
+    """Weights and biases of the network :mod:`eddy.models.maintain.batch` builds for this shape."""
     widths = [n_features, *hidden, n_outputs]
     return sum(a * b + b for a, b in itertools.pairwise(widths))
 
@@ -156,7 +156,7 @@ def distill(
     ``matrix`` holds raw feature rows in the teacher's feature order (the
     retraining window); no labels are needed. The student keeps the teacher's
     features, standardization and classes, so it predicts, saves and exports
-    (:func:`eddy.models.export.to_onnx`) like any batch model. It trains for
+    (:func:`eddy.models.maintain.export.to_onnx`) like any batch model. It trains for
     exactly ``epochs`` epochs (``params.patience`` is 0). The global torch RNG is
     left as it was.
     """
@@ -210,7 +210,10 @@ def prune_structured(model: BatchModel, fraction: float) -> BatchModel:
         raise ValueError(msg)
     linears = [m for m in model.net if isinstance(m, nn.Linear)]
     if len(linears) != len(model.params.hidden) + 1:
-        msg = "prune_structured needs a network built by eddy.models.batch (Linear/ReLU layers)"
+        msg = (
+            "prune_structured needs a network built by eddy.models.maintain.batch "
+            "(Linear/ReLU layers)"
+        )
         raise ValueError(msg)
     tensors = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in linears]
     hidden = []
@@ -408,7 +411,7 @@ def compress(
     ``ladder`` the teacher structurally pruned by that fraction, fine-tuned for
     ``fine_tune_epochs`` epochs on the teacher's outputs, in int8; with
     ``magnitude``, also the teacher magnitude-pruned by each fraction of
-    ``magnitude_ladder`` (default: ``ladder``; :func:`eddy.models.export.prune`, no
+    ``magnitude_ladder`` (default: ``ladder``; :func:`eddy.models.maintain.export.prune`, no
     fine-tuning) in int8. ``with_student`` False leaves the student out (no distillation).
 
     Each is measured with ONNX Runtime on the holdout. An int8 variant passes the

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics of every process and the worker's live dashboard."""
