@@ -25,9 +25,9 @@ import numpy as np
 from river import datasets, linear_model, optim, preprocessing
 from river.datasets import synth
 
+from eddy.models.catalogue import CATALOGUE
 from eddy.models.columns import columns_of
 from eddy.models.kernels import LEARN, PREDICT, compile_river
-from eddy.models.learners import CATALOGUE
 
 
 def cycle(dataset: Any, n: int) -> list[tuple[dict, Any]]:

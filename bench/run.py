@@ -47,9 +47,10 @@ from eddy.models.maintain.batch import TrainParams, train, vectorize
 from eddy.models.maintain.export import compare_int8, quantize_int8, to_onnx
 from eddy.streams.agents.worker import Worker
 from eddy.streams.app import App
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.broker import EmbeddedBroker
 from eddy.streams.kafka.clients import end_offsets, make_consumer, read_records
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.ops.supervisor import eddy_argv

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.streams.app import App
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.broker import EmbeddedBroker
-from eddy.streams.kafka.topics import create_topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.ops.supervisor import eddy_argv

@@ -22,8 +22,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eddy.streams.agents.worker import Worker, run_worker
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.broker import EmbeddedBroker
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.settings import Settings

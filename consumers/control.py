@@ -35,9 +35,11 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from eddy.streams.kafka.admin import wait_for_topics
 from eddy.streams.kafka.clients import close_client, getmany_until, make_consumer
-from eddy.streams.kafka.topics import Topics, wait_for_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.observe.metrics import ControlMetrics, EngineMetrics
+from eddy.streams.records import Record
 from eddy.streams.settings import Settings
 from eddy.streams.state.registry_topic import KafkaRegistry
 from eddy.streams.wire.codec import (
@@ -187,7 +189,7 @@ class ControlConsumer(ABC):
         except DecodeError as ex:
             handled.labels(self.name, "unknown", ex.reason).inc()
             if self.dead_letters:
-                await self.dlq.send(record, ex)
+                await self.dlq.send(Record.of(record), ex)
             else:
                 log.debug("%s: skipping a control event: %s", self.name, ex)
             return

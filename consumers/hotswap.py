@@ -139,8 +139,11 @@ class HotSwapClient:
         return served.version if served else None
 
     def current(self, kind: Kind | None = None) -> Served | None:
-        """The loaded model of ``kind`` (default: the one served), read once: what a
-        caller predicts with and the version it reports stay together across a swap."""
+        """The loaded model of ``kind``, read once.
+
+        The loaded model of ``kind`` (default: the one served), read once: what a
+        caller predicts with and the version it reports stay together across a swap.
+        """
         return self._models.get(kind or self.serving)
 
     def predict(self, rows: Sequence[dict[str, Any] | list[float]]) -> list[Any]:
@@ -173,8 +176,11 @@ class HotSwapClient:
         return "multiclass"
 
     async def start(self) -> None:
-        """Read the registry, load what it says to serve, and follow it (a shared
-        registry is its owner's to read and follow)."""
+        """Load what the registry says to serve, and follow it.
+
+        Read the registry, load what it says to serve, and follow it (a shared
+        registry is its owner's to read and follow).
+        """
         if not self._shared:
             await self.registry.sync()
         await asyncio.to_thread(self._refresh)

@@ -21,7 +21,8 @@ only in eddy's own entry points (the ``eddy`` command).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from eddy.models.learners import TorchModel, register_model
+from eddy.models.catalogue import register_model
+from eddy.models.learners import TorchModel
 from eddy.models.prequential import StreamSpec
 from eddy.streams.app import App
 from eddy.streams.settings import (

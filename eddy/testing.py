@@ -24,38 +24,29 @@ keeps every record a worker would produce. :func:`replay` sends a dataset as Riv
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
 
 from eddy.models.prequential import StreamLearner
-from eddy.streams.agents.replicas import ModelDirectory
 from eddy.streams.app import App
+from eddy.streams.engine.checkpoint import Checkpoint
+from eddy.streams.engine.context import EngineConfig, EngineRuntime, Out, Outputs
+from eddy.streams.engine.directory import ModelDirectory
 from eddy.streams.engine.merge import InputMerger
-from eddy.streams.engine.unit import EngineContext, Out, Unit
+from eddy.streams.engine.unit import Unit
 from eddy.streams.kafka.partitioning import partition_of
 from eddy.streams.kafka.topics import Topics
 from eddy.streams.observe.metrics import EngineMetrics
+from eddy.streams.records import Record
+from eddy.streams.state.store import MemoryStore
 from eddy.streams.wire.codec import Label, Sample, encode_label, encode_sample
 
 __all__ = ["Record", "TestRun", "replay"]
-
-
-@dataclass(frozen=True)
-class Record:
-    """An in-memory Kafka record (what the engine consumes and produces)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class TestRun:
@@ -74,19 +65,31 @@ class TestRun:
         policy = app.policy()
         self.directory = ModelDirectory(lambda s: StreamLearner(s, policy.spec(s)))
         # The harness's own partition count: a run may split what the settings do not.
-        self.ctx = EngineContext.from_settings(
-            settings.with_overrides({"partitions": partitions}),
-            policy,
-            self.directory,
-            self.metrics,
-            hooks=app.hooks,
+        self.config = EngineConfig.of(
+            settings.kafka,
+            self.topics,
+            partitions,
+            settings.join,
+            settings.learning,
+            settings.state,
         )
-        self.units = {p: Unit(Unit.new_state(p, self.ctx), self.ctx) for p in range(partitions)}
-        inputs = [self.topics.labels, self.topics.samples, self.topics.repartition]
-        self._mergers = {p: InputMerger(inputs) for p in range(partitions)}
+        self.runtime = EngineRuntime(policy, self.directory, self.metrics, hooks=app.hooks)
+        self.store = MemoryStore()
+        self._inputs = [self.topics.labels, self.topics.samples, self.topics.repartition]
+        self.units = {p: self._unit(p, None) for p in range(partitions)}
+        self._mergers = {p: InputMerger(self._inputs) for p in range(partitions)}
         self._clock = itertools.count(start_ms)
-        self._offsets: dict[tuple[str, int], int] = {}
+        # Every record sent, per (topic, partition), by offset: the run's "broker".
+        self._log: dict[tuple[str, int], list[Record]] = {}
         self.produced: list[Out] = []
+
+    def _unit(self, partition: int, checkpoint: Checkpoint | None) -> Unit:
+        if checkpoint is None:
+            return Unit(Unit.new_state(partition, self.config), self.config, self.runtime)
+        state = checkpoint.state
+        for learner in state.learners.values():
+            learner.bind(self.runtime.policy.spec(learner.stream))
+        return Unit(state, self.config, self.runtime)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -103,7 +106,8 @@ class TestRun:
 
         ``ts`` is the event time, written into the event; without it the sample has no
         ``ts`` and its record gets the next tick of the run's logical clock (which is
-        then its event time)."""
+        then its event time).
+        """
         value = encode_sample(Sample(id, features, ts, label, stream))
         self.send(self.topics.samples, value, id.encode(), partition, ts)
 
@@ -122,20 +126,22 @@ class TestRun:
         partition: int | None = None,
         ts: int | None = None,
     ) -> None:
-        """Send raw bytes to one of the app's input topics (fuzzing, bad events);
-        ``ts`` is the record's timestamp (default: the next tick of the logical clock)."""
+        """Send raw bytes to one of the app's input topics (fuzzing, bad events).
+
+        Send raw bytes to one of the app's input topics (fuzzing, bad events);
+        ``ts`` is the record's timestamp (default: the next tick of the logical clock).
+        """
         if partition is None:
             partition = partition_of(key.decode(errors="replace"), self.partitions) if key else 0
         stamp = next(self._clock) if ts is None else ts
-        offset = self._next_offset(topic, partition)
-        self._deliver(Record(topic, partition, offset, stamp, key, value))
-
-    def _next_offset(self, topic: str, partition: int) -> int:
-        offset = self._offsets.get((topic, partition), 0)
-        self._offsets[(topic, partition)] = offset + 1
-        return offset
+        log = self._log.setdefault((topic, partition), [])
+        self._deliver(Record(topic, partition, len(log), stamp, key, value))
 
     def _deliver(self, record: Record) -> None:
+        self._log.setdefault((record.topic, record.partition), []).append(record)
+        self._fetch(record)
+
+    def _fetch(self, record: Record) -> None:
         unit = self.units[record.partition]
         self._mergers[record.partition].add(record.topic, unit.timed(record.topic, [record]))
 
@@ -147,41 +153,69 @@ class TestRun:
             for p, merger in self._mergers.items():
                 ready = merger.take(lambda topic, since: True)  # all sent is all there is
                 if ready:
-                    self.units[p].process(ready)
-            self._collect()
+                    self._collect(self.units[p].process(ready))
 
     def flush_learners(self) -> None:
         """Learn what mini-batch learners still collect (at the end of a run)."""
         for unit in self.units.values():
-            unit.flush_learners()
-        self._collect()
+            self._collect(unit.flush_learners())
+
+    def checkpoint(self) -> None:
+        """Checkpoint every partition, as a worker does.
+
+        Checkpoint every partition (to :attr:`store`), as a worker does: what was
+        processed, with the offsets it reflects.
+        """
+        for p, unit in self.units.items():
+            self._collect(unit.flush())
+            saved = Checkpoint(unit.state, generation=1)
+            asyncio.run(self.store.write(p, asyncio.run(self.store.snapshot(saved)), 1))
+
+    def crash(self) -> None:
+        """Crash every partition and restore it from its last checkpoint.
+
+        Lose every partition's memory and restore it from its last :meth:`checkpoint`
+        (or from nothing), then read each input again from the restored offsets, as a
+        worker restarted after a kill -9 does. What was produced since stays produced
+        (outputs are at-least-once).
+        """
+        for p, unit in self.units.items():
+            unit.release()
+            restored = asyncio.run(self.store.assign(p))
+            self.units[p] = self._unit(p, None if restored is None else restored.checkpoint)
+            self._mergers[p] = InputMerger(self._inputs)
+        for (topic, p), records in self._log.items():
+            start = self.units[p].state.offsets.get(topic, 0)
+            for record in records[start:]:
+                self._fetch(record)
 
     def expire(self, label_clock_ms: int | None = None, sample_clock_ms: int | None = None) -> None:
-        """Let the join expire what waited longer than the TTL by the given clocks
-        (default: the logical clock now)."""
+        """Let the join expire what waited longer than the TTL.
+
+        Let the join expire what waited longer than the TTL by the given clocks
+        (default: the logical clock now).
+        """
         now = next(self._clock)
+        clocks = {
+            "labels": now if label_clock_ms is None else label_clock_ms,
+            "samples": now if sample_clock_ms is None else sample_clock_ms,
+        }
         for unit in self.units.values():
-            unit.on_idle(
-                {
-                    "labels": now if label_clock_ms is None else label_clock_ms,
-                    "samples": now if sample_clock_ms is None else sample_clock_ms,
-                }
-            )
-        self._collect()
+            self._collect(unit.on_idle(clocks))
         self.process()
 
-    def _collect(self) -> None:
-        out, self.ctx.out = self.ctx.out, []
-        for record in out:
+    def _collect(self, outputs: Outputs) -> None:
+        for record in outputs.records():
             if record.topic == self.topics.repartition:
                 stamp = (
                     record.timestamp_ms if record.timestamp_ms is not None else next(self._clock)
                 )
+                offset = len(self._log.get((record.topic, record.partition), ()))
                 self._deliver(
                     Record(
                         record.topic,
                         record.partition,
-                        self._next_offset(record.topic, record.partition),
+                        offset,
                         stamp,
                         record.key,
                         record.value,
@@ -244,9 +278,12 @@ def replay(
     partitions: int = 1,
     inline: bool = False,
 ) -> TestRun:
-    """Send ``dataset`` as River's ``stream.simulate_qa(dataset, moment=None,
+    """Send a dataset as River's ``stream.simulate_qa`` orders it, and process it.
+
+    Send ``dataset`` as River's ``stream.simulate_qa(dataset, moment=None,
     delay=delay)`` orders it: each sample, and each label ``delay`` samples later (at
-    once when ``inline``); process it all; return the run."""
+    once when ``inline``); process it all; return the run.
+    """
     from river import stream as river_stream
 
     run = TestRun(app, partitions)

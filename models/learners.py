@@ -1,11 +1,10 @@
-"""Online learners behind one interface: River estimators and pipelines, eddy's PyTorch
-mini-batch learner, and the catalogue of named models.
+"""Online learners behind one interface: what a stream's learner is, and the River
+learner with its guard.
 
-A model is given as a River estimator or pipeline (cloned per stream), a
-:class:`~eddy.models.torch_learner.TorchModel` (a PyTorch module factory with its
-optimizer and loss), or the name of a catalogue entry; :func:`make_learner` turns any
-of them into an :class:`OnlineLearner` for one stream. The catalogue's entries are
-factories registered with :func:`register_model`, the same way users may add theirs.
+:class:`OnlineLearner` is what the rest of eddy asks of a model; :class:`RiverLearner`
+runs a River estimator or pipeline behind it, :class:`~eddy.models.torch_learner.TorchLearner`
+a PyTorch model described by a :class:`TorchModel`. Which one a stream gets, and the
+catalogue of named models, is :mod:`eddy.models.catalogue`.
 
 The guard: an example whose learning raises, or that leaves the model predicting
 non-finite values, is refused (returned as :class:`Refused` with a reason code) and the
@@ -25,10 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
-
-from river import base, compose, forest, linear_model, optim, preprocessing, tree
-
-from eddy.models.exceptions import ModelConfigError
 
 Features = dict[Any, Any] | list[float]
 
@@ -297,30 +292,6 @@ class RiverLearner:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """A catalogue entry: a factory of model objects for a task."""
-
-    name: str
-    tasks: tuple[str, ...]
-    description: str
-    factory: Callable[[str], Any]  # task -> River estimator or TorchModel
-
-
-CATALOGUE: dict[str, ModelSpec] = {}
-
-
-def register_model(
-    name: str, factory: Callable[[str], Any], tasks: Sequence[str], description: str
-) -> None:
-    """Add a named model to the catalogue (what ``model="name"`` and ``EDDY_MODEL`` use).
-
-    ``factory(task)`` returns a River estimator or pipeline, or a
-    :class:`~eddy.models.torch_learner.TorchModel`.
-    """
-    CATALOGUE[name] = ModelSpec(name, tuple(tasks), description, factory)
-
-
-@dataclass(frozen=True)
 class TorchModel:
     """A PyTorch model for a stream, learned by mini-batch SGD on standardized features.
 
@@ -344,155 +315,3 @@ class TorchModel:
     weight_decay: float = 0.0
     seed: int = 42
     classes: tuple[Any, ...] | None = None
-
-
-def make_learner(model: Any, task: str, batch_size: int = 256) -> OnlineLearner:
-    """An :class:`OnlineLearner` for one stream from a catalogue name, a River estimator
-    or pipeline (cloned: each stream learns its own), or a :class:`TorchModel`.
-
-    Errors say what is allowed.
-    """
-    if isinstance(model, str):
-        spec = CATALOGUE.get(model)
-        if spec is None:
-            msg = f"unknown model {model!r}; known: {', '.join(CATALOGUE)} (see `eddy catalogue`)"
-            raise ModelConfigError(msg)
-        if task not in spec.tasks:
-            msg = (
-                f"model {model!r} does {', '.join(spec.tasks)}, not {task!r}: set the stream's "
-                "task (--task, EDDY_TASK, or task in its [streams.<name>] table)"
-            )
-            raise ModelConfigError(msg)
-        model = spec.factory(task)
-    if isinstance(model, TorchModel):
-        from eddy.models.torch_learner import TorchLearner  # torch loads only when used
-
-        return TorchLearner(task, model, batch_size)
-    if isinstance(model, base.Estimator):
-        _check_river_task(model, task)
-        return RiverLearner(task, model.clone())
-    msg = (
-        f"a model must be a catalogue name, a River estimator or pipeline, or an "
-        f"eddy.TorchModel; got {type(model).__name__}"
-    )
-    raise ModelConfigError(msg)
-
-
-def describe(model: Any) -> str:
-    """A short name of a model for logs, metrics and cards."""
-    if isinstance(model, str):
-        return model
-    if isinstance(model, base.Estimator):
-        return str(model).replace("\n", " ")[:120]
-    return type(model).__name__
-
-
-def _check_river_task(model: base.Estimator, task: str) -> None:
-    # A River pipeline is an instance of its last step's kind.
-    if task == "regression" and not isinstance(model, base.Regressor):
-        msg = f"task regression needs a River regressor; {describe(model)} is not one"
-        raise ModelConfigError(msg)
-    if task != "regression" and not isinstance(model, base.Classifier):
-        msg = f"task {task} needs a River classifier; {describe(model)} is not one"
-        raise ModelConfigError(msg)
-    if task == "multiclass" and not getattr(model, "_multiclass", True):
-        msg = f"{describe(model)} learns two classes only; use task binary or a multiclass model"
-        raise ModelConfigError(msg)
-
-
-# -- the catalogue -------------------------------------------------------------------------------
-
-
-def _numbers_and_categories(numeric: Any) -> Any:
-    """``numeric`` on the number features, one-hot on the text ones; on numbers-only
-    data it computes exactly what ``numeric`` alone does."""
-    return compose.TransformerUnion(
-        compose.SelectType(int, float) | numeric,
-        compose.SelectType(str) | preprocessing.OneHotEncoder(),
-    )
-
-
-def _register_catalogue() -> None:
-    lr = 0.01
-    entries: list[tuple[str, tuple[str, ...], str, Callable[[str], Any]]] = [
-        (
-            "logreg",
-            ("binary",),
-            "River LogisticRegression, raw features (SGD, lr 0.01); numbers only",
-            lambda task: linear_model.LogisticRegression(optimizer=optim.SGD(lr)),
-        ),
-        (
-            "scaled-logreg",
-            ("binary",),
-            "River StandardScaler | LogisticRegression; text features one-hot encoded",
-            lambda task: (
-                _numbers_and_categories(preprocessing.StandardScaler())
-                | linear_model.LogisticRegression(optimizer=optim.SGD(lr))
-            ),
-        ),
-        (
-            "softmax",
-            ("binary", "multiclass"),
-            "River StandardScaler | SoftmaxRegression; text features one-hot encoded",
-            lambda task: (
-                _numbers_and_categories(preprocessing.StandardScaler())
-                | linear_model.SoftmaxRegression(optimizer=optim.SGD(lr))
-            ),
-        ),
-        (
-            "hoeffding",
-            ("binary", "multiclass"),
-            "River HoeffdingTreeClassifier (numbers and text natively)",
-            lambda task: tree.HoeffdingTreeClassifier(grace_period=200),
-        ),
-        (
-            "hat",
-            ("binary", "multiclass"),
-            "River HoeffdingAdaptiveTreeClassifier",
-            lambda task: tree.HoeffdingAdaptiveTreeClassifier(seed=42),
-        ),
-        (
-            "arf",
-            ("binary", "multiclass"),
-            "River ARFClassifier (10 trees)",
-            lambda task: forest.ARFClassifier(n_models=10, seed=42),
-        ),
-        (
-            "linreg",
-            ("regression",),
-            "River LinearRegression, raw features (SGD, lr 0.01); numbers only",
-            lambda task: linear_model.LinearRegression(optimizer=optim.SGD(lr)),
-        ),
-        (
-            "scaled-linreg",
-            ("regression",),
-            "River StandardScaler | LinearRegression; text features one-hot encoded",
-            lambda task: (
-                _numbers_and_categories(preprocessing.StandardScaler())
-                | linear_model.LinearRegression(optimizer=optim.SGD(lr))
-            ),
-        ),
-        (
-            "hoeffding-reg",
-            ("regression",),
-            "River HoeffdingTreeRegressor",
-            lambda task: tree.HoeffdingTreeRegressor(),
-        ),
-        (
-            "torch-linear",
-            ("binary", "multiclass", "regression"),
-            "PyTorch linear model, mini-batch SGD on standardized features (text one-hot)",
-            lambda task: TorchModel(hidden=0),
-        ),
-        (
-            "torch-mlp",
-            ("binary", "multiclass", "regression"),
-            "PyTorch MLP (one hidden layer of 32), mini-batch SGD (text one-hot)",
-            lambda task: TorchModel(hidden=32),
-        ),
-    ]
-    for name, tasks, description, factory in entries:
-        register_model(name, factory, tasks, description)
-
-
-_register_catalogue()

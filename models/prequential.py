@@ -20,16 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from eddy.models.catalogue import describe, make_learner
 from eddy.models.exceptions import ModelConfigError
-from eddy.models.learners import (
-    Features,
-    OnlineLearner,
-    Prediction,
-    Refused,
-    TorchModel,
-    describe,
-    make_learner,
-)
+from eddy.models.learners import Features, OnlineLearner, Prediction, Refused, TorchModel
 from eddy.models.metrics import PrequentialMetrics, metric_names
 from eddy.models.monitor.drift import DriftMonitor, DriftSignal
 

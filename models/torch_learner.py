@@ -29,14 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eddy.models.learners import (
-    LEARN_ERROR,
-    NON_FINITE,
-    Features,
-    Prediction,
-    Refused,
-    TorchModel,
-)
+from eddy.models.learners import LEARN_ERROR, NON_FINITE, Features, Prediction, Refused, TorchModel
 
 
 def encode_value(name: Any, value: Any) -> tuple[Any, float]:

@@ -1,4 +1,6 @@
-"""eddy's Python API: an :class:`App` with model streams, the thing ``eddy worker`` and
+"""eddy's Python API: an :class:`App` with model streams.
+
+eddy's Python API: an :class:`App` with model streams, the thing ``eddy worker`` and
 ``eddy up`` build from their settings and config file.
 
 Streams are declared with :meth:`App.stream`: a River estimator or pipeline (cloned per
@@ -14,36 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import pickle
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from eddy.models.catalogue import CATALOGUE, describe, make_learner
 from eddy.models.exceptions import ModelConfigError
-from eddy.models.learners import CATALOGUE, describe, make_learner
 from eddy.models.prequential import StreamSpec
+from eddy.streams.engine.context import Hooks
 from eddy.streams.engine.policy import Streams
-from eddy.streams.engine.unit import Hooks
 from eddy.streams.exceptions import ConfigError
 from eddy.streams.settings import KafkaConfig, Settings
 from eddy.streams.wire.codec import valid_stream_name
-
-# Per-stream settings a [streams.<name>] table (or App.stream) may give.
-STREAM_KEYS = (
-    "model",
-    "task",
-    "detector",
-    "metrics",
-    "drift_min_examples",
-    "drift_cooldown",
-    "metrics_window",
-    "batch_size",
-    "score_at_label_time",
-    "feature_drift",
-    "feature_drift_retrain",
-)
 
 
 @dataclass
@@ -81,19 +69,111 @@ class App:
 
     # -- declaring ---------------------------------------------------------------------------
 
-    def stream(self, name: str, **options: Any) -> StreamSpec:
-        """Declare stream ``name``; ``options`` are :data:`STREAM_KEYS` (``model``,
-        ``task``, ``detector``, ``metrics``…), the rest from the learning defaults.
+    def stream(
+        self,
+        name: str,
+        *,
+        model: Any = None,
+        task: str | None = None,
+        detector: Any = None,
+        metrics: Sequence[str] | None = None,
+        drift_min_examples: int | None = None,
+        drift_cooldown: int | None = None,
+        metrics_window: int | None = None,
+        batch_size: int | None = None,
+        score_at_label_time: bool | None = None,
+        feature_drift: bool | None = None,
+        feature_drift_retrain: bool | None = None,
+    ) -> StreamSpec:
+        """Declare a model stream.
 
-        The model is checked now: a bad name, a task it cannot do, or a model eddy
-        cannot checkpoint (it is pickled) is an error here, not mid-stream.
+        Samples whose ``stream`` is ``name`` are predicted and learned by ``model``.
+        Declared streams are an allow-list: samples of other streams are dead-lettered
+        (``unknown_stream``). Every option left out (``None``) takes the learning
+        settings' value (``EDDY_MODEL``, ``EDDY_TASK``…).
+
+        Parameters
+        ----------
+        name
+            The stream's name: 1-128 letters, digits, ``.``, ``_`` or ``-``.
+        model
+            A River estimator or pipeline (cloned: the stream learns its own copy), an
+            :class:`~eddy.models.learners.TorchModel`, or a catalogue name
+            (``eddy catalogue``; :func:`~eddy.models.catalogue.register_model` adds
+            yours). ``EDDY_MODEL`` when left out.
+        task
+            ``"binary"``, ``"multiclass"`` or ``"regression"`` (``EDDY_TASK``).
+        detector
+            A River drift detector with your thresholds (``drift.ADWIN(delta=0.001)``),
+            or ``"adwin"``, ``"page_hinkley"``, ``"kswin"``, ``"ddm"``
+            (``EDDY_DETECTOR``).
+        metrics
+            The task's metrics to keep (``accuracy``, ``f1``, ``log_loss``,
+            ``roc_auc``; ``mae``, ``rmse``, ``r2``); all of them when left out.
+        drift_min_examples
+            Examples learned before drift can be signalled (``EDDY_DRIFT_MIN_EXAMPLES``).
+        drift_cooldown
+            Examples after a drift during which no new one is signalled
+            (``EDDY_DRIFT_COOLDOWN``).
+        metrics_window
+            Window of the rolling metrics (``EDDY_METRICS_WINDOW``).
+        batch_size
+            Mini-batch size of PyTorch models (``EDDY_BATCH_SIZE``).
+        score_at_label_time
+            Also score the model as it is when each label comes: the "labels at once"
+            figure (``EDDY_SCORE_AT_LABEL_TIME``).
+        feature_drift
+            Watch the features and predictions for drift at sample time
+            (``EDDY_FEATURE_DRIFT``).
+        feature_drift_retrain
+            Whether a feature drift also requests a retrain (``EDDY_FEATURE_DRIFT_RETRAIN``).
+
+        Returns
+        -------
+        StreamSpec
+            How the stream learns, all options resolved.
+
+        Raises
+        ------
+        ConfigError
+            For a bad name, an unknown model or metric, a task the model cannot do, or
+            a model eddy cannot checkpoint (it is pickled: use module-level functions,
+            not lambdas), so that none of it surfaces mid-stream.
+
+        Examples
+        --------
+        >>> from river import drift, linear_model, preprocessing
+        >>> app = App()
+        >>> spec = app.stream(
+        ...     "cards",
+        ...     model=preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+        ...     detector=drift.ADWIN(delta=0.001),
+        ...     metrics=["accuracy", "log_loss"],
+        ... )
+        >>> spec.task, spec.metrics, spec.model_name.split(" | ")[0]
+        ('binary', ('accuracy', 'log_loss'), 'StandardScaler')
+        >>> app.stream("merchants", model="hoeffding", task="regression")
+        Traceback (most recent call last):
+        ...
+        eddy.streams.exceptions.ConfigError: stream 'merchants': model 'hoeffding' does binary, \
+multiclass, not 'regression': set the stream's task (--task, EDDY_TASK, or task in its \
+[streams.<name>] table)
         """
+        options = {
+            "model": model,
+            "task": task,
+            "detector": detector,
+            "metrics": metrics,
+            "drift_min_examples": drift_min_examples,
+            "drift_cooldown": drift_cooldown,
+            "metrics_window": metrics_window,
+            "batch_size": batch_size,
+            "score_at_label_time": score_at_label_time,
+            "feature_drift": feature_drift,
+            "feature_drift_retrain": feature_drift_retrain,
+        }
         if not valid_stream_name(name):
             msg = f"stream name {name!r}: use 1-128 letters, digits, '.', '_' or '-'"
-            raise ConfigError(msg)
-        unknown = sorted(set(options) - set(STREAM_KEYS))
-        if unknown:
-            msg = f"stream {name!r}: unknown option(s) {unknown}; known: {', '.join(STREAM_KEYS)}"
             raise ConfigError(msg)
         spec = self._spec(options)
         _check_model(name, spec)
@@ -151,12 +231,22 @@ class App:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> App:
-        """The app a config file's ``[streams.<name>]`` tables describe (models as
-        catalogue names or ``package.module:factory``, called with no arguments)."""
+        """The app a config file describes.
+
+        The app a config file's ``[streams.<name>]`` tables describe (models as
+        catalogue names or ``package.module:factory``, called with no arguments).
+        """
         app = cls(settings=settings)
         _check_model("(any, with the defaults)", app.default_spec())
         for name, table in settings.streams.items():
             options = dict(table)
+            unknown = sorted(set(options) - set(STREAM_KEYS))
+            if unknown:
+                msg = (
+                    f"[streams.{name}]: unknown setting(s) {unknown}; known: "
+                    f"{', '.join(STREAM_KEYS)}"
+                )
+                raise ConfigError(msg)
             if "model" in options:
                 options["model"] = resolve_model(str(options["model"]), name)
             app.stream(name, **options)
@@ -165,9 +255,12 @@ class App:
     # -- running -----------------------------------------------------------------------------
 
     async def create_topics(self) -> dict[str, str]:
-        """Create the app's topics (idempotent; an existing topic must have the same
-        partition count)."""
-        from eddy.streams.kafka.topics import create_topics
+        """Create the app's topics (idempotent).
+
+        Create the app's topics (idempotent; an existing topic must have the same
+        partition count).
+        """
+        from eddy.streams.kafka.admin import create_topics
 
         assert self.settings is not None
         return await create_topics(self.settings.kafka, self.settings.topics)
@@ -175,8 +268,11 @@ class App:
     async def run_async(
         self, create_topics: bool = True, on_start: asyncio.Future[Any] | None = None
     ) -> None:
-        """Run the worker in the current event loop until it is stopped (``on_start``
-        receives the :class:`~eddy.streams.agents.worker.Worker`, whose ``stop()`` ends it)."""
+        """Run the worker in the current event loop until it is stopped.
+
+        Run the worker in the current event loop until it is stopped (``on_start``
+        receives the :class:`~eddy.streams.agents.worker.Worker`, whose ``stop()`` ends it).
+        """
         from eddy.streams.agents.worker import run_worker
 
         assert self.settings is not None
@@ -212,8 +308,11 @@ class App:
 
 
 def resolve_model(reference: str, stream: str = "") -> Any:
-    """A model from a catalogue name or ``package.module:factory`` (called with no
-    arguments; it returns a River estimator or pipeline, or a ``TorchModel``)."""
+    """A model from a catalogue name or ``package.module:factory``.
+
+    A model from a catalogue name or ``package.module:factory`` (called with no
+    arguments; it returns a River estimator or pipeline, or a ``TorchModel``).
+    """
     if reference in CATALOGUE:
         return reference
     module_name, _, attribute = reference.partition(":")
@@ -262,3 +361,7 @@ def _check_model(name: str, spec: StreamSpec) -> None:
 def load_app(settings: Settings, path: Path | None = None) -> App:
     """The app of a worker process: from the config file's streams (if any)."""
     return App.from_settings(settings)
+
+
+# Per-stream settings a [streams.<name>] table (or App.stream) may give.
+STREAM_KEYS = tuple(inspect.signature(App.stream).parameters)[2:]

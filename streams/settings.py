@@ -1,4 +1,6 @@
-"""Configuration by concern: small frozen objects read once from a file, ``EDDY_*``
+"""Configuration by concern.
+
+Configuration by concern: small frozen objects read once from a file, ``EDDY_*``
 variables and flags.
 
 :class:`KafkaConfig`, :class:`TopicConfig`, :class:`JoinConfig`,
@@ -166,8 +168,11 @@ def _setting(
     name: str | None = None,
     secret: bool = False,
 ) -> Any:
-    """A config field: its default, help text, parser, and setting name if it differs
-    from the field's (the variable is ``EDDY_`` + the setting name in upper case)."""
+    """A config field.
+
+    A config field: its default, help text, parser, and setting name if it differs
+    from the field's (the variable is ``EDDY_`` + the setting name in upper case).
+    """
     meta = {"help": help, "parse": parse, "secret": secret, "setting": name}
     return field(default=default, metadata=meta)
 
@@ -316,12 +321,24 @@ class JoinConfig(_Config):
         "goes on; what that input brings later is processed as late data.",
         _non_negative_float,
     )
+    merge_grace_ms: int = _setting(
+        10,
+        "How long after a record was sent (its record timestamp) the merge still waits for "
+        "a fetch of the other inputs before it counts them caught up: a producer that "
+        "batches topics separately (linger.ms) may append an earlier event to one topic "
+        "after a later one to another. Cover your producers' linger; 0: no grace. A "
+        "backlog, sent long before it is read, never waits for it.",
+        _non_negative_int,
+    )
 
 
 @dataclass(frozen=True)
 class LearningConfig(_Config):
-    """How streams learn: the defaults of every stream (a config file or ``App.stream``
-    can set them per stream)."""
+    """How streams learn: the defaults of every stream.
+
+    How streams learn: the defaults of every stream (a config file or ``App.stream``
+    can set them per stream).
+    """
 
     section: ClassVar[str] = "learning"
 
@@ -661,10 +678,13 @@ class Settings:
 
     @classmethod
     def from_file(cls, path: Path) -> Settings:
-        """Settings from a TOML file: a table per concern (``[kafka]``, ``[topics]``,
+        """Settings from a TOML file.
+
+        Settings from a TOML file: a table per concern (``[kafka]``, ``[topics]``,
         ``[join]``, ``[learning]``, ``[state]``, ``[maintenance]``,
         ``[observability]``, ``[serving]``) with setting names as keys, and ``[streams.<name>]``
-        tables for per-stream configuration."""
+        tables for per-stream configuration.
+        """
         try:
             document = tomllib.loads(Path(path).read_text())
         except OSError as ex:
@@ -707,8 +727,11 @@ class Settings:
         return settings.with_overrides(vars(args)) if args is not None else settings
 
     def with_overrides(self, overrides: Mapping[str, Any], strict: bool = False) -> Settings:
-        """A copy with the named settings replaced; ``None`` values are ignored, and so
-        are unknown names unless ``strict``."""
+        """A copy with the named settings replaced.
+
+        A copy with the named settings replaced; ``None`` values are ignored, and so
+        are unknown names unless ``strict``.
+        """
         changes: dict[type[_Config], dict[str, Any]] = {}
         for name, value in overrides.items():
             if name not in _SETTINGS:
@@ -793,7 +816,9 @@ def _parse(name: str, raw: str, source: str) -> Any:
 def add_settings_arguments(
     parser: argparse.ArgumentParser, names: list[str] | None = None, config_file: bool = False
 ) -> None:
-    """Add a flag for each setting (or for ``names`` only) to ``parser``; with
+    """Add a flag for each setting to ``parser``.
+
+    Add a flag for each setting (or for ``names`` only) to ``parser``; with
     ``config_file``, also ``--config FILE``.
 
     Flags default to ``None`` so that :meth:`Settings.load` keeps the environment's
@@ -831,7 +856,9 @@ def add_settings_arguments(
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """``EDDY_*`` variables that make a child process load exactly ``settings`` (secrets
+    """``EDDY_*`` variables that make a child process load exactly ``settings``.
+
+    ``EDDY_*`` variables that make a child process load exactly ``settings`` (secrets
     included: a child's environment is how they reach it, never a command line).
 
     >>> settings_env(Settings.build(partitions=2))["EDDY_PARTITIONS"]
@@ -853,8 +880,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def settings_reference() -> str:
-    """The configuration reference as a Markdown table (README.md holds a copy; a test
-    keeps it current)."""
+    """The configuration reference as a Markdown table.
+
+    The configuration reference as a Markdown table (README.md holds a copy; a test
+    keeps it current).
+    """
     rows = ["| variable | flag | default | what |", "| --- | --- | --- | --- |"]
     current = None
     for name, (cls, f) in _SETTINGS.items():

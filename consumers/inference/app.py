@@ -85,6 +85,7 @@ class BearerToken:
         self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on if it may come in; else answer 401 in the protocol's shape."""
         if scope["type"] != "http" or scope["path"].startswith("/v2/health/"):
             await self.app(scope, receive, send)
             return

@@ -34,8 +34,11 @@ class ServeMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry, models: ModelSet | None = None) -> ServeMetrics:
-        """The metrics, registered in ``registry`` (with the live model state of ``models``
-        read at scrape time)."""
+        """Register the server's metrics.
+
+        The metrics, registered in ``registry`` (with the live model state of ``models``
+        read at scrape time).
+        """
         metrics = cls(
             requests=Counter(
                 "eddy_serve_requests_total",

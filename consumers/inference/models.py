@@ -52,8 +52,11 @@ ALIASES = ("champion", "online")
 
 @dataclass(frozen=True)
 class Signature:
-    """What a loaded model takes and gives (for metadata, the ``features`` input and the
-    outputs), worked out once per loaded model."""
+    """What a loaded model takes and gives.
+
+    What a loaded model takes and gives (for metadata, the ``features`` input and the
+    outputs), worked out once per loaded model.
+    """
 
     features: tuple[Feature, ...] | None  # None: not known (any names are passed on)
     source: str  # where the names come from: "champion", "online model", "unknown"
@@ -74,8 +77,11 @@ class Signature:
 
 
 def metric_version(version: str) -> str:
-    """A version as a metric label: an online snapshot without its example count
-    (``online-1@5230`` -> ``online-1``), so the label set grows with retrains only."""
+    """A version as a metric label.
+
+    A version as a metric label: an online snapshot without its example count
+    (``online-1@5230`` -> ``online-1``), so the label set grows with retrains only.
+    """
     return version.partition("@")[0]
 
 
@@ -114,7 +120,8 @@ class ModelSet:
 
         The mirror is rebuilt from Kafka each time: what is served is what the registry
         topic holds now (a memory-only broker restarted empty holds none of the last run's
-        versions)."""
+        versions).
+        """
         if not self.registry.fold.position:
             shutil.rmtree(self.registry.mirror.root, ignore_errors=True)
         for name in self.serving.models:
@@ -205,8 +212,11 @@ class ModelSet:
         raise ProtocolError(404, UNKNOWN_MODEL, msg)
 
     def resolve(self, name: str, version: str | None) -> tuple[HotSwapClient, Served]:
-        """The loaded model a request for ``name`` (at ``version``) gets; 404 for a model or
-        version not served, 503 with the reason for one not loaded (yet)."""
+        """The loaded model a request for ``name`` gets.
+
+        The loaded model a request for ``name`` (at ``version``) gets; 404 for a model or
+        version not served, 503 with the reason for one not loaded (yet).
+        """
         client = self.client(name)
         if not self.synced:
             raise ProtocolError(503, NOT_READY, "eddy serve is still reading the registry")
@@ -297,12 +307,14 @@ class ModelSet:
 
 
 def online_features(learner: Any) -> list[Feature] | None:
-    """The features an online learner has seen, where its state names them: a PyTorch
+    """The features an online learner has seen.
+
+    The features an online learner has seen, where its state names them: a PyTorch
     learner's columns, or in a River model the features of its ``StandardScaler`` (numbers)
     and ``OneHotEncoder`` (categories), else a linear model's weights. ``None`` where the
     model keeps no such list (trees): requests may then name any features.
 
-    >>> from eddy.models.learners import make_learner
+    >>> from eddy.models.catalogue import make_learner
     >>> learner = make_learner("scaled-logreg", "binary")
     >>> learner.learn_many([{"x": 1.0, "c": "a"}, {"x": 2.0, "c": "b"}], [True, False], [0, 1])
     >>> [(f.name, f.kind) for f in online_features(learner)]

@@ -1,4 +1,6 @@
-"""The Open Inference Protocol (KServe v2) over REST: requests to rows, predictions to
+"""The Open Inference Protocol (KServe v2) over REST.
+
+The Open Inference Protocol (KServe v2) over REST: requests to rows, predictions to
 responses, every refusal as the protocol's ``{"error": ...}`` with a status and a reason.
 
 Pure: no Kafka, no HTTP server; ``eddy serve`` (:mod:`eddy.consumers.inference.app`) is the
@@ -117,7 +119,9 @@ class Feature:
 
 
 def features_of_columns(columns: Iterable[str]) -> list[Feature]:
-    """The features behind a model's columns: a text feature is one-hot columns
+    """The features behind a model's columns.
+
+    The features behind a model's columns: a text feature is one-hot columns
     ``name=value`` (as :func:`eddy.models.maintain.batch.vectorize` makes them), the rest numbers.
 
     >>> [(f.name, f.kind) for f in features_of_columns(["x", "color=red", "color=blue", "a=b"])]
@@ -161,7 +165,9 @@ def parse_request(
     max_magnitude: float = math.inf,
     feature_order: Sequence[str] | None = None,
 ) -> InferRequest:
-    """Rows from an inference request body; :class:`ProtocolError` (400) naming what is
+    """Rows from an inference request body.
+
+    Rows from an inference request body; :class:`ProtocolError` (400) naming what is
     wrong otherwise. ``header_length`` is the binary extension's JSON length;
     ``feature_order`` the columns of a ``features`` input (None: the model has none).
 
@@ -452,9 +458,12 @@ def label_datatype(labels: Iterable[Any], regression: bool) -> str:
 
 
 def class_order(classes: Sequence[Any] | None, predictions: Sequence[Prediction]) -> list[Any]:
-    """The columns of ``predict_proba``: the model's own classes when it has a fixed list
+    """The columns of ``predict_proba``.
+
+    The columns of ``predict_proba``: the model's own classes when it has a fixed list
     (the champion), else every class the predictions give a probability, sorted (False
-    before True) so that the order is the same from one request to the next."""
+    before True) so that the order is the same from one request to the next.
+    """
     if classes is not None:
         return list(classes)
     seen: set[Any] = set()
@@ -540,10 +549,10 @@ def build_response(
 
 
 def to_binary(datatype: str, values: Sequence[Any]) -> bytes:
-    """Values in the binary tensor extension's form.
+    r"""Values in the binary tensor extension's form.
 
     >>> to_binary("BYTES", ["ab"]), to_binary("BOOL", [True, False])
-    (b'\\x02\\x00\\x00\\x00ab', b'\\x01\\x00')
+    (b'\x02\x00\x00\x00ab', b'\x01\x00')
     """
     dtype = DTYPES[datatype]
     if dtype is None:

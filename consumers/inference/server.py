@@ -82,8 +82,11 @@ async def run_serve(
     on_start: asyncio.Future[Serving] | None = None,
     handle_signals: bool = False,
 ) -> None:
-    """Serve every stream's models until stopped (SIGTERM/SIGINT with ``handle_signals``,
-    or :meth:`Serving.stop` from ``on_start``'s result)."""
+    """Serve every stream's models until stopped.
+
+    Serve every stream's models until stopped (SIGTERM/SIGINT with ``handle_signals``,
+    or :meth:`Serving.stop` from ``on_start``'s result).
+    """
     serving = settings.serving
     registry = CollectorRegistry()
     process_metrics(registry)
@@ -126,7 +129,7 @@ async def run_serve(
             "registry %s",
             url,
             token,
-            models.maintain.registry.topic,
+            models.registry.topic,
         )
         follow = asyncio.create_task(_start_models(models))
         if on_start is not None:

@@ -30,9 +30,9 @@ from torch import nn
 from eddy.models.maintain.batch import BatchModel, TrainParams, _network
 from eddy.models.maintain.export import (
     _interleaved_latency,
+    onnx_quality,
     prune,
     quantize_int8,
-    run,
     session,
     to_onnx,
 )
@@ -527,16 +527,9 @@ def _measure(
     rounds: int,
 ) -> list[VariantRow]:
     sessions = {v.name: session(v.onnx) for v in variants}
-    quality: dict[str, float] = {}
-    for name, sess in sessions.items():
-        out = run(sess, matrix)
-        if teacher.task == "regression":
-            quality[name] = float(np.mean(np.abs(out[:, 0] - np.asarray(targets, float))))
-        else:
-            assert teacher.classes is not None
-            predicted = [teacher.classes[i] for i in out.argmax(axis=1)]
-            right = [p == t for p, t in zip(predicted, targets, strict=True)]
-            quality[name] = float(np.mean(right))
+    quality = {
+        name: onnx_quality(teacher, sess, matrix, targets) for name, sess in sessions.items()
+    }
     b1 = _interleaved_latency(sessions, matrix[:1], calls=500, rounds=rounds)
     batch = np.resize(matrix, (256, matrix.shape[1]))
     b256 = _interleaved_latency(sessions, batch, calls=50, rounds=rounds)

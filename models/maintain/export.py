@@ -123,6 +123,17 @@ class QuantizationReport:
         return asdict(self)
 
 
+def onnx_quality(model: BatchModel, sess: Any, matrix: np.ndarray, targets: list[Any]) -> float:
+    """How well an ONNX export of ``model`` does on ``matrix``: accuracy for classes,
+    mean absolute error for regression."""
+    out = run(sess, matrix)
+    if model.task == "regression":
+        return float(np.mean(np.abs(out[:, 0] - np.asarray(targets, float))))
+    assert model.classes is not None
+    predicted = [model.classes[i] for i in out.argmax(axis=1)]
+    return float(np.mean([p == t for p, t in zip(predicted, targets, strict=True)]))
+
+
 def compare_int8(
     model: BatchModel,
     fp32: bytes,
@@ -133,17 +144,7 @@ def compare_int8(
 ) -> QuantizationReport:
     """Accuracy (or MAE), size and batch-1 / batch-256 latency of both artifacts."""
     sessions = {"fp32": session(fp32), "int8": session(int8)}
-    quality = {}
-    for name, sess in sessions.items():
-        out = run(sess, matrix)
-        if model.task == "regression":
-            quality[name] = float(np.mean(np.abs(out[:, 0] - np.asarray(targets, float))))
-        else:
-            assert model.classes is not None
-            predicted = [model.classes[i] for i in out.argmax(axis=1)]
-            quality[name] = float(
-                np.mean([p == t for p, t in zip(predicted, targets, strict=True)])
-            )
+    quality = {name: onnx_quality(model, sess, matrix, targets) for name, sess in sessions.items()}
     one = matrix[:1]
     batch = np.resize(matrix, (256, matrix.shape[1]))
     b1 = _interleaved_latency(sessions, one, calls=500)

@@ -26,7 +26,7 @@ from eddy.models.maintain.batch import BatchModel, vectorize
 from eddy.models.maintain.export import run, session
 from eddy.models.maintain.registry import RegistryError
 from eddy.models.metrics import PrequentialMetrics
-from eddy.streams.agents.replicas import ModelDirectory
+from eddy.streams.engine.directory import ModelDirectory
 from eddy.streams.kafka.clients import assign, close_client, end_offsets, make_consumer
 from eddy.streams.observe.metrics import CONTROL_EVENT_TYPES, EngineMetrics, ModelEventMetrics
 from eddy.streams.settings import KafkaConfig

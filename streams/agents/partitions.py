@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +37,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
+from eddy.streams.engine.checkpoint import Checkpoint, Position
+from eddy.streams.engine.context import EngineConfig, EngineRuntime, Out, Outputs
 from eddy.streams.engine.merge import InputMerger
-from eddy.streams.engine.unit import EngineContext, Unit, UnitState
+from eddy.streams.engine.unit import Unit
 from eddy.streams.kafka.clients import (
     assign,
     close_client,
@@ -48,8 +50,9 @@ from eddy.streams.kafka.clients import (
 )
 from eddy.streams.kafka.sender import BatchSender, Delivery
 from eddy.streams.observe.metrics import ConsumerMetrics
+from eddy.streams.records import Record
 from eddy.streams.settings import KafkaConfig, StateConfig
-from eddy.streams.state.changelog import Changelog
+from eddy.streams.state.store import PartitionStore
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +61,13 @@ BACKOFF_MAX_S = 30.0
 COMMIT_TIMEOUT_S = 5.0
 HOLE_RETRIES = 5  # reads of a missing offset before it counts as a real gap
 
-# (offset, timestamp, crc32 of the key) of the last record a checkpoint reflects.
-Position = tuple[int, int, int]
 _Offsets = dict[TopicPartition, int]
 # A checkpoint taken and not yet written: the outputs it waits for, (partition, pickled
 # state, generation) of each partition, and the input offsets to commit after.
 _Snapshots = tuple[Delivery, list[tuple[int, bytes, int]], _Offsets]
 
 
-@dataclass
-class Checkpointed:
-    """What a checkpoint holds: a unit's state, the last record it reflects per topic,
-    and its generation (counts checkpoints of the partition across owners)."""
-
-    state: UnitState
-    positions: dict[str, Position] = field(default_factory=dict)
-    generation: int = 0
-
-
-def position_of(record: ConsumerRecord) -> Position:
+def position_of(record: Any) -> Position:
     """A record's identity as a checkpoint remembers it."""
     return (record.offset, record.timestamp, zlib.crc32(record.key or b""))
 
@@ -98,8 +89,9 @@ class _Partition:
 class WorkerAgent:
     """Consumes a worker's input topics in group ``<prefix>worker``.
 
-    ``on_batch`` (if given) is called after each processed batch and ``on_tick`` once
-    per loop turn (metric snapshots, model snapshots: see :mod:`eddy.streams.agents.worker`).
+    ``on_tick`` (if given) is called once per loop turn (metric snapshots, model
+    snapshots: see :mod:`eddy.streams.agents.worker`) and returns records to ship with
+    the units' outputs.
     """
 
     name = "worker"
@@ -108,24 +100,27 @@ class WorkerAgent:
         self,
         kafka: KafkaConfig,
         state: StateConfig,
-        ctx: EngineContext,
+        config: EngineConfig,
+        runtime: EngineRuntime,
         producer: AIOKafkaProducer,
-        changelog: Changelog,
+        store: PartitionStore,
         consumer_metrics: ConsumerMetrics | None = None,
-        on_tick: Callable[[], Any] | None = None,
+        on_tick: Callable[[], list[Out]] | None = None,
     ) -> None:
         self.kafka = kafka
         self.state_config = state
-        self.ctx = ctx
+        self.config = config
+        self.runtime = runtime
         self.producer = producer
-        self.changelog = changelog
+        self.store = store
         self.consumer_metrics = consumer_metrics
         self.on_tick = on_tick
-        t = ctx.topics
+        t = config.topics
         self.topics = [t.samples, t.labels, t.repartition]
-        self.group = ctx.group
+        self.group = config.group
         self.partitions: dict[int, _Partition] = {}
         self.sender = BatchSender(producer)
+        self._pending = Outputs()  # what the units returned, to ship at the end of the turn
         self.consumer: AIOKafkaConsumer | None = None
         self.ready = asyncio.Event()  # set once partitions are assigned and restored
         self.outages = 0
@@ -154,7 +149,7 @@ class WorkerAgent:
     @property
     def solo(self) -> bool:
         """Whether this worker holds every partition (no other worker in its group)."""
-        return len(self.partitions) == self.ctx.partitions
+        return len(self.partitions) == self.config.partitions
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; after a Kafka failure, restart from the checkpoint."""
@@ -186,6 +181,7 @@ class WorkerAgent:
                     self.outages,
                 )
                 self._drop_all()
+                self._pending = Outputs()  # outputs of the failed life are not sent
                 self.sender.reset()
                 self.ready.clear()
                 self._failure = None
@@ -240,15 +236,13 @@ class WorkerAgent:
                             lambda topic, n=number, gone=starved: TopicPartition(topic, n) in gone,
                         )
                         if ready:
-                            part.unit.process(ready)
+                            self._pending.add(part.unit.process(ready))
                             part.since_checkpoint += len(ready)
                             for item in ready:
                                 part.positions[item.record.topic] = position_of(item.record)
                     self._count(batch)
                     self._idle()
-                    if self.on_tick is not None:
-                        self.on_tick()
-                    await self._ship()
+                    await self._ship(self.on_tick() if self.on_tick is not None else ())
                     await self._maybe_checkpoint()
                 if self._recovering and self.ready.is_set():
                     self._recovering = False
@@ -306,7 +300,7 @@ class WorkerAgent:
                         assert self.consumer is not None
                         self.consumer.seek(tp, expected)  # look again from the missing offset
                         break
-                taken.append(record)
+                taken.append(Record.of(record))
                 expected = record.offset + 1
             if taken:
                 assert self.consumer is not None
@@ -381,15 +375,17 @@ class WorkerAgent:
                     self._caught_up(t, number, 0) for t in self.topics
                 ):
                     caught_up_at = min(p for p in polls if p is not None)
-            part.since_checkpoint += part.unit.on_idle(part.unit.idle_clocks(caught_up_at))
+            idle = part.unit.on_idle(part.unit.idle_clocks(caught_up_at))
+            part.since_checkpoint += idle.changed
+            self._pending.add(idle)
 
-    async def _ship(self) -> None:
-        out = self.ctx.out
-        if not out:
-            await self.sender.ship()
-            return
-        self.ctx.out = []
-        await self.sender.send_many(out)  # an Out is (topic, value, key, partition, headers, ts)
+    async def _ship(self, extra: Sequence[Out] = ()) -> None:
+        """Send every output of the units not sent yet, and ``extra`` records, in one
+        call (see BatchSender)."""
+        pending, self._pending = self._pending, Outputs()
+        if len(pending) or extra:
+            # An Out is (topic, value, key, partition, headers, ts), as send_many takes.
+            await self.sender.send_many([*pending.records(), *extra])
         await self.sender.ship()
 
     def _count(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
@@ -447,15 +443,15 @@ class WorkerAgent:
         if not partitions:
             return None
         for p in partitions:
-            self.partitions[p].unit.flush_predictions()
+            self._pending.add(self.partitions[p].unit.flush())
         await self._ship()
         delivery = await self.sender.shipped()
         snapshots = []
         for p in partitions:
             part = self.partitions[p]
             part.generation += 1
-            saved = Checkpointed(part.unit.state, dict(part.positions), part.generation)
-            snapshots.append((p, await self.changelog.snapshot(saved), part.generation))
+            saved = Checkpoint(part.unit.state, dict(part.positions), part.generation)
+            snapshots.append((p, await self.store.snapshot(saved), part.generation))
             part.since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         return delivery, snapshots, self._offsets(partitions)
@@ -468,14 +464,7 @@ class WorkerAgent:
         offsets."""
         await self.sender.wait(delivery)  # outputs of these records are durable first
         for p, snapshot, generation in snapshots:
-            manifest = await self.changelog.write(self.producer, p, snapshot, generation)
-            log.debug(
-                "%s: checkpointed partition %d (%d bytes, generation %d)",
-                self.name,
-                p,
-                manifest["size"],
-                generation,
-            )
+            await self.store.write(p, snapshot, generation)
         await self._commit(offsets)
 
     async def _finish_write(self) -> None:
@@ -522,9 +511,9 @@ class WorkerAgent:
         assert self.consumer is not None
         self._epoch += 1
         for p in sorted(numbers):
-            restored = await self.changelog.load(p)
-            if restored is not None and isinstance(restored.state, Checkpointed):
-                saved: Checkpointed = restored.state
+            restored = await self.store.assign(p)
+            if restored is not None:
+                saved = restored.checkpoint
                 state, positions = saved.state, dict(saved.positions)
                 for topic in await self._recreated(p, positions):
                     log.warning(
@@ -539,19 +528,18 @@ class WorkerAgent:
                     positions.pop(topic, None)
                 generation, source = max(saved.generation, restored.generation), restored.source
             else:
-                state = Unit.new_state(p, self.ctx)
+                state = Unit.new_state(p, self.config)
                 positions, generation, source = {}, 0, "new"
                 if self.state_config.start_from == "latest":
                     state.offsets.update(await self._ends(p))
             for learner in state.learners.values():
-                learner.bind(self.ctx.policy.spec(learner.stream))
+                learner.bind(self.runtime.policy.spec(learner.stream))
             await self._warn_retention(p, state.offsets)
             for topic in self.topics:
                 self.consumer.seek(TopicPartition(topic, p), state.offsets.get(topic, 0))
-            merger = InputMerger(self._inputs, self.ctx.merge_wait_s)
-            part = _Partition(
-                Unit(state, self.ctx), merger, positions, generation, restored_from=source
-            )
+            merger = InputMerger(self._inputs, self.config.merge_wait_s, self.config.merge_grace_ms)
+            unit = Unit(state, self.config, self.runtime)
+            part = _Partition(unit, merger, positions, generation, restored_from=source)
             # Only now, with no await in between: the loop sees a partition whole or not.
             self.partitions[p] = part
             log.info(
@@ -560,7 +548,7 @@ class WorkerAgent:
                 p,
                 source,
                 generation,
-                {t.removeprefix(self.ctx.topics.prefix): o for t, o in state.offsets.items()},
+                {t.removeprefix(self.config.topics.prefix): o for t, o in state.offsets.items()},
             )
 
     def release(self, numbers: set[int]) -> None:
@@ -571,6 +559,7 @@ class WorkerAgent:
             if part is not None:
                 part.unit.release()
                 part.merger.clear()
+                self.store.revoke(p)
 
     def _drop_all(self) -> None:
         self.release(set(self.partitions))

@@ -24,11 +24,13 @@ from eddy.models.prequential import StreamLearner
 from eddy.models.sealed import seal
 from eddy.streams.agents.followers import ChampionScorer, EventsFollower, RegistryFollower
 from eddy.streams.agents.partitions import WorkerAgent
-from eddy.streams.agents.replicas import ModelDirectory, ReplicaFollower, SnapshotPublisher
+from eddy.streams.agents.replicas import ReplicaFollower, SnapshotPublisher
+from eddy.streams.engine.context import EngineConfig, EngineRuntime, Hooks, Out
+from eddy.streams.engine.directory import ModelDirectory
 from eddy.streams.engine.policy import Streams
-from eddy.streams.engine.unit import EngineContext, Hooks, Out
+from eddy.streams.kafka.admin import wait_for_topics
 from eddy.streams.kafka.clients import close_client, start_producer, watch_connectivity
-from eddy.streams.kafka.topics import Topics, wait_for_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.observe.dashboard import History, MetricsServer
 from eddy.streams.observe.metrics import (
     ConsumerMetrics,
@@ -109,18 +111,24 @@ class Ticker:
         self._info: dict[str, tuple[str, str, str]] = {}
         self._busy: asyncio.Task[None] | None = None
 
-    def __call__(self) -> None:
+    def __call__(self) -> list[Out]:
+        """Once per loop turn: start model snapshots when due; the metric records to
+        ship when they are due."""
+        records = []
         if time.monotonic() - self._last_metrics >= self.settings.observability.metrics_interval_s:
             self._last_metrics = time.monotonic()
             self.scorer.score()
-            self.publish_metrics()
+            records = self.publish_metrics()
         if self._busy is None or self._busy.done():
             self._busy = asyncio.ensure_future(self._snapshots())
+        return records
 
-    def publish_metrics(self) -> None:
-        """One metric snapshot per owned stream, to the metrics topic and the gauges."""
+    def publish_metrics(self) -> list[Out]:
+        """One metric snapshot per owned stream: the gauges, and the records for the
+        metrics topic (returned)."""
         m = self.metrics
-        topic = self.agent.ctx.topics.metrics
+        topic = self.agent.config.topics.metrics
+        records = []
         totals: dict[str, int] = {}
         for part in self.agent.partitions.values():
             state = part.unit.state
@@ -160,15 +168,16 @@ class Ticker:
                     m.model_info.remove(*previous)
                 self._info[name] = info
                 m.model_info.labels(*info).set(1)
-                self.agent.ctx.out.append(Out(topic, orjson.dumps(event), name.encode(), 0))
+                records.append(Out(topic, orjson.dumps(event), name.encode(), 0))
         for reason, n in totals.items():
             if reason.endswith(("_expired", "_evicted", "_duplicate")):
                 m.unjoined_state.labels(reason).set(n)
+        return records
 
     async def _snapshots(self) -> None:
         """Online models to the registry (serving clients) and, when other worker
         processes share the group, to the snapshots topic (their replicas)."""
-        owners = self.agent.ctx.directory.owners()  # type: ignore[attr-defined]
+        owners = self.agent.runtime.directory.owners()
         every = self.settings.learning.snapshot_interval_s
         try:
             for stream, learner in owners.items():
@@ -232,14 +241,17 @@ async def run_worker(
         learning = settings.learning
         group = f"{topics.prefix}worker"
         scorer = ChampionScorer(metrics, learning.metrics_window)
-        ctx = EngineContext.from_settings(
-            settings,
-            streams,
-            directory,
-            metrics,
+        config = EngineConfig.of(
+            settings.kafka,
+            topics,
+            settings.topics.partitions,
+            settings.join,
+            learning,
+            settings.state,
             signing_key=sign_key,
-            hooks=hooks or Hooks(),
-            on_learned=scorer.add,
+        )
+        runtime = EngineRuntime(
+            streams, directory, metrics, hooks=hooks or Hooks(), on_learned=scorer.add
         )
         changelog = Changelog(
             settings.kafka,
@@ -247,6 +259,7 @@ async def run_worker(
             pickle_key,
             settings.data_dir / "checkpoints" / group,
             group,
+            producer,
         )
         kafka_registry = KafkaRegistry(
             settings.kafka, topics.prefix, settings.data_dir / "registry", sign_key, producer
@@ -254,7 +267,9 @@ async def run_worker(
         publisher = SnapshotPublisher(
             settings.kafka, topics.snapshots, pickle_key, learning.max_staleness_ms
         )
-        agent = WorkerAgent(settings.kafka, settings.state, ctx, producer, changelog, consumed)
+        agent = WorkerAgent(
+            settings.kafka, settings.state, config, runtime, producer, changelog, consumed
+        )
         agent.on_tick = Ticker(
             settings, agent, metrics, scorer, kafka_registry, publisher, producer, pickle_key
         )

@@ -32,10 +32,13 @@ arriving after the merge passed their time) is the caller's: see
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
 
 LABEL = 0  # rank of labels and examples: at equal times, before samples
 SAMPLE = 1
@@ -45,7 +48,8 @@ class Timed(NamedTuple):
     """A record with its event time, as the merger orders it.
 
     ``event`` is whatever the caller decoded from the record (or the error that
-    decoding raised); the merger never looks at it.
+    decoding raised); the merger never looks at it. ``sent`` is when its producer sent
+    it (the Kafka record timestamp, in the ``caught_up`` clock), 0 if unknown.
     """
 
     time: int
@@ -53,30 +57,38 @@ class Timed(NamedTuple):
     offset: int
     record: Any
     event: Any
+    sent: float = 0
 
 
 class _Input:
     """One topic's buffered records, in offset order, in chunks by fetch time."""
 
-    __slots__ = ("chunks", "index", "topic")
+    __slots__ = ("chunks", "grace", "index", "topic")
 
-    def __init__(self, topic: str, index: int) -> None:
+    def __init__(self, topic: str, index: int, grace: float) -> None:
         self.topic = topic
         self.index = index
+        self.grace = grace
         self.chunks: deque[tuple[float, deque[Timed]]] = deque()
 
     def __len__(self) -> int:
         return sum(len(items) for _, items in self.chunks)
 
     def head(self) -> tuple[tuple[int, int, int, int], float] | None:
-        """The merge key of the next record and when it was fetched."""
+        """The merge key of the next record, and how recent a fetch of another input
+        must be to show that it holds nothing to go before it: no older than the fetch
+        that brought this record, nor than ``grace`` after it was sent."""
         while self.chunks and not self.chunks[0][1]:
             self.chunks.popleft()
         if not self.chunks:
             return None
         fetched_at, items = self.chunks[0]
         item = items[0]
-        return (item.time, item.rank, self.index, item.offset), fetched_at
+        return (item.time, item.rank, self.index, item.offset), self.since(fetched_at, item)
+
+    def since(self, fetched_at: float, item: Timed) -> float:
+        """How recent a fetch must be to vouch for ``item`` (see :meth:`head`)."""
+        return max(fetched_at, item.sent + self.grace) if item.sent else fetched_at
 
     def pop(self) -> Timed:
         return self.chunks[0][1].popleft()
@@ -103,9 +115,9 @@ class InputMerger:
     ['s2']
     """
 
-    def __init__(self, inputs: Sequence[str], max_wait_s: float = 0.5) -> None:
+    def __init__(self, inputs: Sequence[str], max_wait_s: float = 0.5, grace_ms: float = 0) -> None:
         self.max_wait_s = max_wait_s
-        self._inputs = {topic: _Input(topic, i) for i, topic in enumerate(inputs)}
+        self._inputs = {topic: _Input(topic, i, grace_ms) for i, topic in enumerate(inputs)}
         self._blocked_since: float | None = None
 
     def add(self, topic: str, items: Iterable[Timed], fetched_at: float = 0.0) -> None:
@@ -155,7 +167,11 @@ class InputMerger:
             return []
         if len(heads) == 1:  # the usual live case: one input has records
             source = heads[0][2]
-            latest = source.chunks[-1][0]
+            latest = max(
+                source.since(fetched_at, item)
+                for fetched_at, items in source.chunks
+                for item in items
+            )
             if all(caught_up(e.topic, latest) for e in empty):
                 self._blocked_since = None
                 out = [item for _, items in source.chunks for item in items]
@@ -165,8 +181,8 @@ class InputMerger:
         heapq.heapify(heads)
         waited_out = False
         while heads:
-            _, fetched_at, source = heads[0]
-            blocking = [e for e in empty if not waited_out and not caught_up(e.topic, fetched_at)]
+            _, since, source = heads[0]
+            blocking = [e for e in empty if not waited_out and not caught_up(e.topic, since)]
             if blocking:
                 if not all(starved(e.topic) for e in blocking):
                     self._blocked_since = None  # its records are on their way
@@ -177,6 +193,12 @@ class InputMerger:
                 if now - self._blocked_since <= self.max_wait_s:
                     return out
                 waited_out = True  # a lagging input that does not deliver: go on
+                log.warning(
+                    "merge: %s may hold earlier records but delivered none for %.1f s "
+                    "(EDDY_MERGE_WAIT_S); going on: what it brings later is late",
+                    ", ".join(e.topic for e in blocking),
+                    now - self._blocked_since,
+                )
             out.append(source.pop())
             head = source.head()
             if head is None:

@@ -37,16 +37,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, Protocol
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import orjson
 
 from eddy.models.join import JoinBuffer, Joined, Pending, RecentIds, Unjoined
 from eddy.models.learners import Prediction, Refused
-from eddy.models.monitor.feature_drift import FeatureDrift, FeatureDriftConfig, FeatureMonitor
+from eddy.models.monitor.feature_drift import FeatureDrift, FeatureMonitor
 from eddy.models.prequential import (
     DriftFinding,
     LabelledItem,
@@ -57,12 +56,12 @@ from eddy.models.prequential import (
     StreamSpec,
     label_problem,
 )
+from eddy.streams.engine.checkpoint import UnitState
+from eddy.streams.engine.context import EngineConfig, EngineRuntime, Out, Outputs
 from eddy.streams.engine.merge import LABEL, SAMPLE, Timed
 from eddy.streams.exceptions import DecodeError, TimestampInFuture, UnlearnableLabel
 from eddy.streams.kafka.partitioning import partition_of
-from eddy.streams.kafka.topics import Topics
-from eddy.streams.observe.metrics import EngineMetrics
-from eddy.streams.settings import Settings
+from eddy.streams.records import Record
 from eddy.streams.wire.codec import (
     Example,
     Label,
@@ -77,11 +76,7 @@ from eddy.streams.wire.codec import (
     next_sequence,
     now_ms,
 )
-from eddy.streams.wire.deadletter import (
-    SourceRecord,
-    dead_letter_headers,
-    truncate_for_dead_letter,
-)
+from eddy.streams.wire.deadletter import dead_letter_headers, truncate_for_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -89,49 +84,6 @@ KIND = "eddy-kind"  # header of repartition records: sample, label or example
 SOURCE = "eddy-source"  # header: topic:partition:offset of the original record
 SERVED = "eddy-served"  # header of a forwarded sample: the prediction served for it
 TIME = "eddy-time"  # header of repartition records: the event time they are merged at
-
-
-class Out(NamedTuple):
-    """A record to produce."""
-
-    topic: str
-    value: bytes | None
-    key: bytes | None
-    partition: int
-    headers: Sequence[tuple[str, bytes]] = ()
-    timestamp_ms: int | None = None
-
-
-# What the engine consumes is what the dead-letter path needs of a record.
-Record = SourceRecord
-
-
-@dataclass  # not frozen: built for every record, and a frozen __init__ costs 4x (never changed)
-class Stored:
-    """Enough of a consumed record to dead-letter it later (a ``SourceRecord``)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Any = ()
-    time: int = 0  # event time (see merge): the event's ts, else the record's timestamp
-
-    @classmethod
-    def of(cls, record: Record, time: int) -> Stored:
-        """Keep what dead-lettering needs of ``record`` (event time ``time``)."""
-        return cls(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.timestamp,
-            record.key,
-            record.value,
-            tuple(record.headers or ()),
-            time,
-        )
 
 
 class Unmatched(DecodeError):
@@ -161,143 +113,6 @@ class Refusal(DecodeError):
         super().__init__(message)
 
 
-class Predictor(Protocol):
-    """A model that can predict a stream's samples: its owner, or a replica."""
-
-    version: str
-    learned: int
-
-    def predict(self, xs: Sequence[Any]) -> list[Prediction]:
-        """Predict without learning."""
-        ...
-
-
-class ModelDirectory(Protocol):
-    """Where a unit finds the model that predicts a stream (process-wide)."""
-
-    def predictor(self, stream: str) -> tuple[Predictor | None, int]:
-        """The model for ``stream`` and its staleness in milliseconds (0: the owner)."""
-        ...
-
-    def owned(self, stream: str, learner: StreamLearner | None) -> None:
-        """The stream's learner now lives (or, with ``None``, no longer lives) here."""
-        ...
-
-
-class StreamPolicy(Protocol):
-    """Which streams a worker learns and how (process-wide)."""
-
-    def admit(self, stream: str) -> tuple[StreamSpec | None, str, str]:
-        """``(spec, "", "")`` for a stream eddy learns, else ``(None, reason, message)``."""
-        ...
-
-    def spec(self, stream: str) -> StreamSpec:
-        """The spec of an admitted stream."""
-        ...
-
-
-@dataclass
-class Hooks:
-    """Callbacks of an embedding program, called in the worker's event loop thread.
-
-    Each gets one dict (a prediction event, a drift event's data, or an error with its
-    reason); an exception in a hook is logged and does not stop the worker.
-    """
-
-    on_prediction: Callable[[dict[str, Any]], None] | None = None
-    on_drift: Callable[[dict[str, Any]], None] | None = None
-    on_error: Callable[[dict[str, Any]], None] | None = None
-
-
-@dataclass
-class EngineContext:
-    """What every unit of a worker shares."""
-
-    topics: Topics
-    partitions: int
-    policy: StreamPolicy
-    directory: ModelDirectory
-    metrics: EngineMetrics
-    group: str  # consumer group id, named in dead-letter headers
-    source: str  # CloudEvents source of this worker's events
-    join_ttl_ms: int
-    join_max_pending: int
-    max_future_ms: int
-    max_message_bytes: int
-    max_feature_magnitude: float
-    dedup_horizon: int
-    feature_drift: FeatureDriftConfig | None
-    feature_drift_cooldown_s: float = 60.0
-    merge_wait_s: float = 0.5  # see InputMerger
-    signing_key: bytes | None = None
-    hooks: Hooks = field(default_factory=Hooks)
-    # Called with (stream, features, label) for each example learned (champion scoring).
-    on_learned: Callable[[str, Any, Any], None] | None = None
-    out: list[Out] = field(default_factory=list)
-    # Process-wide: one feature-drift event per stream per cooldown, whichever partition
-    # saw it first (each partition watches its own share of a stream's samples).
-    feature_drift_last: dict[str, float] = field(default_factory=dict)
-    warned: set[tuple[str, str]] = field(default_factory=set)
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        policy: StreamPolicy,
-        directory: ModelDirectory,
-        metrics: EngineMetrics,
-        **wiring: Any,
-    ) -> EngineContext:
-        """The context a worker with ``settings`` gives its units (the worker and the
-        broker-free harness alike); ``wiring`` sets the rest (hooks, signing key…)."""
-        topics = Topics(settings.topics.prefix)
-        learning = settings.learning
-        return cls(
-            topics=topics,
-            partitions=settings.topics.partitions,
-            policy=policy,
-            directory=directory,
-            metrics=metrics,
-            group=f"{topics.prefix}worker",
-            source=f"eddy/{topics.prefix}worker",
-            join_ttl_ms=int(settings.join.ttl_s * 1000),
-            join_max_pending=settings.join.max_pending,
-            max_future_ms=int(settings.join.max_future_s * 1000),
-            merge_wait_s=settings.join.merge_wait_s,
-            max_message_bytes=settings.kafka.max_message_bytes,
-            max_feature_magnitude=learning.max_feature_magnitude,
-            dedup_horizon=settings.state.dedup_horizon,
-            feature_drift=FeatureDriftConfig() if learning.feature_drift else None,
-            **wiring,
-        )
-
-
-@dataclass
-class UnitState:
-    """One partition's state: what is checkpointed with the offsets it reflects."""
-
-    partition: int
-    join: JoinBuffer
-    offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to process
-    clocks: dict[str, int] = field(default_factory=dict)  # samples/labels -> newest event time
-    forwarded: dict[str, int] = field(default_factory=dict)  # "topic:p" -> last offset applied
-    learners: dict[str, StreamLearner] = field(default_factory=dict)
-    monitors: dict[str, FeatureMonitor] = field(default_factory=dict)
-    recent: RecentIds = field(default_factory=lambda: RecentIds(200_000))
-    counts: Counter[str] = field(default_factory=Counter)  # survive restarts, for metrics
-    sequence: int = 0  # of the events this partition emits (see codec.Sequences)
-    # Event-time bookkeeping for late data: the newest event time processed per input
-    # topic, and over all inputs (the merge's frontier).
-    newest: dict[str, int] = field(default_factory=dict)
-    frontier: int = -(2**63)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # A checkpoint of an earlier version lacks the fields added since.
-        state.setdefault("newest", {})
-        state.setdefault("frontier", -(2**63))
-        self.__dict__.update(state)
-
-
 class _Queue:
     """Work on one stream's learner, in arrival order, for :meth:`Unit._apply`."""
 
@@ -306,10 +121,10 @@ class _Queue:
     def __init__(self) -> None:
         self.ops: list[Predict | Learn] = []
         # per Predict: (sample, record, join partition, what the join holds)
-        self.predicted: list[tuple[Sample, Stored, int, _Held]] = []
+        self.predicted: list[tuple[Sample, Record, int, _Held]] = []
         self.index: dict[int, int] = {}  # id() of a held sample -> position in predicted
         # per Learn: (index of its queued prediction or None, (example, record))
-        self.learned: list[tuple[int | None, tuple[Example, Stored]]] = []
+        self.learned: list[tuple[int | None, tuple[Example, Record]]] = []
 
 
 class _Held(NamedTuple):
@@ -318,40 +133,42 @@ class _Held(NamedTuple):
     sample: Sample
     served: Served | None
     prediction: Prediction | None
-    stored: Stored
+    stored: Record
 
 
 class Unit:
     """The processing of one partition; see the module docstring."""
 
-    def __init__(self, state: UnitState, ctx: EngineContext) -> None:
+    def __init__(self, state: UnitState, config: EngineConfig, runtime: EngineRuntime) -> None:
         self.state = state
-        self.ctx = ctx
+        self.config = config
+        self.runtime = runtime
         self.p = state.partition
-        t = ctx.topics
+        self._out = Outputs()  # what the call in progress produces (see _outputs)
+        t = config.topics
         self._samples, self._labels, self._repartition = t.samples, t.labels, t.repartition
-        self._to_predict: list[tuple[Sample, Stored, int]] = []  # (sample, record, join partition)
+        self._to_predict: list[tuple[Sample, Record, int]] = []  # (sample, record, join partition)
         self._time = 0  # event time of the record being processed
         self._clock_seen = time.time() * 1000  # wall time the newest join clock came
         self._waiting_ids: set[str] = set()
         self._queues: dict[str, _Queue] = {}  # work on the learners here, see _queue_of
-        self._source = f"{ctx.source}/p{self.p}"
+        self._source = f"{config.source}/p{self.p}"
         for name, learner in state.learners.items():
-            ctx.directory.owned(name, learner)
+            runtime.directory.owned(name, learner)
 
-    @classmethod
-    def new_state(cls, partition: int, ctx: EngineContext) -> UnitState:
+    @staticmethod
+    def new_state(partition: int, config: EngineConfig) -> UnitState:
         """The state of a partition that has no checkpoint."""
         return UnitState(
             partition=partition,
-            join=JoinBuffer(ctx.join_ttl_ms, ctx.join_max_pending),
-            recent=RecentIds(ctx.dedup_horizon),
+            join=JoinBuffer(config.join_ttl_ms, config.join_max_pending),
+            recent=RecentIds(config.dedup_horizon),
         )
 
     def release(self) -> None:
         """The partition leaves this process: its learners no longer predict here."""
         for name in self.state.learners:
-            self.ctx.directory.owned(name, None)
+            self.runtime.directory.owned(name, None)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -362,10 +179,10 @@ class Unit:
         The event time of a sample or label is its ``ts``, else (no ``ts``, or a
         record that does not decode) the record's timestamp, taken as now when it is
         beyond ``EDDY_MAX_FUTURE_S``. A repartition record carries the time it was
-        merged at where it was forwarded from.
+        merged at where it was forwarded from. Each record's ``time`` is set to it.
         """
         now = now_ms()
-        latest = now + self.ctx.max_future_ms
+        latest = now + self.config.max_future_ms
         out: list[Timed] = []
         if topic == self._repartition:
             for record in records:
@@ -373,25 +190,32 @@ class Unit:
                 kind = headers.get(KIND)
                 raw = headers.get(TIME, b"")
                 stamp = int(raw) if raw.isdigit() else _stamp(record, latest, now)
+                record.time = stamp
                 rank = SAMPLE if kind == b"sample" else LABEL
-                out.append(Timed(stamp, rank, record.offset, record, None))
+                out.append(Timed(stamp, rank, record.offset, record, None, record.timestamp))
             return out
         decode, rank = (decode_sample, SAMPLE) if topic == self._samples else (decode_label, LABEL)
         for record in records:
             try:
                 event = self._decode(decode, record, latest)
             except DecodeError as ex:
-                out.append(Timed(_stamp(record, latest, now), rank, record.offset, record, ex))
+                record.time = _stamp(record, latest, now)
+                out.append(Timed(record.time, rank, record.offset, record, ex, record.timestamp))
                 continue
-            stamp = event.ts if event.ts is not None else _stamp(record, latest, now)
-            out.append(Timed(stamp, rank, record.offset, record, event))
+            record.time = event.ts if event.ts is not None else _stamp(record, latest, now)
+            out.append(Timed(record.time, rank, record.offset, record, event, record.timestamp))
         return out
 
-    def process(self, items: Sequence[Timed]) -> None:
+    def _outputs(self) -> Outputs:
+        """What the calls since the last one produced (and a fresh list for the next)."""
+        out, self._out = self._out, Outputs()
+        return out
+
+    def process(self, items: Sequence[Timed]) -> Outputs:
         """Handle timed records of this partition (from :meth:`timed`) in the merged
-        order; outputs go to ``ctx.out``."""
+        order; returns what they produced."""
         now = now_ms()
-        latest = now + self.ctx.max_future_ms
+        latest = now + self.config.max_future_ms
         offsets = self.state.offsets
         for item in items:
             record = item.record
@@ -411,8 +235,9 @@ class Unit:
             except DecodeError as ex:
                 self.dead_letter(record, ex)
             offsets[topic] = record.offset + 1
-        self.flush_predictions()
+        self._flush_predictions()
         self._gauge_pending()
+        return self._outputs()
 
     def _note_time(self, topic: str, t: int) -> None:
         """Count late data: a record whose event time is below one its topic had before
@@ -432,32 +257,39 @@ class Unit:
         if t > state.frontier:
             state.frontier = t
         if kind:
-            which = self.ctx.topics.kind(topic)
+            which = self.config.topics.kind(topic)
             state.counts[f"{kind}:{which}"] += 1
-            self.ctx.metrics.late.labels(which, kind).inc()
+            self.runtime.metrics.late.labels(which, kind).inc()
 
-    def on_idle(self, clocks: dict[str, int]) -> int:
+    def on_idle(self, clocks: dict[str, int]) -> Outputs:
         """Between batches: expire what waited too long (``clocks``: event-time clock of
-        the samples and of the labels, from the agent). Returns how many left the join:
-        a change of state that the next checkpoint must record."""
-        self.flush_predictions()
+        the samples and of the labels, from :meth:`idle_clocks`); what left the join
+        counts in the outputs' ``changed``."""
+        self._flush_predictions()
         expired = self.state.join.expire(clocks.get("labels", 0), clocks.get("samples", 0))
         if expired:
             self._emit(expired)
             self._gauge_pending()
-        return len(expired)
+        out = self._outputs()
+        out.changed += len(expired)
+        return out
+
+    def flush(self) -> Outputs:
+        """Predict and learn what waits for the end of a batch (before a checkpoint)."""
+        self._flush_predictions()
+        return self._outputs()
 
     def _gauge_pending(self) -> None:
-        self.ctx.metrics.child("pending", str(self.p)).set(len(self.state.join))
+        self.runtime.metrics.child("pending", str(self.p)).set(len(self.state.join))
 
     # -- samples -----------------------------------------------------------------------------
 
     def _on_sample(self, sample: Sample, record: Record, time_ms: int) -> None:
         self._advance_clock("samples", time_ms)
-        spec, reason, message = self.ctx.policy.admit(sample.stream)
+        spec, reason, message = self.runtime.policy.admit(sample.stream)
         if spec is None:
             raise Refusal(reason, message)
-        problem = feature_magnitude_problem(sample.features, self.ctx.max_feature_magnitude)
+        problem = feature_magnitude_problem(sample.features, self.config.max_feature_magnitude)
         if problem is not None:
             raise Refusal(VALUE_TOO_LARGE, problem)
         if sample.label is not None:
@@ -467,18 +299,18 @@ class Unit:
             if problem is not None:
                 self._warn_task(sample.stream, spec, sample.label)
                 raise UnlearnableLabel(problem)
-        j = partition_of(sample.id, self.ctx.partitions)
+        j = partition_of(sample.id, self.config.partitions)
         queue = self._queue_of(sample.stream)
         if queue is not None:
-            self._queue_sample(queue, sample, Stored.of(record, time_ms), j)
+            self._queue_sample(queue, sample, record, j)
             return
-        self._to_predict.append((sample, Stored.of(record, time_ms), j))
+        self._to_predict.append((sample, record, j))
         self._waiting_ids.add(sample.id)
         # Labelled already (inline, or its label came first): predicted, then learned,
         # before the next sample is predicted.
         labelled = sample.label is not None or (j == self.p and sample.id in self.state.join.labels)
         if labelled and self._learns_at_once(sample.stream):
-            self.flush_predictions()
+            self._flush_predictions()
 
     def _queue_of(self, stream: str) -> _Queue | None:
         """The queue of a stream whose learner lives in this unit (``None``: the stream
@@ -497,7 +329,7 @@ class Unit:
             queue = self._queues[stream] = _Queue()
         return queue
 
-    def _queue_sample(self, queue: _Queue, sample: Sample, stored: Stored, j: int) -> None:
+    def _queue_sample(self, queue: _Queue, sample: Sample, stored: Record, j: int) -> None:
         held = _Held(sample, None, None, stored)
         queue.ops.append(Predict(sample.features))
         queue.index[id(held)] = len(queue.predicted)
@@ -562,24 +394,24 @@ class Unit:
         self,
         stream: str,
         learner: StreamLearner,
-        entries: Sequence[tuple[Any, tuple[Example, Stored]]],
+        entries: Sequence[tuple[Any, tuple[Example, Record]]],
         learned: Learned,
         spent: float,
     ) -> None:
         """Record what a learner learned of ``entries`` (``(_, ref)``: each example with
         its record, as passed to the learner): the examples topic, metrics, refusals,
         drift."""
-        ctx = self.ctx
+        runtime = self.runtime
         gone = {id(r.ref) for r in learned.refused}
-        out, topic, key = ctx.out, ctx.topics.examples, stream.encode()
+        out, topic, key = self._out.examples, self.config.topics.examples, stream.encode()
         for _, ref in entries:
             if gone and id(ref) in gone:
                 continue
             example = ref[0]
-            if ctx.on_learned is not None:
-                ctx.on_learned(stream, example.features, example.label)
+            if runtime.on_learned is not None:
+                runtime.on_learned(stream, example.features, example.label)
             out.append(Out(topic, encode_example(example), key, self.p))
-        metrics = ctx.metrics
+        metrics = runtime.metrics
         if learned.learned > 0:  # refusals found later can outnumber a call's examples
             metrics.child("learned", stream).inc(learned.learned)
         if entries:
@@ -590,22 +422,22 @@ class Unit:
             self._drift(learner, finding)
 
     def _learns_at_once(self, stream: str) -> bool:
-        predictor, _ = self.ctx.directory.predictor(stream)
+        predictor, _ = self.runtime.directory.predictor(stream)
         changes = getattr(predictor, "changes_on_learn", None)
         return predictor is None or changes is None or bool(changes())
 
-    def flush_predictions(self) -> None:
+    def _flush_predictions(self) -> None:
         """Predict the samples read since the last flush, publish, and hold them."""
         self._settle()
         if not self._to_predict:
             return
         pending, self._to_predict = self._to_predict, []
         self._waiting_ids.clear()
-        by_stream: dict[str, list[tuple[Sample, Stored, int]]] = {}
+        by_stream: dict[str, list[tuple[Sample, Record, int]]] = {}
         for item in pending:
             by_stream.setdefault(item[0].stream, []).append(item)
         for stream, items in by_stream.items():
-            predictor, staleness = self.ctx.directory.predictor(stream)
+            predictor, staleness = self.runtime.directory.predictor(stream)
             xs = [s.features for s, _, _ in items]
             if predictor is None:
                 predictions = [Prediction(None)] * len(items)
@@ -645,9 +477,9 @@ class Unit:
         """One prediction record per sample, to the partition that joins it (``partitions``);
         ``learned``: how many examples the model had learned when it predicted each."""
         ts = now_ms()
-        out = self.ctx.out
-        topic = self.ctx.topics.predictions
-        hook = self.ctx.hooks.on_prediction
+        out = self._out.predictions
+        topic = self.config.topics.predictions
+        hook = self.runtime.hooks.on_prediction
         for sample, j, prediction, seen in zip(
             samples, partitions, predictions, learned, strict=True
         ):
@@ -672,7 +504,7 @@ class Unit:
             )
             if hook is not None:
                 self._call(hook, event)
-        metrics = self.ctx.metrics
+        metrics = self.runtime.metrics
         metrics.child("predictions", stream).inc(len(samples))
         metrics.child("staleness", stream).observe(staleness / 1000)
 
@@ -682,10 +514,10 @@ class Unit:
         samples: Sequence[Sample],
         predictions: Sequence[Prediction],
         version: str,
-        last: Stored,
+        last: Record,
     ) -> None:
-        config = self.ctx.feature_drift
-        if config is None or not self.ctx.policy.spec(stream).feature_drift:
+        config = self.config.feature_drift
+        if config is None or not self.runtime.policy.spec(stream).feature_drift:
             return
         monitor = self.state.monitors.get(stream)
         if monitor is None:
@@ -701,18 +533,18 @@ class Unit:
         found: list[FeatureDrift],
         monitor: FeatureMonitor,
         version: str,
-        stored: Stored,
+        stored: Record,
     ) -> None:
-        metrics = self.ctx.metrics
+        metrics = self.runtime.metrics
         for finding in found:
             metrics.feature_drifts.labels(stream, finding.kind).inc()
-        cooldown = self.ctx.feature_drift_cooldown_s
-        last = self.ctx.feature_drift_last.get(stream)
+        cooldown = self.config.feature_drift_cooldown_s
+        last = self.runtime.feature_drift_last.get(stream)
         if last is not None and time.monotonic() - last < cooldown:
             metrics.feature_drifts_suppressed.labels(stream).inc(len(found))
             return
-        self.ctx.feature_drift_last[stream] = time.monotonic()
-        retrain = self.ctx.policy.spec(stream).feature_drift_retrain
+        self.runtime.feature_drift_last[stream] = time.monotonic()
+        retrain = self.runtime.policy.spec(stream).feature_drift_retrain
         data = {
             "stream": stream,
             "partition": self.p,
@@ -735,8 +567,8 @@ class Unit:
         )
         event_id = self._event_id("feature_drift", stream, monitor.count)
         event = self._event("feature_drift.detected", data, stream, event_id)
-        if self.ctx.hooks.on_drift is not None:
-            self._call(self.ctx.hooks.on_drift, {"type": "feature_drift"} | data)
+        if self.runtime.hooks.on_drift is not None:
+            self._call(self.runtime.hooks.on_drift, {"type": "feature_drift"} | data)
         if retrain:
             request = {"stream": stream, "reason": "feature_drift", "trigger_event_id": event["id"]}
             self._event(
@@ -750,20 +582,20 @@ class Unit:
 
     def _on_label(self, label: Label, record: Record, time_ms: int) -> None:
         self._advance_clock("labels", time_ms)
-        j = partition_of(label.id, self.ctx.partitions)
+        j = partition_of(label.id, self.config.partitions)
         if j != self.p:
-            self._forward(Stored.of(record, time_ms), b"label", j)
+            self._forward(record, b"label", j)
             return
-        self._join_label(label, Stored.of(record, time_ms))
+        self._join_label(label, record)
 
     def _join_sample(self, held: _Held) -> None:
         sample, stored = held.sample, held.stored
         pending = Pending(sample.id, held, (stored.partition, stored.offset), stored.time)
         self._emit(self.state.join.add_sample(pending, sample.label))
 
-    def _join_label(self, label: Label, stored: Stored) -> None:
+    def _join_label(self, label: Label, stored: Record) -> None:
         if label.id in self._waiting_ids:
-            self.flush_predictions()  # its sample was read in this batch: hold it first
+            self._flush_predictions()  # its sample was read in this batch: hold it first
         pending = Pending(label.id, (label, stored), (stored.partition, stored.offset), stored.time)
         self._emit(self.state.join.add_label(pending))
 
@@ -772,10 +604,10 @@ class Unit:
         for result in results:
             if isinstance(result, Joined):
                 held: _Held = result.sample.payload
-                if isinstance(result.label, tuple):  # a label record: (Label, Stored)
+                if isinstance(result.label, tuple):  # a label record: (Label, Record)
                     label, label_stored = result.label
                     value = label.label
-                    spec = self.ctx.policy.spec(held.sample.stream)
+                    spec = self.runtime.policy.spec(held.sample.stream)
                     problem = label_problem(spec.task, value) or self._label_magnitude(spec, value)
                     if problem is not None:
                         self._warn_task(held.sample.stream, spec, value)
@@ -799,8 +631,8 @@ class Unit:
                 )
                 if sample.ts is not None and result.label_position is not None:
                     delay = max(now_ms() - sample.ts, 0) / 1000
-                    self.ctx.metrics.label_delay.observe(delay)
-                q = partition_of(sample.stream, self.ctx.partitions)
+                    self.runtime.metrics.label_delay.observe(delay)
+                q = partition_of(sample.stream, self.config.partitions)
                 if q == self.p:
                     k = self._pending_prediction(held)
                     self._learn(example, held.prediction if k is None else k, held.stored)
@@ -812,42 +644,47 @@ class Unit:
                     if result.kind == "sample"
                     else (result.entry.payload[1])
                 )
-                error = Unmatched(result.kind, result.reason, self.ctx.join_ttl_ms / 1000)
+                error = Unmatched(result.kind, result.reason, self.config.join_ttl_ms / 1000)
                 counts[error.reason] += 1
-                self.ctx.metrics.unjoined.labels(result.kind, result.reason).inc()
+                self.runtime.metrics.unjoined.labels(result.kind, result.reason).inc()
                 self.dead_letter(stored, error)
 
     # -- forwarding --------------------------------------------------------------------------
 
-    def _forward(self, stored: Stored, kind: bytes, to: int, served: Served | None = None) -> None:
+    def _forward(self, stored: Record, kind: bytes, to: int, served: Served | None = None) -> None:
         # The original record whole (its own headers too), plus where it came from.
         source = f"{stored.topic}:{stored.partition}:{stored.offset}".encode()
         headers = [*stored.headers, (KIND, kind), (SOURCE, source), (TIME, b"%d" % stored.time)]
         if served is not None:
             headers.append((SERVED, orjson.dumps(served.as_json(), option=orjson.OPT_NON_STR_KEYS)))
-        self.ctx.out.append(
+        self._out.forwards.append(
             Out(
-                self.ctx.topics.repartition, stored.value, stored.key, to, headers, stored.timestamp
+                self.config.topics.repartition,
+                stored.value,
+                stored.key,
+                to,
+                headers,
+                stored.timestamp,
             )
         )
-        self.ctx.metrics.forwarded.labels(kind.decode()).inc()
+        self.runtime.metrics.forwarded.labels(kind.decode()).inc()
 
-    def _forward_example(self, example: Example, stored: Stored, to: int) -> None:
+    def _forward_example(self, example: Example, stored: Record, to: int) -> None:
         headers = [
             (KIND, b"example"),
             (SOURCE, f"{stored.topic}:{stored.partition}:{stored.offset}".encode()),
             (TIME, b"%d" % self._time),  # when the join completed: the label's time
         ]
-        self.ctx.out.append(
+        self._out.forwards.append(
             Out(
-                self.ctx.topics.repartition,
+                self.config.topics.repartition,
                 encode_example(example),
                 example.stream.encode(),
                 to,
                 headers,
             )
         )
-        self.ctx.metrics.forwarded.labels("example").inc()
+        self.runtime.metrics.forwarded.labels("example").inc()
 
     def _on_forwarded(self, record: Record, time_ms: int, latest: int, now: int) -> None:
         headers = dict(record.headers or ())
@@ -855,7 +692,7 @@ class Unit:
         source = headers.get(SOURCE, b"").decode(errors="replace")
         origin = _origin(record, source, time_ms)
         if kind == b"example":
-            example = decode_example(record.value, self.ctx.max_message_bytes)  # type: ignore[arg-type]
+            example = decode_example(record.value, self.config.max_message_bytes)  # type: ignore[arg-type]
             prediction = _prediction_of(example.served, example.label)
             self._learn(example, prediction, origin)
             return
@@ -880,12 +717,12 @@ class Unit:
 
     # -- learning ----------------------------------------------------------------------------
 
-    def _learn(self, example: Example, prediction: Prediction | int | None, stored: Stored) -> None:
+    def _learn(self, example: Example, prediction: Prediction | int | None, stored: Record) -> None:
         """Score ``prediction`` (or, by its index, one queued) and learn ``example``."""
         state = self.state
         if example.id in state.recent:
             state.counts["duplicates"] += 1
-            self.ctx.metrics.duplicates.labels(example.stream).inc()
+            self.runtime.metrics.duplicates.labels(example.stream).inc()
             return
         queue = self._queue_of(example.stream)
         if queue is not None:
@@ -897,9 +734,9 @@ class Unit:
         assert not isinstance(prediction, int)  # queued predictions are of queued streams
         learner = state.learners.get(example.stream)
         if learner is None:
-            spec = self.ctx.policy.spec(example.stream)
+            spec = self.runtime.policy.spec(example.stream)
             learner = state.learners[example.stream] = StreamLearner(example.stream, spec)
-            self.ctx.directory.owned(example.stream, learner)
+            self.runtime.directory.owned(example.stream, learner)
             log.info(
                 "new stream %r (%s, %s) in partition %d",
                 example.stream,
@@ -908,7 +745,7 @@ class Unit:
                 self.p,
             )
         if learner.changes_on_learn() and self._to_predict:
-            self.flush_predictions()  # samples read before this label see the model before it
+            self._flush_predictions()  # samples read before this label see the model before it
         state.recent.add(example.id)
         ref = (example, stored)
         started = time.perf_counter()
@@ -918,16 +755,17 @@ class Unit:
             example.stream, learner, [(None, ref)], learned, time.perf_counter() - started
         )
 
-    def flush_learners(self) -> None:
+    def flush_learners(self) -> Outputs:
         """Learn the examples mini-batch learners still collect (a partial batch), and
         dead-letter what they refuse."""
-        self.flush_predictions()
+        self._flush_predictions()
         for name, learner in self.state.learners.items():
             flush = getattr(learner.learner, "flush", None)
             if flush is not None:
                 flush()
             for refused in learner.take_refused():
                 self._refused(name, refused)
+        return self._outputs()
 
     def _refused(self, stream: str, refused: Refused) -> None:
         example, stored = refused.ref
@@ -945,7 +783,7 @@ class Unit:
     def _drift(self, learner: StreamLearner, finding: DriftFinding) -> None:
         signal = finding.signal
         stream = learner.stream
-        self.ctx.metrics.drifts.labels(stream, signal.level).inc()
+        self.runtime.metrics.drifts.labels(stream, signal.level).inc()
         _, stored = finding.ref
         position = {
             "partition": stored.partition,
@@ -970,8 +808,8 @@ class Unit:
             stream,
             self._event_id("drift", stream, signal.count, signal.level),
         )
-        if self.ctx.hooks.on_drift is not None:
-            self._call(self.ctx.hooks.on_drift, {"type": "drift"} | data)
+        if self.runtime.hooks.on_drift is not None:
+            self._call(self.runtime.hooks.on_drift, {"type": "drift"} | data)
         if signal.level != "drift":
             return
         request = {
@@ -994,15 +832,17 @@ class Unit:
         path every dead letter takes, counted once."""
         reason = getattr(error, "reason", "error")
         raw = record.value if value is None else value
-        raw, extra = truncate_for_dead_letter(raw, self.ctx.max_message_bytes - 16 * 1024)
-        headers = dead_letter_headers(record, error, self.ctx.group) + extra
-        self.ctx.out.append(Out(self.ctx.topics.deadletter, raw, record.key, 0, headers))
-        kind = self.ctx.topics.kind(record.topic)
-        self.ctx.metrics.dead_lettered.labels(kind, reason).inc()
+        raw, extra = truncate_for_dead_letter(raw, self.config.max_message_bytes - 16 * 1024)
+        headers = dead_letter_headers(record, error, self.config.group) + extra
+        self._out.dead_letters.append(
+            Out(self.config.topics.deadletter, raw, record.key, 0, headers)
+        )
+        kind = self.config.topics.kind(record.topic)
+        self.runtime.metrics.dead_lettered.labels(kind, reason).inc()
         self.state.counts[f"dead:{reason}"] += 1
-        if self.ctx.hooks.on_error is not None:
+        if self.runtime.hooks.on_error is not None:
             self._call(
-                self.ctx.hooks.on_error,
+                self.runtime.hooks.on_error,
                 {
                     "reason": reason,
                     "message": str(error),
@@ -1021,12 +861,12 @@ class Unit:
         )
 
     def _decode(self, decode: Any, record: Record, latest: int) -> Any:
-        event = decode(record.value, self.ctx.max_message_bytes)
+        event = decode(record.value, self.config.max_message_bytes)
         if event.ts is not None and event.ts > latest:
-            ahead = (event.ts - latest + self.ctx.max_future_ms) / 1000
+            ahead = (event.ts - latest + self.config.max_future_ms) / 1000
             msg = (
                 f"$.ts is {ahead:,.0f} s ahead of this machine's clock; at most "
-                f"{self.ctx.max_future_ms / 1000:g} s is accepted (EDDY_MAX_FUTURE_S)"
+                f"{self.config.max_future_ms / 1000:g} s is accepted (EDDY_MAX_FUTURE_S)"
             )
             raise TimestampInFuture(msg)
         return event
@@ -1056,16 +896,16 @@ class Unit:
     def _label_magnitude(self, spec: StreamSpec, label: Any) -> str | None:
         if spec.task != "regression" or isinstance(label, bool):
             return None
-        bound = self.ctx.max_feature_magnitude
+        bound = self.config.max_feature_magnitude
         if isinstance(label, int | float) and not -bound <= label <= bound:
             return f"$.label is {label:g}, beyond the accepted magnitude {bound:g}"
         return None
 
     def _warn_task(self, stream: str, spec: StreamSpec, label: Any) -> None:
         key = (stream, spec.task)
-        if key in self.ctx.warned:
+        if key in self.runtime.warned:
             return
-        self.ctx.warned.add(key)
+        self.runtime.warned.add(key)
         if spec.task == "binary":
             fix = (
                 f"its labels look like classes such as {label!r}: set the stream's task to "
@@ -1096,10 +936,12 @@ class Unit:
             data,
             subject=stream,
             event_id=event_id,
-            signing_key=self.ctx.signing_key,
+            signing_key=self.config.signing_key,
             sequence=self.state.sequence,
         )
-        self.ctx.out.append(Out(self.ctx.topics.events, orjson.dumps(event), stream.encode(), 0))
+        self._out.events.append(
+            Out(self.config.topics.events, orjson.dumps(event), stream.encode(), 0)
+        )
         return event
 
     def _event_id(self, kind: str, stream: str, count: int, level: str = "") -> str:
@@ -1142,13 +984,13 @@ def _stamp(record: Record, latest: int, now: int) -> int:
     return record.timestamp if record.timestamp <= latest else now
 
 
-def _origin(record: Record, source: str, time_ms: int) -> Stored:
+def _origin(record: Record, source: str, time_ms: int) -> Record:
     """The original record a forwarded one stands for (for dead letters and positions)."""
     topic, _, rest = source.rpartition(":")
     where_topic, _, partition = topic.rpartition(":")
     headers = tuple((k, v) for k, v in (record.headers or ()) if k not in _INTERNAL_HEADERS)
     try:
-        return Stored(
+        return Record(
             where_topic,
             int(partition),
             int(rest),
@@ -1159,7 +1001,7 @@ def _origin(record: Record, source: str, time_ms: int) -> Stored:
             time_ms,
         )
     except ValueError:
-        return Stored.of(record, time_ms)
+        return record
 
 
 def _served_from_json(value: dict[str, Any]) -> Served:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -114,10 +114,10 @@ async def start_producer(
     quiet = _ExpectedRefusal()
     if mode == "auto":
         sender_log.addFilter(quiet)
+    refusals = (UnknownError, UnsupportedVersionError)
     try:
-        await producer.start()
-    except (UnknownError, UnsupportedVersionError) as ex:
-        await producer.stop()
+        await _start(producer, producer.stop, options, passthrough=refusals)
+    except refusals as ex:
         if mode == "on":
             msg = (
                 f"the broker at {options['bootstrap_servers']} refused an idempotent producer "
@@ -131,14 +131,7 @@ async def start_producer(
         )
         producer = AIOKafkaProducer(enable_idempotence=False, **options)
         refuse_topic_creation(producer.client)
-        try:
-            await producer.start()
-        except KafkaError as ex2:
-            await producer.stop()
-            raise _unreachable(options, ex2) from ex2
-    except KafkaError as ex:
-        await producer.stop()
-        raise _unreachable(options, ex) from ex
+        await _start(producer, producer.stop, options)
     finally:
         sender_log.removeFilter(quiet)
     return producer
@@ -161,11 +154,8 @@ def make_consumer(kafka: KafkaConfig, role: str, *topics: str, **extra: Any) -> 
 async def start_consumer(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
     """Start ``consumer``; an unreachable broker is a :class:`BrokerError` saying so (and
     the consumer is closed)."""
-    try:
-        await consumer.start()
-    except KafkaError as ex:
-        await close_client(consumer)
-        raise _unreachable({"bootstrap_servers": consumer._client._bootstrap_servers}, ex) from ex
+    bootstrap = {"bootstrap_servers": consumer._client._bootstrap_servers}
+    await _start(consumer, lambda: close_client(consumer), bootstrap)
     return consumer
 
 
@@ -174,12 +164,25 @@ async def start_admin(kafka: KafkaConfig) -> AIOKafkaAdminClient:
     options = client_options(kafka, "admin")
     admin = AIOKafkaAdminClient(**options)
     refuse_topic_creation(admin._client)
-    try:
-        await admin.start()
-    except KafkaError as ex:
-        await admin.close()
-        raise _unreachable(options, ex) from ex
+    await _start(admin, admin.close, options)
     return admin
+
+
+async def _start(
+    client: Any,
+    close: Callable[[], Awaitable[Any]],
+    options: dict[str, Any],
+    passthrough: tuple[type[Exception], ...] = (),
+) -> None:
+    """Start a Kafka client; if that fails, close it and raise a :class:`BrokerError`
+    naming the broker (``passthrough`` errors are raised as they are, after closing)."""
+    try:
+        await client.start()
+    except KafkaError as ex:
+        await close()
+        if isinstance(ex, passthrough):
+            raise
+        raise _unreachable(options, ex) from ex
 
 
 def _unreachable(options: dict[str, Any], ex: Exception) -> BrokerError:

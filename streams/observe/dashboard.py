@@ -87,7 +87,7 @@ class History:
     """A bounded series of :class:`Point` sampled from a registry.
 
     ``events`` returns the control events to show (see
-    :class:`~eddy.streams.agents.champions.SeenEvent`); it is called from the HTTP
+    :class:`~eddy.streams.agents.followers.SeenEvent`); it is called from the HTTP
     thread, so it must return a copy.
     """
 

@@ -31,15 +31,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from eddy.models.catalogue import CATALOGUE
 from eddy.models.exceptions import EddyError
-from eddy.models.learners import CATALOGUE
+from eddy.streams.kafka.admin import create_topics, topic_sizes
 from eddy.streams.kafka.broker import (
     EmbeddedBroker,
     broker_file,
     find_running_broker,
     record_running_broker,
 )
-from eddy.streams.kafka.topics import Topics, create_topics, topic_sizes
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import maintenance_cli, sources, up
 from eddy.streams.ops.producer import ProduceOptions, ProduceReport, produce
 from eddy.streams.ops.supervisor import stop_signals

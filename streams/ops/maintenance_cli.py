@@ -21,8 +21,9 @@ from rich.table import Table
 from eddy.models.exceptions import EddyError
 from eddy.models.maintain.registry import ONLINE, Registry, RegistryError
 from eddy.streams.exceptions import BrokerError
+from eddy.streams.kafka.admin import require_topics
 from eddy.streams.kafka.clients import start_producer
-from eddy.streams.kafka.topics import Topics, require_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.settings import KAFKA_SETTINGS, Settings, add_settings_arguments
 from eddy.streams.state.registry_topic import KafkaRegistry
 from eddy.streams.wire.codec import make_event

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from eddy.streams.kafka.admin import require_topics
 from eddy.streams.kafka.clients import start_producer
-from eddy.streams.kafka.topics import Topics, require_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.settings import KafkaConfig
 from eddy.streams.wire.codec import Label, Sample, encode_label, encode_sample, now_ms
 

@@ -24,13 +24,13 @@ from rich.text import Text
 
 from eddy.models.maintain.registry import Registry
 from eddy.streams.exceptions import BrokerError
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.broker import (
     EmbeddedBroker,
     broker_file,
     find_running_broker,
     record_running_broker,
 )
-from eddy.streams.kafka.topics import create_topics
 from eddy.streams.observe.dashboard import Samples, sum_samples
 from eddy.streams.ops.supervisor import (
     Child,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from eddy.models import checkpoint
 from eddy.models.sealed import SealError, seal_pickled, unseal
+from eddy.streams.engine.checkpoint import Checkpoint
 from eddy.streams.exceptions import BrokerError
 from eddy.streams.kafka.clients import close_client, end_offsets, make_consumer
 from eddy.streams.settings import KafkaConfig
@@ -39,29 +39,29 @@ from eddy.streams.state.chunks import (
     other_slot,
     send_blob,
 )
+from eddy.streams.state.store import Restored
 
 log = logging.getLogger(__name__)
 
 NAME = "state"
 
 
-@dataclass
-class Restored:
-    """A restored checkpoint: the state object and where it came from."""
-
-    state: Any
-    generation: int
-    source: str  # "changelog@<offset>", "cache", "changelog+cache"
-    manifest: dict[str, Any] | None
-
-
 class Changelog:
-    """Checkpoints of one consumer group's partitions on ``topic``."""
+    """Checkpoints of one consumer group's partitions on ``topic``: the worker's
+    :class:`~eddy.streams.state.store.PartitionStore`, writing with ``producer`` (a
+    reader that only restores needs none)."""
 
     def __init__(
-        self, kafka: KafkaConfig, topic: str, key: bytes, cache_dir: Path, group: str
+        self,
+        kafka: KafkaConfig,
+        topic: str,
+        key: bytes,
+        cache_dir: Path,
+        group: str,
+        producer: AIOKafkaProducer | None = None,
     ) -> None:
         self.kafka = kafka
+        self.producer = producer
         self.topic = topic
         self.key = key
         self.cache_dir = cache_dir
@@ -75,23 +75,28 @@ class Changelog:
         return self.cache_dir / f"p{partition}.ckpt"
 
     @staticmethod
-    async def snapshot(state: Any) -> bytes:
-        """``state`` pickled: it may change once this returns. Only the pickle waits for
-        the caller (the agent holds its lock meanwhile); compressing and signing are
-        done by :meth:`write`."""
-        return await asyncio.to_thread(pickle.dumps, state, pickle.HIGHEST_PROTOCOL)
+    async def snapshot(checkpoint: Checkpoint) -> bytes:
+        """``checkpoint`` pickled: it may change once this returns. Only the pickle waits
+        for the caller (the agent holds its lock meanwhile); compressing and signing
+        are done by :meth:`write`."""
+        return await asyncio.to_thread(pickle.dumps, checkpoint, pickle.HIGHEST_PROTOCOL)
 
-    async def write(
-        self, producer: AIOKafkaProducer, partition: int, snapshot: bytes, generation: int
-    ) -> dict[str, Any]:
+    def revoke(self, partition: int) -> None:
+        """Forget which slot ``partition`` wrote last: its next owner reads it back."""
+        self._slots.pop(partition, None)
+
+    async def write(self, partition: int, snapshot: bytes, generation: int) -> None:
         """Seal a :meth:`snapshot` and write it to the changelog, then the cache; returns
-        the manifest once the broker has acknowledged every record. One write per
-        partition at a time (the two slots alternate)."""
+        once the broker has acknowledged every record. One write per partition at a
+        time (the two slots alternate)."""
+        if self.producer is None:
+            msg = "this Changelog was made to read only: give it a producer to write"
+            raise RuntimeError(msg)
         data = await asyncio.to_thread(seal_pickled, snapshot, self.key)
         slot = other_slot(self._slots.get(partition, (None, 0))[0])
         previous = self._chunks_in.get((partition, slot), 0)
         manifest = await send_blob(
-            producer,
+            self.producer,
             self.topic,
             partition,
             NAME,
@@ -104,7 +109,12 @@ class Changelog:
         self._slots[partition] = (slot, len(manifest["chunks"]))
         self._chunks_in[(partition, slot)] = len(manifest["chunks"])
         await asyncio.to_thread(self._write_cache, partition, data, manifest)
-        return manifest
+        log.debug(
+            "checkpointed partition %d (%d bytes, generation %d)",
+            partition,
+            manifest["size"],
+            generation,
+        )
 
     def _write_cache(self, partition: int, data: bytes, manifest: dict[str, Any]) -> None:
         checkpoint.write_atomic(self.cache_path(partition), data)
@@ -112,8 +122,9 @@ class Changelog:
             self.cache_path(partition).with_suffix(".json"), orjson.dumps(manifest)
         )
 
-    async def load(self, partition: int) -> Restored | None:
-        """The newest checkpoint of ``partition`` that verifies, or ``None``."""
+    async def assign(self, partition: int) -> Restored | None:
+        """The newest checkpoint of ``partition`` that verifies and this eddy can read,
+        or ``None``."""
         tp = TopicPartition(self.topic, partition)
         consumer = make_consumer(
             self.kafka, "restore", enable_auto_commit=False, auto_offset_reset="earliest"
@@ -145,7 +156,9 @@ class Changelog:
                     self.topic,
                     cached.get("generation"),
                 )
-                return Restored(state, int(cached.get("generation", 0)), "cache", cached)
+                restored = _restored(state, int(cached.get("generation", 0)), "cache")
+                if restored is not None:
+                    return restored
         return None
 
     async def _from_manifest(
@@ -163,7 +176,9 @@ class Changelog:
                 state = await asyncio.to_thread(
                     checkpoint.load, self.cache_path(partition), self.key
                 )
-                return Restored(state, generation, f"{where} (local copy)", manifest)
+                restored = _restored(state, generation, f"{where} (local copy)")
+                if restored is not None:
+                    return restored
             except (OSError, SealError) as ex:
                 log.warning(
                     "partition %d: local copy refused (%s); reading the changelog", partition, ex
@@ -179,7 +194,7 @@ class Changelog:
                 ex,
             )
             return None
-        return Restored(state, generation, where, manifest)
+        return _restored(state, generation, where)
 
     def _read_cache_manifest(self, partition: int) -> dict[str, Any] | None:
         path = self.cache_path(partition).with_suffix(".json")
@@ -197,3 +212,16 @@ class Changelog:
             # The other slot may hold more chunks than we know: a tombstone too many is
             # harmless, a stale chunk left behind wastes space until overwritten.
             self._chunks_in.setdefault((partition, other_slot(slot)), 64)
+
+
+def _restored(obj: object, generation: int, where: str) -> Restored | None:
+    """``obj`` as a restored checkpoint, or ``None`` (with a warning) if it is none this
+    eddy can read."""
+    try:
+        if not isinstance(obj, Checkpoint):
+            msg = f"it holds a {type(obj).__name__}, not a checkpoint"
+            raise ValueError(msg)
+        return Restored(obj.check(), generation, where)
+    except ValueError as ex:
+        log.warning("checkpoint at %s refused (%s); trying an older one", where, ex)
+        return None

@@ -20,9 +20,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
-
 from eddy.streams.observe.metrics import EngineMetrics
+from eddy.streams.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +39,18 @@ H_ORIGINAL_SIZE = "eddy-dlt-original-size"
 H_ORIGINAL_SHA256 = "eddy-dlt-original-sha256"
 
 
-class SourceRecord(Protocol):
-    """What eddy needs of a consumed record (aiokafka's ``ConsumerRecord`` fits)."""
+class Sender(Protocol):
+    """What :class:`DeadLetterQueue` needs of a producer (aiokafka's fits)."""
 
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Any
+    async def send_and_wait(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, **kwargs: Any
+    ) -> Any:
+        """Send one record and wait until the broker has it."""
+        ...
 
 
 def dead_letter_headers(
-    record: SourceRecord, error: BaseException, group: str | None
+    record: Record, error: BaseException, group: str | None
 ) -> list[tuple[str, bytes]]:
     """The headers a dead-lettered record carries: where it came from and why it failed."""
     cls = type(error)
@@ -95,7 +92,7 @@ class DeadLetterQueue:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: Sender,
         topic: str,
         metrics: EngineMetrics,
         kind: Callable[[str], str],
@@ -109,7 +106,7 @@ class DeadLetterQueue:
         self._kind = kind
         self._group = group
 
-    async def send(self, record: SourceRecord, error: BaseException) -> None:
+    async def send(self, record: Record, error: BaseException) -> None:
         """Dead-letter ``record`` because of ``error``; waits until the broker has it."""
         reason = getattr(error, "reason", "error")
         log.warning(

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.broker import EmbeddedBroker, free_port
-from eddy.streams.kafka.topics import create_topics
 from eddy.streams.observe.dashboard import sum_samples
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions

@@ -22,8 +22,9 @@ import pytest
 
 from eddy.models import checkpoint
 from eddy.models.maintain.registry import Registry
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.clients import read_records
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.ops.sources import open_named
 from eddy.streams.ops.supervisor import Child, ChildSpec, Supervisor, eddy_argv
@@ -86,7 +87,7 @@ class Killer(threading.Thread):
 def final_state(settings: Settings) -> Any:
     """The worker's last checkpoint of partition 0 (its local copy)."""
     path = settings.data_dir / "checkpoints" / f"{settings.topics.prefix}worker" / "p0.ckpt"
-    return checkpoint.load(path, state_key(settings.state)).state  # a Checkpointed
+    return checkpoint.load(path, state_key(settings.state)).state  # a Checkpoint
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -46,7 +46,7 @@ def test_a_burst_keeps_memory_bounded_and_drains(settings: Settings, tmp_path: P
             "producer_idempotence": "off",
         }
     )
-    from eddy.streams.kafka.topics import create_topics
+    from eddy.streams.kafka.admin import create_topics
 
     asyncio.run(create_topics(settings.kafka, settings.topics))
     port = free_port()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord
 
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.broker import EmbeddedBroker
 from eddy.streams.kafka.clients import read_records
-from eddy.streams.kafka.topics import create_topics
 from eddy.streams.settings import Settings
 
 
@@ -47,3 +47,23 @@ async def read_topic(
         if len(records) >= at_least or asyncio.get_running_loop().time() > deadline:
             return records
         await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def registry_from_kafka(tmp_path: Path):
+    """``rebuild(settings)``: the registry as Kafka holds it, mirrored into an empty
+    directory (what another machine would see)."""
+    from eddy.streams.state.registry_topic import KafkaRegistry
+
+    def rebuild(settings: Settings):
+        async def read():
+            registry = KafkaRegistry(
+                settings.kafka, settings.topics.prefix, tmp_path / "registry-from-kafka"
+            )
+            await registry.sync()
+            await registry.close()
+            return registry.mirror
+
+        return asyncio.run(read())
+
+    return rebuild

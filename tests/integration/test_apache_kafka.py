@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from eddy.streams.kafka.topics import Topics, create_topics, topic_sizes
+from eddy.streams.kafka.admin import create_topics, topic_sizes
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.settings import Settings

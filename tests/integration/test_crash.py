@@ -20,7 +20,8 @@ from river.datasets import synth
 
 from eddy.models import checkpoint
 from eddy.models.checkpoint import CheckpointError
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.admin import create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.wire.keys import state_key
 from tests.integration.event_helpers import named, produce_librdkafka, qa_events
@@ -49,7 +50,7 @@ def _start_worker(settings, log_path):
 def _unit_state(settings):
     """The worker's last checkpoint of partition 0, from its local copy."""
     path = settings.data_dir / "checkpoints" / f"{settings.topics.prefix}worker" / "p0.ckpt"
-    try:  # a streams.agents.partitions.Checkpointed
+    try:  # an eddy.streams.engine.checkpoint.Checkpoint
         return checkpoint.load(path, state_key(settings.state)).state
     except (FileNotFoundError, CheckpointError):
         return None
@@ -99,32 +100,24 @@ def _wait(condition, within, what, proc=None):
         time.sleep(0.1)
 
 
-def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(settings, tmp_path):
-    settings = settings.with_overrides(
-        {"topic_prefix": settings.topics.prefix + "c.", "partitions": 1}
-    )
-    asyncio.run(create_topics(settings.kafka, settings.topics))
+def _kill_9_mid_stream(settings, tmp_path, produce, n: int, kill_after: int) -> int:
+    """Run a worker while ``produce()`` sends ``n`` examples, kill -9 it once
+    ``kill_after`` are checkpointed, start another and let it finish; returns how many
+    were checkpointed when it was killed."""
     log_path = tmp_path / "worker.log"
-
-    def stream():
-        return itertools.islice(sources.open_named("sea", seed=21), N)
-
-    async def produce_slowly():
-        await _send_paced(settings, stream(), rate=5000)
-
     worker = _start_worker(settings, log_path)
     loop = asyncio.new_event_loop()
     try:
-        production = loop.run_in_executor(None, lambda: asyncio.run(produce_slowly()))
-        _wait(lambda: _learned(settings) >= 15_000, 120, "15,000 examples checkpointed", worker)
+        production = loop.run_in_executor(None, produce)
+        _wait(lambda: _learned(settings) >= kill_after, 120, f"{kill_after} checkpointed", worker)
         killed_at = _learned(settings)
-        assert killed_at < N, "the stream must still be flowing when the worker is killed"
+        assert killed_at < n, "the stream must still be flowing when the worker is killed"
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
 
         worker = _start_worker(settings, log_path)
         loop.run_until_complete(production)
-        _wait(lambda: _learned(settings) >= N, 180, f"{N} examples checkpointed", worker)
+        _wait(lambda: _learned(settings) >= n, 180, f"{n} examples checkpointed", worker)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
     finally:
@@ -132,7 +125,21 @@ def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(setting
             worker.kill()
             worker.wait()
         loop.close()
+    return killed_at
 
+
+def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(settings, tmp_path):
+    settings = settings.with_overrides(
+        {"topic_prefix": settings.topics.prefix + "c.", "partitions": 1}
+    )
+    asyncio.run(create_topics(settings.kafka, settings.topics))
+
+    def stream():
+        return itertools.islice(sources.open_named("sea", seed=21), N)
+
+    killed_at = _kill_9_mid_stream(
+        settings, tmp_path, lambda: asyncio.run(_send_paced(settings, stream(), 5000)), N, 15_000
+    )
     state = _unit_state(settings)
     learned = state.learners["default"]
     assert learned.learned == N
@@ -156,31 +163,16 @@ def test_kill_9_and_restore_mid_stream_give_the_model_of_an_uncrashed_run(settin
     client: the model after a kill -9 and a restore is River's, weight for weight."""
     pytest.importorskip("confluent_kafka")
     settings = settings.with_overrides(
-        {"topic_prefix": settings.topics.prefix + "k.", "partitions": 1}
+        {
+            "topic_prefix": settings.topics.prefix + "k.",
+            "partitions": 1,
+        }
     )
     asyncio.run(create_topics(settings.kafka, settings.topics))
     events = qa_events(_kill_dataset(), KILL_DELAY)
-    log_path = tmp_path / "worker.log"
-    worker = _start_worker(settings, log_path)
-    loop = asyncio.new_event_loop()
-    try:
-        production = loop.run_in_executor(None, lambda: produce_librdkafka(settings, events, 3000))
-        _wait(lambda: _learned(settings) >= 8000, 120, "8,000 examples checkpointed", worker)
-        killed_at = _learned(settings)
-        assert killed_at < KILL_N, "the stream must still be flowing when the worker is killed"
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait()
-        worker = _start_worker(settings, log_path)
-        loop.run_until_complete(production)
-        _wait(lambda: _learned(settings) >= KILL_N, 180, f"{KILL_N} checkpointed", worker)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-        loop.close()
-
+    killed_at = _kill_9_mid_stream(
+        settings, tmp_path, lambda: produce_librdkafka(settings, events, 3000), KILL_N, 8000
+    )
     learner = _unit_state(settings).learners["default"]
     river_model = linear_model.LogisticRegression(optimizer=optim.SGD(0.01))
     for _, x, y in river_stream.simulate_qa(_kill_dataset(), None, KILL_DELAY):

@@ -15,9 +15,10 @@ from river import datasets, evaluate, linear_model, metrics, preprocessing
 from river import stream as river_stream
 from river.datasets import synth
 
-from eddy.models.learners import make_learner
+from eddy.models.catalogue import make_learner
 from eddy.streams.app import App
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.admin import create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from tests.integration.conftest import read_topic

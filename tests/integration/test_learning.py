@@ -17,7 +17,8 @@ from river import stream as river_stream
 from river.datasets import synth
 
 from eddy.streams.app import App
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.admin import create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.wire.codec import decode_event

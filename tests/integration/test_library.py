@@ -96,8 +96,15 @@ def test_the_wheel_installs_one_eddy_package_and_nothing_else_at_the_top(wheel: 
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"eddy"}, tops
     names = set(zipfile.ZipFile(wheel).namelist())
-    for part in ("eddy/py.typed", "eddy/schemas/sample.json", "eddy/streams/dashboard.html"):
+    for part in (
+        "eddy/py.typed",
+        "eddy/schemas/sample.json",
+        "eddy/streams/observe/dashboard.html",
+    ):
         assert part in names
+    # The compiled modules, built by the wheel's own build (setup.py).
+    for module in ("eddy/models/kernels/_linear.",):
+        assert any(n.startswith(module) and n.endswith(".so") for n in names), module
 
 
 def test_a_project_with_its_own_models_package_runs_the_sketch(

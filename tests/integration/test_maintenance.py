@@ -7,10 +7,10 @@ import asyncio
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.admin import create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
-from eddy.streams.state.registry_topic import KafkaRegistry
 from eddy.streams.wire.codec import decode_event, schema_errors
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import (
@@ -23,7 +23,7 @@ from tests.integration.worker_helpers import (
 N, DRIFT_AT = 20_000, 10_000
 
 
-def test_drift_to_served_int8_model(settings, tmp_path):
+def test_drift_to_served_int8_model(settings, registry_from_kafka):
     settings = settings.with_overrides(
         {"topic_prefix": settings.topics.prefix + "m.", "partitions": 1, "retrain_epochs": 20}
     )
@@ -60,14 +60,7 @@ def test_drift_to_served_int8_model(settings, tmp_path):
 
     client, served_prediction, learned, outcomes = asyncio.run(scenario())
 
-    async def rebuilt(root):
-        """The registry as Kafka holds it, mirrored into an empty directory."""
-        kafka_registry = KafkaRegistry(settings.kafka, settings.topics.prefix, root)
-        await kafka_registry.sync()
-        await kafka_registry.close()
-        return kafka_registry.mirror
-
-    registry = asyncio.run(rebuilt(tmp_path / "elsewhere"))
+    registry = registry_from_kafka(settings)
     # scaled-logreg cannot take network weights: the learner keeps its own, and says so
     assert ("default", "v0002", False) in [o[:3] for o in outcomes]
     assert learned == N

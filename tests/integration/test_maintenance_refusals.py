@@ -10,8 +10,9 @@ import orjson
 
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.retrainer import Retrainer
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.clients import start_producer
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.state.registry_topic import KafkaRegistry

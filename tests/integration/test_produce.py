@@ -17,7 +17,7 @@ from tests.integration.conftest import read_topic
 def test_labels_arrive_late_and_dropped_ones_are_counted(settings):
     settings = settings.with_overrides({"topic_prefix": settings.topics.prefix + "one."})
     settings = settings.with_overrides({"partitions": 1})
-    from eddy.streams.kafka.topics import create_topics
+    from eddy.streams.kafka.admin import create_topics
 
     asyncio.run(create_topics(settings.kafka, settings.topics))
     options = ProduceOptions(n=2000, label_delay=50, label_drop=0.05, seed=3, id_prefix="run")

@@ -9,9 +9,10 @@ import itertools
 import numpy as np
 import orjson
 
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.clients import read_records
 from eddy.streams.kafka.partitioning import partition_of
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.observe.dashboard import read_registry, sum_samples
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce

@@ -19,8 +19,9 @@ import orjson
 from eddy.consumers.exporter import Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer
+from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.clients import start_producer
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.settings import settings_env
@@ -61,10 +62,10 @@ def _state(settings, data_dir: Path, partition: int):
             data_dir / "reader" / group,
             group,
         )
-        return await changelog.load(partition)
+        return await changelog.assign(partition)
 
     restored = asyncio.run(load())
-    return restored.state.state if restored is not None else None
+    return restored.checkpoint.state if restored is not None else None
 
 
 def _learned(settings, data_dir: Path) -> dict[str, int]:

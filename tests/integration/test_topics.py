@@ -4,7 +4,8 @@ import time
 import pytest
 
 from eddy.streams.exceptions import BrokerError, TopicError
-from eddy.streams.kafka.topics import Topics, create_topics, topic_sizes
+from eddy.streams.kafka.admin import create_topics, topic_sizes
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.settings import Settings
 
 
@@ -85,8 +86,8 @@ def test_eddy_clients_never_create_topics_by_naming_them(broker, tmp_path):
 
 
 def test_services_wait_for_missing_topics_and_commands_refuse_them(broker, tmp_path, caplog):
+    from eddy.streams.kafka.admin import require_topics, wait_for_topics
     from eddy.streams.kafka.clients import start_producer
-    from eddy.streams.kafka.topics import require_topics, wait_for_topics
 
     s = Settings.build(
         bootstrap=broker.bootstrap, topic_prefix="tc4.", partitions=1, data_dir=tmp_path

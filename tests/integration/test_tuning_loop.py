@@ -12,10 +12,10 @@ import torch
 from eddy.consumers.exporter import INT8, TRAIN, VARIANT, Exporter
 from eddy.consumers.hotswap import HotSwapClient
 from eddy.consumers.retrainer import Retrainer, search_space
-from eddy.streams.kafka.topics import Topics, create_topics
+from eddy.streams.kafka.admin import create_topics
+from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
-from eddy.streams.state.registry_topic import KafkaRegistry
 from eddy.streams.wire.codec import decode_event, schema_errors
 from tests.integration.conftest import read_topic
 from tests.integration.worker_helpers import (
@@ -37,7 +37,7 @@ VARIANTS = [
 ]
 
 
-def test_search_compress_gate_and_hot_swap_on_a_drifted_stream(settings, tmp_path):
+def test_search_compress_gate_and_hot_swap_on_a_drifted_stream(settings, registry_from_kafka):
     torch.set_num_threads(1)
     settings = settings.with_overrides(
         {
@@ -84,14 +84,7 @@ def test_search_compress_gate_and_hot_swap_on_a_drifted_stream(settings, tmp_pat
     client, prediction = asyncio.run(scenario())
     loop_seconds = time.monotonic() - started
 
-    async def rebuilt(root):
-        """The registry as Kafka holds it, mirrored into an empty directory."""
-        registry = KafkaRegistry(settings.kafka, settings.topics.prefix, root)
-        await registry.sync()
-        await registry.close()
-        return registry.mirror
-
-    registry = asyncio.run(rebuilt(tmp_path / "elsewhere"))
+    registry = registry_from_kafka(settings)
     assert prediction[0] in (True, False)
     assert [v for _, v, _ in client.swaps] == ["v0001", "v0002"] and client.refused == []
     assert registry.aliases("default")["champion"] == "v0002"

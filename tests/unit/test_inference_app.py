@@ -15,7 +15,7 @@ from eddy.consumers.hotswap import Served
 from eddy.consumers.inference.app import build_app
 from eddy.consumers.inference.metrics import ServeMetrics
 from eddy.consumers.inference.models import ModelSet
-from eddy.models.learners import make_learner
+from eddy.models.catalogue import make_learner
 from eddy.streams.settings import Settings
 
 ROWS = [{"x": 1.0, "y": 2.0}, {"x": -3.0, "y": 0.5}]

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from river import compose, datasets, linear_model, optim, preprocessing, tree
 from river.datasets import synth
 
+from eddy.models.catalogue import CATALOGUE
 from eddy.models.columns import FeatureColumns, columns_of
 from eddy.models.kernels import LEARN, PREDICT, Applied, CompiledLinear, _linear, compile_river
-from eddy.models.learners import CATALOGUE
 
 Row = dict[Hashable, Any]
 Stream = list[tuple[Row, Any]]
@@ -730,7 +730,6 @@ def test_libm_calls_match_python() -> None:
     assert all(_linear.probe_pow(v, 0.5) == v**0.5 for v in pow_half)
     assert all(_linear.probe_pow(g, 2.0) == g**2 for g in squares)
     values = np.random.default_rng(3).standard_normal(20_000) * 10
-    assert any(math.exp(v) != float(np.exp(v)) for v in values)  # numpy's exp is not libm's
     assert all(_linear.probe_exp(float(v)) == math.exp(v) for v in values)
     # sum(): as this interpreter adds (left to right on 3.11, compensated from 3.12)
     for case in ([1e100, 1.0, -1e100], [0.1] * 10, list(values)):

@@ -9,15 +9,9 @@ import pickle
 import pytest
 from river import linear_model, preprocessing, tree
 
+from eddy.models.catalogue import CATALOGUE, make_learner
 from eddy.models.exceptions import ModelConfigError
-from eddy.models.learners import (
-    CATALOGUE,
-    LEARN_ERROR,
-    NON_FINITE,
-    RiverLearner,
-    TorchModel,
-    make_learner,
-)
+from eddy.models.learners import LEARN_ERROR, NON_FINITE, RiverLearner, TorchModel
 from eddy.models.metrics import PrequentialMetrics
 from eddy.models.torch_learner import TorchLearner
 from eddy.streams.ops.sources import open_named
