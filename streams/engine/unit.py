@@ -180,6 +180,10 @@ class Unit:
         record that does not decode) the record's timestamp, taken as now when it is
         beyond ``EDDY_MAX_FUTURE_S``. A repartition record carries the time it was
         merged at where it was forwarded from. Each record's ``time`` is set to it.
+
+        When the record was sent (what the merger compares with fetch times) is its
+        timestamp, or now for a timestamp in the future: a producer's clock running
+        ahead must not hold a record back until that time comes.
         """
         now = now_ms()
         latest = now + self.config.max_future_ms
@@ -192,7 +196,9 @@ class Unit:
                 stamp = int(raw) if raw.isdigit() else _stamp(record, latest, now)
                 record.time = stamp
                 rank = SAMPLE if kind == b"sample" else LABEL
-                out.append(Timed(stamp, rank, record.offset, record, None, record.timestamp))
+                out.append(
+                    Timed(stamp, rank, record.offset, record, None, min(record.timestamp, now))
+                )
             return out
         decode, rank = (decode_sample, SAMPLE) if topic == self._samples else (decode_label, LABEL)
         for record in records:
@@ -200,10 +206,12 @@ class Unit:
                 event = self._decode(decode, record, latest)
             except DecodeError as ex:
                 record.time = _stamp(record, latest, now)
-                out.append(Timed(record.time, rank, record.offset, record, ex, record.timestamp))
+                sent = min(record.timestamp, now)
+                out.append(Timed(record.time, rank, record.offset, record, ex, sent))
                 continue
             record.time = event.ts if event.ts is not None else _stamp(record, latest, now)
-            out.append(Timed(record.time, rank, record.offset, record, event, record.timestamp))
+            sent = min(record.timestamp, now)
+            out.append(Timed(record.time, rank, record.offset, record, event, sent))
         return out
 
     def _outputs(self) -> Outputs:

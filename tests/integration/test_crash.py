@@ -24,7 +24,7 @@ from eddy.streams.kafka.admin import create_topics
 from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.wire.keys import state_key
-from tests.integration.event_helpers import named, produce_librdkafka, qa_events
+from tests.integration.event_helpers import LIVE_GRACE_MS, named, produce_librdkafka, qa_events
 
 N = 50_000
 
@@ -166,6 +166,7 @@ def test_kill_9_and_restore_mid_stream_give_the_model_of_an_uncrashed_run(settin
         {
             "topic_prefix": settings.topics.prefix + "k.",
             "partitions": 1,
+            "merge_grace_ms": LIVE_GRACE_MS,
         }
     )
     asyncio.run(create_topics(settings.kafka, settings.topics))

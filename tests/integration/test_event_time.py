@@ -22,7 +22,7 @@ from eddy.streams.kafka.topics import Topics
 from eddy.streams.ops import sources
 from eddy.streams.ops.producer import ProduceOptions, produce
 from tests.integration.conftest import read_topic
-from tests.integration.event_helpers import named, produce_librdkafka, qa_events
+from tests.integration.event_helpers import LIVE_GRACE_MS, named, produce_librdkafka, qa_events
 from tests.integration.worker_helpers import learned, running_worker, wait_for
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -165,7 +165,7 @@ def test_a_backlog_and_a_live_stream_give_rivers_predictions_and_figures(setting
     events = _events()
     backlog = _run(_one_partition(settings, "backlog"), events, live=False)
     _check_equals_river(*backlog, river_figures)
-    live = _run(_one_partition(settings, "live"), events, live=True)
+    live = _run(_one_partition(settings, "live", merge_grace_ms=LIVE_GRACE_MS), events, live=True)
     _check_equals_river(*live, river_figures)
     assert _by_stream(live[2]) == _by_stream(backlog[2])
 

@@ -17,6 +17,7 @@ from river.datasets import synth
 
 import eddy
 from eddy.streams.engine.merge import LABEL, SAMPLE, InputMerger, Timed
+from eddy.streams.records import Record
 from eddy.testing import TestRun
 
 BASE = 1_700_000_000_000
@@ -179,6 +180,38 @@ def test_an_input_that_may_hold_earlier_records_is_waited_for_at_most_the_bound(
     while not released and time.monotonic() < deadline:
         released = merger.take(lambda topic, since: False)
     assert [t.record for t in released] == ["s2"]
+
+
+def test_a_record_read_live_waits_for_a_fetch_of_the_other_inputs_after_the_grace():
+    """The grace covers what a producer sent before a record but had not yet put on the
+    broker: a fetch of the labels at or after ``sent + grace`` vouches for them, an
+    earlier one does not."""
+    merger = InputMerger(["labels", "samples"], max_wait_s=60, grace_ms=10)
+    merger.add("samples", [Timed(9, SAMPLE, 0, "s", None, sent=100.0)], fetched_at=103.0)
+    asked: list[float] = []
+
+    def labels_caught_up_at(polled: float):
+        return lambda topic, since: asked.append(since) or (topic == "labels" and polled >= since)
+
+    assert merger.take(labels_caught_up_at(105.0)) == []
+    assert asked[-1] == 110.0  # sent + grace, later than the fetch that brought s
+    assert [t.record for t in merger.take(labels_caught_up_at(110.0))] == ["s"]
+
+
+def test_a_producer_clock_ahead_does_not_hold_a_record_back():
+    """A record stamped in the future (a producer whose clock runs ahead, no ts in the
+    event) counts as sent now: the merge does not wait for that time to come."""
+    run = TestRun(_app(linear_model.LogisticRegression(), "binary"))
+    ahead = int(time.time() * 1000) + 10 * 365 * 86_400_000
+    value = b'{"id": "a", "features": {"x": 1.0}}'
+    record = Record(run.topics.samples, 0, 0, ahead, b"a", value)
+    [timed] = run.units[0].timed(run.topics.samples, [record])
+    assert timed.sent <= time.time() * 1000
+    assert abs(timed.time - time.time() * 1000) < 60_000  # its event time: now, not ahead
+    merger = InputMerger(["labels", "samples"], max_wait_s=60, grace_ms=10)
+    merger.add("samples", [timed], fetched_at=time.time() * 1000)
+    now = time.time() * 1000 + 20  # labels caught up as of a fetch 20 ms from now
+    assert [t.record for t in merger.take(lambda topic, since: since <= now)] == [record]
 
 
 def test_late_and_out_of_order_events_are_counted_and_processed_where_they_stand():
