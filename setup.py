@@ -1,5 +1,6 @@
-"""Builds eddy's one compiled module, eddy.models.kernels._linear (everything else is in
-pyproject.toml).
+"""Builds eddy's compiled modules, eddy.models.kernels._linear (the exact linear kernels)
+and eddy.models._columns (feature dicts to columns); everything else is in
+pyproject.toml.
 
 The flags are the point: the kernel must reproduce River's floating point bit for bit,
 so no fast-math, no FMA contraction, no -march=native (a fused multiply-add rounds once
@@ -37,11 +38,18 @@ recorded = " ".join(
 )
 recorded = f"{recorded} {' '.join(EXACT_FLAGS)}".strip()
 
-extension = Extension(
-    "eddy.models.kernels._linear",
-    ["models/kernels/_linear.pyx"],
-    extra_compile_args=EXACT_FLAGS,
-    define_macros=[("EDDY_KERNEL_CFLAGS", '"' + recorded.replace('"', "'") + '"')],
-)
+extensions = [
+    Extension(
+        "eddy.models.kernels._linear",
+        ["models/kernels/_linear.pyx"],
+        extra_compile_args=EXACT_FLAGS,
+        define_macros=[("EDDY_KERNEL_CFLAGS", '"' + recorded.replace('"', "'") + '"')],
+    ),
+    Extension(
+        "eddy.models._columns",
+        ["models/_columns.pyx"],
+        extra_compile_args=EXACT_FLAGS,
+    ),
+]
 
-setup(ext_modules=cythonize([extension], compiler_directives={"language_level": "3"}))
+setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from eddy.models import _columns
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class FeatureColumns:
@@ -78,9 +80,11 @@ class FeatureColumns:
         return out
 
 
-def columns_of(rows: Sequence[dict[Hashable, object]]) -> FeatureColumns:
-    """Columns of already decoded feature dicts (numbers and booleans numeric, strings
-    as text). The reference the batch decoder is checked against; not the hot path.
+def columns_of(rows: Sequence[dict[Hashable, object] | Sequence[object]]) -> FeatureColumns:
+    """Columns of decoded feature rows: dicts (numbers and booleans numeric, strings as
+    text), or lists of numbers (dense rows, features named ``0, 1, …`` as River numbers
+    them). Compiled (``eddy.models._columns``); :func:`columns_reference` is the
+    same in Python.
 
     >>> c = columns_of([{"a": 1.0, "b": True}, {"b": 2, "c": "x", "a": 0.5}])
     >>> c.names, c.values.tolist(), c.present.tolist()
@@ -89,7 +93,17 @@ def columns_of(rows: Sequence[dict[Hashable, object]]) -> FeatureColumns:
     ([[0, 1], [1, 0]], [None, {'c': 'x'}])
     >>> c.row(1)
     {'b': 2.0, 'a': 0.5, 'c': 'x'}
+    >>> columns_of([[1.0, 2.0]]).names
+    (0, 1)
     """
+    names, values, present, order, text = _columns.build(list(rows))
+    return FeatureColumns(names, values, present, order, text)
+
+
+def columns_reference(rows: Sequence[dict[Hashable, object] | Sequence[object]]) -> FeatureColumns:
+    """:func:`columns_of` in plain Python: the reference the compiled builder is tested
+    against; not the hot path."""
+    rows = [row if isinstance(row, dict) else dict(enumerate(row)) for row in rows]
     index: dict[Hashable, int] = {}
     for row in rows:
         for key, value in row.items():

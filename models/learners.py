@@ -13,6 +13,15 @@ pickle of the model, refreshed every few hundred examples) and the examples lear
 since; a failure restores the safe point and re-learns those examples without the
 culprit. Learning is deterministic, so the result is exactly the model that would have
 learned every other example.
+
+The compiled path: a River linear model that :func:`~eddy.models.kernels.compile_river`
+recognises (logistic, linear and softmax regression, alone or behind a standard scaler
+and one-hot encoder) is predicted and learned by its compiled kernel, bit for bit what
+River computes, over a whole batch at a time (:meth:`RiverLearner.run`). The River
+object stays the truth: the kernel's state is written into it before anything reads it
+(a pickle for a checkpoint, a snapshot or an export; River's own path), and read back
+after River changed it. An op the kernel cannot take exactly (a non-finite result, an
+input River would refuse) goes through River's guarded path, one example.
 """
 
 from __future__ import annotations
@@ -24,6 +33,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from eddy.models.columns import columns_of
+from eddy.models.kernels import LEARN, PREDICT, CompiledLinear, compile_river
 
 Features = dict[Any, Any] | list[float]
 
@@ -141,10 +155,11 @@ class RiverLearner:
 
     def __init__(self, task: str, estimator: Any) -> None:
         self.task = task
-        self.estimator = estimator
+        self._estimator = estimator
         self._classifier = task != "regression"
         self.predict_seconds = 0.0
         self._init_guard()
+        self._init_kernel()
 
     def _init_guard(self) -> None:
         self._safe: bytes | None = None
@@ -153,29 +168,173 @@ class RiverLearner:
         self._learn_seconds = 0.0
         self._refused: list[Refused] = []
 
-    # The guard's buffers are not state: a restored learner takes a fresh safe point.
+    def _init_kernel(self) -> None:
+        try:
+            self._kernel: CompiledLinear | None = compile_river(self._estimator, self.task)
+        except ValueError:  # a state the kernel cannot continue exactly: River's own path
+            self._kernel = None
+        self._kernel_ahead = False  # the kernel learned what the River object has not yet
+        self._river_ahead = False  # River's own path changed the object since the kernel read it
+
+    @property
+    def compiled(self) -> bool:
+        """Whether a compiled kernel predicts and learns this model (see the module)."""
+        return self._kernel is not None
+
+    # The guard's buffers and the kernel are not state: the synced River object is; a
+    # restored learner takes a fresh safe point and compiles its kernel again.
     def __getstate__(self) -> dict[str, Any]:
-        return {"task": self.task, "estimator": self.estimator}
+        self._to_river()
+        return {"task": self.task, "estimator": self._estimator}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.task = state["task"]
-        self.estimator = state["estimator"]
+        self._estimator = state["estimator"]
         self._classifier = self.task != "regression"
         self.predict_seconds = 0.0
         self._init_guard()
+        self._init_kernel()
+
+    # -- who holds the state: the kernel or the River object ----------------------------------
+
+    def _to_river(self) -> None:
+        """Make the River object current (before River's own path or a pickle reads it)."""
+        if self._kernel_ahead:
+            assert self._kernel is not None
+            self._kernel.sync()
+            self._kernel_ahead = False
+            # The guard's safe point predates what the kernel learned: take a fresh one.
+            self._safe = None
+            self._replay = []
+        if self._kernel is not None:
+            self._river_ahead = True  # River's path may change it from here on
+
+    def _to_kernel(self) -> CompiledLinear | None:
+        """The kernel, holding the River object's state (``None``: River's path only)."""
+        kernel = self._kernel
+        if kernel is None or (not self._river_ahead and kernel.estimator is self._estimator):
+            return kernel
+        self._river_ahead = False
+        try:
+            return self._read_into_kernel(kernel)
+        except ValueError:
+            # An example River learned broke the model (the kernel stops before such an
+            # example and leaves it to River): the guard finds and refuses it, as it
+            # would at the next prediction.
+            self._repair()
+        try:
+            return self._read_into_kernel(kernel)
+        except ValueError:  # a state River made so by itself: River's path from now on
+            self._kernel = None
+            return None
+
+    def _read_into_kernel(self, kernel: CompiledLinear) -> CompiledLinear | None:
+        """``kernel`` after reading the River object (a new kernel if the guard replaced
+        the object since); ValueError if its state cannot be continued exactly."""
+        if kernel.estimator is self._estimator:
+            kernel.reload()
+            return kernel
+        self._kernel = compile_river(self._estimator, self.task)
+        return self._kernel
+
+    @property
+    def estimator(self) -> Any:
+        """The River model, current: what the compiled kernel learned is written into it
+        first, and what is done to it is read back before the kernel goes on."""
+        self._to_river()
+        return self._estimator
+
+    def sync(self) -> None:
+        """Write what the compiled kernel learned into the River object (``estimator``):
+        afterwards it is exactly the model River would have learned."""
+        if self._kernel_ahead:
+            assert self._kernel is not None
+            self._kernel.sync()
+            self._kernel_ahead = False
+            self._safe = None
+            self._replay = []
 
     def _predict(self, x: dict[Any, Any]) -> Prediction:
         if self._classifier:
-            proba = self.estimator.predict_proba_one(x)
+            proba = self._estimator.predict_proba_one(x)
             return Prediction(max(proba, key=proba.get) if proba else None, proba)
-        return Prediction(self.estimator.predict_one(x))
+        return Prediction(self._estimator.predict_one(x))
 
     def predict_many(self, xs: Sequence[Features]) -> list[Prediction]:
         """Predict without learning; a non-finite answer triggers the guard's repair."""
+        if self._kernel is not None:
+            return self.run([PREDICT] * len(xs), xs, None, None)  # type: ignore[return-value]
         started = time.perf_counter()
         out = [self._predict_guarded(as_dict(x)) for x in xs]
         self.predict_seconds += time.perf_counter() - started
         return out
+
+    def run(
+        self,
+        kinds: Sequence[int],
+        xs: Sequence[Features],
+        ys: Sequence[Any] | None,
+        refs: Sequence[Any] | None,
+    ) -> list[Prediction | bool]:
+        """Predict and learn in the order given: ``kinds[i]`` is ``PREDICT`` (predict
+        ``xs[i]``) or ``LEARN`` (learn ``xs[i]`` with label ``ys[i]``, ``refs[i]`` naming
+        it if it is refused). Returns per op its :class:`Prediction`, or whether the
+        example was learned (``False``: refused, see :meth:`take_refused`); each
+        prediction is made by the model that learned every example before it here.
+
+        What :meth:`predict_one` and :meth:`learn_one` would give op by op: the compiled
+        kernel runs the batch where the model has one, River the ops it stops at.
+        """
+        n = len(kinds)
+        out: list[Prediction | bool] = [False] * n
+        kernel = self._to_kernel()
+        if kernel is None:
+            for i in range(n):
+                if kinds[i] == PREDICT:
+                    out[i] = self.predict_one(xs[i])
+                else:
+                    assert ys is not None and refs is not None
+                    out[i] = self.learn_one(xs[i], ys[i], refs[i])
+            return out
+        started = time.perf_counter()
+        ops = np.asarray(kinds, dtype=np.int8)
+        columns = columns_of(xs)
+        labels = ys if ys is not None else [None] * n
+        start = 0
+        while start < n:
+            kernel = self._to_kernel()
+            if kernel is None:  # River's state could not be read back: River from here
+                self.predict_seconds += time.perf_counter() - started
+                rest = self.run(kinds[start:], xs[start:], _tail(ys, start), _tail(refs, start))
+                out[start:] = rest
+                return out
+            applied = kernel.apply(
+                ops[start:], columns, np.arange(start, n, dtype=np.int64), labels[start:]
+            )
+            if applied.done and (ops[start : start + applied.done] == LEARN).any():
+                self._kernel_ahead = True
+            predicted = applied.river_all()
+            for k, at in enumerate(applied.predicted.tolist()):
+                out[start + at] = self._prediction(predicted[k])
+            for at in np.flatnonzero(ops[start : start + applied.done] == LEARN).tolist():
+                out[start + at] = True
+            if applied.stopped_at is None:
+                break
+            i = start + applied.stopped_at  # River's turn, one op
+            if kinds[i] == PREDICT:
+                out[i] = self.predict_one(xs[i])
+            else:
+                assert ys is not None and refs is not None
+                out[i] = self.learn_one(xs[i], ys[i], refs[i])
+            start = i + 1
+        self.predict_seconds += time.perf_counter() - started
+        return out
+
+    def _prediction(self, river: Any) -> Prediction:
+        """eddy's prediction from River's answer (as :meth:`_predict` makes it)."""
+        if self._classifier:
+            return Prediction(max(river, key=river.get) if river else None, river)
+        return Prediction(river)
 
     def _predict_guarded(self, xd: dict[Any, Any]) -> Prediction:
         try:
@@ -196,24 +355,33 @@ class RiverLearner:
 
     def learn_many(self, xs: Sequence[Features], ys: Sequence[Any], refs: Sequence[Any]) -> None:
         """Learn each example in order; one that raises is refused and undone."""
+        if self._kernel is not None:
+            self.run([LEARN] * len(xs), xs, ys, refs)
+            return
         started = time.perf_counter()
         for x, y, ref in zip(xs, ys, refs, strict=True):
             self._learn_guarded(as_dict(x), y, ref)
         self._learn_seconds += time.perf_counter() - started
 
     def predict_one(self, x: Features) -> Prediction:
-        """Predict one example (guarded as :meth:`predict_many`)."""
+        """Predict one example with River itself (guarded as :meth:`predict_many`)."""
+        self._to_river()
         return self._predict_guarded(as_dict(x))
 
     def learn_one(self, x: Features, y: Any, ref: Any) -> bool:
-        """Learn one example (guarded as :meth:`learn_many`); ``False`` if refused."""
-        return self._learn_guarded(as_dict(x), y, ref)
+        """Learn one example with River itself (guarded as :meth:`learn_many`);
+        ``False`` if refused."""
+        self._to_river()
+        started = time.perf_counter()
+        learned = self._learn_guarded(as_dict(x), y, ref)
+        self._learn_seconds += time.perf_counter() - started
+        return learned
 
     def _learn_guarded(self, xd: dict[Any, Any], y: Any, ref: Any) -> bool:
         if self._safe is None or len(self._replay) >= self._safe_every:
             self._take_safe_point()
         try:
-            self.estimator.learn_one(xd, y)
+            self._estimator.learn_one(xd, y)
         except Exception as ex:  # noqa: BLE001 - whatever the model raises is this example's
             self._restore([])
             self._refused.append(Refused(ref, LEARN_ERROR, f"{type(ex).__name__}: {ex}"))
@@ -236,7 +404,7 @@ class RiverLearner:
         ):
             self._repair()
         started = time.perf_counter()
-        self._safe = pickle.dumps(self.estimator, protocol=pickle.HIGHEST_PROTOCOL)
+        self._safe = pickle.dumps(self._estimator, protocol=pickle.HIGHEST_PROTOCOL)
         spent = time.perf_counter() - started
         if self._replay and self._learn_seconds > 0:
             per_example = self._learn_seconds / max(len(self._replay), 1)
@@ -254,10 +422,10 @@ class RiverLearner:
     def _restore(self, skip: list[int]) -> None:
         """Back to the safe point, then re-learn the examples since (except ``skip``)."""
         assert self._safe is not None
-        self.estimator = pickle.loads(self._safe)
+        self._estimator = pickle.loads(self._safe)
         kept = [item for i, item in enumerate(self._replay) if i not in skip]
         for x, y, _ in kept:
-            self.estimator.learn_one(x, y)
+            self._estimator.learn_one(x, y)
         self._replay = kept
 
     def _repair(self) -> None:
@@ -271,24 +439,28 @@ class RiverLearner:
         if self._safe is None:
             return
         culprits: list[int] = []
-        self.estimator = pickle.loads(self._safe)
+        self._estimator = pickle.loads(self._safe)
         for i, (x, y, ref) in enumerate(self._replay):
-            before = pickle.dumps(self.estimator, protocol=pickle.HIGHEST_PROTOCOL)
-            finite_before = finite_numbers(self.estimator)
+            before = pickle.dumps(self._estimator, protocol=pickle.HIGHEST_PROTOCOL)
+            finite_before = finite_numbers(self._estimator)
             try:
-                self.estimator.learn_one(x, y)
+                self._estimator.learn_one(x, y)
                 ok = finite_prediction(self._predict(x)) and not (
-                    finite_before - finite_numbers(self.estimator)
+                    finite_before - finite_numbers(self._estimator)
                 )
             except Exception:  # noqa: BLE001 - counts as non-finite
                 ok = False
             if not ok:
                 culprits.append(i)
-                self.estimator = pickle.loads(before)
+                self._estimator = pickle.loads(before)
                 self._refused.append(
                     Refused(ref, NON_FINITE, "learning it left the model with non-finite outputs")
                 )
         self._replay = [item for i, item in enumerate(self._replay) if i not in set(culprits)]
+
+
+def _tail(items: Sequence[Any] | None, start: int) -> Sequence[Any] | None:
+    return None if items is None else items[start:]
 
 
 @dataclass(frozen=True)

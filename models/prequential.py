@@ -22,7 +22,15 @@ from typing import Any, NamedTuple
 
 from eddy.models.catalogue import describe, make_learner
 from eddy.models.exceptions import ModelConfigError
-from eddy.models.learners import Features, OnlineLearner, Prediction, Refused, TorchModel
+from eddy.models.kernels import LEARN, PREDICT
+from eddy.models.learners import (
+    Features,
+    OnlineLearner,
+    Prediction,
+    Refused,
+    RiverLearner,
+    TorchModel,
+)
 from eddy.models.metrics import PrequentialMetrics, metric_names
 from eddy.models.monitor.drift import DriftMonitor, DriftSignal
 
@@ -234,10 +242,12 @@ class StreamLearner:
         learner: Any = self.learner
         if self.immediate is None and getattr(learner, "will_step", None) is not None:
             return self._apply_by_step(ops)
+        one_by_one = not (learner.per_example and self.immediate is None)
+        if not one_by_one and isinstance(learner, RiverLearner):
+            return self._apply_run(learner, ops)
         predictions: list[Prediction] = []
         seen: list[int] = []
         out = Learned()
-        one_by_one = not (learner.per_example and self.immediate is None)
         failed: set[int] = set()
         for op in ops:
             if type(op) is Predict:
@@ -265,6 +275,40 @@ class StreamLearner:
         out.refused += refused
         learned = sum(1 for op in ops if type(op) is Learn)
         out.learned = learned - len(out.refused)
+        return Applied(predictions, seen, out)
+
+    def _apply_run(self, learner: RiverLearner, ops: Sequence[Predict | Learn]) -> Applied:
+        """:meth:`apply` for a River model: the whole batch in one call of
+        :meth:`RiverLearner.run` (its compiled kernel, where the model has one), then
+        each example scored in order."""
+        kinds = [PREDICT if type(op) is Predict else LEARN for op in ops]
+        ys = [None if type(op) is Predict else op.y for op in ops]
+        refs = [None if type(op) is Predict else op.ref for op in ops]
+        results = learner.run(kinds, [op.x for op in ops], ys, refs)
+        predictions: list[Prediction] = []
+        seen: list[int] = []
+        out = Learned()
+        failed: set[int] = set()
+        learns = 0
+        for op, result in zip(ops, results, strict=True):
+            if type(op) is Predict:
+                seen.append(self.learned)
+                predictions.append(result)  # type: ignore[arg-type]
+                continue
+            learns += 1
+            if result:
+                self.learned += 1
+                served = op.served  # type: ignore[union-attr]
+                if type(served) is int:
+                    served = predictions[served]
+                self._score(LabelledItem(op.x, op.y, served, op.ref), out)  # type: ignore[union-attr, arg-type]
+            else:
+                failed.add(id(op.ref))  # type: ignore[union-attr]
+        refused = learner.take_refused()
+        # learned before, found to have broken the model since: no longer counted
+        self.learned -= sum(1 for r in refused if id(r.ref) not in failed)
+        out.refused += refused
+        out.learned = learns - len(out.refused)
         return Applied(predictions, seen, out)
 
     def _apply_by_step(self, ops: Sequence[Predict | Learn]) -> Applied:
@@ -318,10 +362,11 @@ class StreamLearner:
         served = item.served
         if served is None or served.empty:
             return  # River's rule: nothing to score, the example is still learned
-        self.metrics.update(item.y, served.value, served.proba)
-        out.scored += 1
         y = item.y
-        error = _abs_error(y, served.value) if self.regression else float(served.value != y)
+        value = _capped(y, served.value) if self.regression else served.value
+        self.metrics.update(y, value, served.proba)
+        out.scored += 1
+        error = _abs_error(y, value) if self.regression else float(value != y)
         signal = self.monitor.update(error)
         if signal is not None:
             out.findings.append(self._finding(signal, item.ref))
@@ -330,12 +375,30 @@ class StreamLearner:
         assert self.immediate is not None
         now = self.learner.predict_many([item.x])[0]
         if not now.empty:
-            self.immediate.update(item.y, now.value, now.proba)
+            value = _capped(item.y, now.value) if self.regression else now.value
+            self.immediate.update(item.y, value, now.proba)
 
     def _finding(self, signal: DriftSignal, ref: Any) -> DriftFinding:
         after = self.metrics.over_last(self.recent_window)
         before = self.metrics.over_last(self.spec.metrics_window, skip=self.recent_window)
         return DriftFinding(signal, ref, before, after)
+
+
+# A regression error beyond this is scored as this: River's MSE squares errors with
+# ``** 2``, which raises OverflowError past ~1.3e154 (a diverging model's finite but huge
+# predictions would stop the stream), and ADWIN's sums of squares would overflow too.
+ERROR_CAP = 1e100
+
+
+def _capped(y: Any, y_pred: Any) -> Any:
+    """``y_pred``, or ``y`` plus or minus :data:`ERROR_CAP` when it is farther than that."""
+    try:
+        gap = float(y_pred) - float(y)
+    except (TypeError, ValueError):
+        return y_pred
+    if -ERROR_CAP <= gap <= ERROR_CAP:
+        return y_pred
+    return float(y) + math.copysign(ERROR_CAP, gap)  # also for an infinite gap
 
 
 def _abs_error(y: Any, y_pred: Any) -> float:
