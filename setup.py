@@ -1,6 +1,6 @@
-"""Builds eddy's compiled modules, eddy.models.kernels._linear (the exact linear kernels)
-and eddy.models._columns (feature dicts to columns); everything else is in
-pyproject.toml.
+"""Builds eddy's compiled modules: eddy.models.kernels._linear (the exact linear kernels),
+eddy.models._columns (feature dicts to columns) and eddy.models._stats (River's running
+statistics over a batch); everything else is in pyproject.toml.
 
 The flags are the point: the kernel must reproduce River's floating point bit for bit,
 so no fast-math, no FMA contraction, no -march=native (a fused multiply-add rounds once
@@ -26,9 +26,10 @@ EXACT_FLAGS = [
     "-ftrapping-math",
     "-ffp-contract=off",
     "-fexcess-precision=standard",
-    # pow/exp stay calls into libm, as CPython's float ** and math.exp are.
+    # pow/exp/log stay calls into libm, as CPython's float **, math.exp and math.log are.
     "-fno-builtin-pow",
     "-fno-builtin-exp",
+    "-fno-builtin-log",
 ]
 
 recorded = " ".join(
@@ -48,6 +49,11 @@ extensions = [
     Extension(
         "eddy.models._columns",
         ["models/_columns.pyx"],
+        extra_compile_args=EXACT_FLAGS,
+    ),
+    Extension(
+        "eddy.models._stats",
+        ["models/_stats.pyx"],
         extra_compile_args=EXACT_FLAGS,
     ),
 ]

@@ -14,11 +14,14 @@ drifting stream says little). Regression: MAE, RMSE, R².
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 from river import metrics
+
+from eddy.models import _stats
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -92,6 +95,39 @@ class MetricSet:
             for metric in self._by_proba:
                 metric.update(y_true, proba)
 
+    def update_many(
+        self,
+        y_true: Sequence[Any],
+        y_pred: Sequence[Any],
+        proba: Sequence[dict[Any, float] | None],
+    ) -> None:
+        """Score examples in order: the River metrics end exactly as :meth:`update` one
+        example at a time leaves them (the same dict orders, the same floats).
+
+        The confusion matrix takes counts (its cells are whole numbers, so any order
+        adds them exactly); running means and variances run River's own update, in
+        order, compiled (``eddy.models._stats``). A metric of another kind (none of
+        eddy's) is updated one example at a time.
+        """
+        n = len(y_true)
+        if n == 0:
+            return
+        self.n += n
+        if self._cm is not None:
+            _count(self._cm, y_true, y_pred)
+        elif self._by_label:
+            ys = np.array(y_true, dtype=np.float64)
+            ps = np.array(y_pred, dtype=np.float64)
+            for metric in self._by_label:
+                _regression_many(metric, y_true, y_pred, ys, ps)
+        if self._by_proba:
+            kept = [i for i in range(n) if proba[i]]
+            if kept:
+                ys_kept = [y_true[i] for i in kept]
+                probas = [proba[i] for i in kept]
+                for metric in self._by_proba:
+                    _probabilistic_many(metric, ys_kept, probas)
+
     def get(self, name: str) -> metrics.base.Metric:
         """The River metric called ``name``."""
         return (self._by_label + self._by_proba)[self._names.index(name)]
@@ -151,6 +187,17 @@ class PrequentialMetrics:
         self.cumulative.update(y_true, y_pred, proba)
         self.recent.append((y_true, y_pred, proba))
 
+    def update_many(
+        self,
+        y_true: Sequence[Any],
+        y_pred: Sequence[Any],
+        proba: Sequence[dict[Any, float] | None],
+    ) -> None:
+        """Score examples in order (as many :meth:`update` calls, in one)."""
+        self.count += len(y_true)
+        self.cumulative.update_many(y_true, y_pred, proba)
+        self.recent.extend(zip(y_true, y_pred, proba, strict=True))
+
     def values(self, which: str = "cumulative") -> dict[str, float | None]:
         """Cumulative values, or rolling ones over the last ``window`` examples."""
         if which == "cumulative":
@@ -172,6 +219,66 @@ class PrequentialMetrics:
             "rolling": self.values("rolling"),
             "window": self.window,
         }
+
+
+def _count(cm: metrics.ConfusionMatrix, y_true: Sequence[Any], y_pred: Sequence[Any]) -> None:
+    """``cm.update(t, p)`` for each pair, by counts. Pairs are counted in order of first
+    appearance, so every dict of the matrix gains its keys in the order one-by-one
+    updates would add them (the first time a class appears as truth, as prediction, or
+    in a pair); counts are whole numbers, exact in floating point in any order."""
+    pairs = Counter(zip(y_true, y_pred, strict=True))
+    data, rows, cols = cm.data, cm.sum_row, cm.sum_col
+    hits = 0
+    for (t, p), k in pairs.items():
+        w = float(k)
+        data[t][p] += w
+        rows[t] += w
+        cols[p] += w
+        if t == p:
+            hits += k
+    cm.n_samples += len(y_true)
+    cm.total_weight += float(len(y_true))
+    if hits:
+        cm._total_true_positives += float(hits)
+
+
+def _regression_many(
+    metric: Any, y_true: Sequence[Any], y_pred: Sequence[Any], ys: Any, ps: Any
+) -> None:
+    kind = type(metric)
+    if kind is metrics.MAE:
+        mean = metric._mean
+        mean.n, mean._mean = _stats.mean_abs_error(mean.n, mean._mean, ys, ps)
+    elif kind is metrics.RMSE or kind is metrics.MSE:
+        mean = metric._mean
+        mean.n, mean._mean = _stats.mean_squared_error(mean.n, mean._mean, ys, ps, 2.0)
+    elif kind is metrics.R2:
+        var = metric._y_var
+        var.mean.n, var.mean._mean, var._S = _stats.variance(var.mean.n, var.mean._mean, var._S, ys)
+        metric._residual_sum_of_squares = _stats.residual_sum(
+            metric._residual_sum_of_squares, ys, ps
+        )
+    else:
+        for t, p in zip(y_true, y_pred, strict=True):
+            metric.update(t, p)
+
+
+def _probabilistic_many(metric: Any, y_true: list[Any], probas: list[dict[Any, float]]) -> None:
+    kind = type(metric)
+    if kind is metrics.LogLoss:
+        p_true = np.array([p.get(True, 0.0) for p in probas], dtype=np.float64)
+        truth = np.array([bool(t) for t in y_true], dtype=np.uint8)
+        mean = metric._mean
+        mean.n, mean._mean = _stats.mean_log_loss(mean.n, mean._mean, p_true, truth)
+    elif kind is metrics.CrossEntropy:
+        found = [p.get(t) for t, p in zip(y_true, probas, strict=True)]
+        has = np.array([f is not None for f in found], dtype=np.uint8)
+        p_true = np.array([0.0 if f is None else f for f in found], dtype=np.float64)
+        mean = metric._mean
+        mean.n, mean._mean = _stats.mean_cross_entropy(mean.n, mean._mean, p_true, has)
+    else:
+        for t, p in zip(y_true, probas, strict=True):
+            metric.update(t, p)
 
 
 def _finite(value: float) -> float | None:

@@ -205,6 +205,7 @@ class StreamLearner:
         if not items:
             return out
         learner = self.learner
+        to_score: list[LabelledItem] = []
         if learner.per_example:
             for item in items:
                 if self.immediate is not None:
@@ -214,7 +215,7 @@ class StreamLearner:
                 out.refused += refused
                 if any(r.ref is item.ref for r in refused):
                     continue
-                self._score(item, out)
+                to_score.append(item)
         else:
             if self.immediate is not None:
                 for item in items:
@@ -222,9 +223,8 @@ class StreamLearner:
             learner.learn_many([i.x for i in items], [i.y for i in items], [i.ref for i in items])
             out.refused += learner.take_refused()
             refused_now = {id(r.ref) for r in out.refused}
-            for item in items:
-                if id(item.ref) not in refused_now:
-                    self._score(item, out)
+            to_score = [item for item in items if id(item.ref) not in refused_now]
+        self._score(to_score, out)
         out.learned = len(items) - len(out.refused)
         self.learned += out.learned
         return out
@@ -266,7 +266,7 @@ class StreamLearner:
                 failed.update(id(r.ref) for r in done.refused)
             elif learner.learn_one(op.x, op.y, op.ref):
                 self.learned += 1
-                self._score(LabelledItem(op.x, op.y, served, op.ref), out)
+                self._score([LabelledItem(op.x, op.y, served, op.ref)], out)
             else:
                 failed.add(id(op.ref))
         refused = learner.take_refused()
@@ -290,6 +290,7 @@ class StreamLearner:
         out = Learned()
         failed: set[int] = set()
         learns = 0
+        to_score: list[LabelledItem] = []
         for op, result in zip(ops, results, strict=True):
             if type(op) is Predict:
                 seen.append(self.learned)
@@ -301,9 +302,10 @@ class StreamLearner:
                 served = op.served  # type: ignore[union-attr]
                 if type(served) is int:
                     served = predictions[served]
-                self._score(LabelledItem(op.x, op.y, served, op.ref), out)  # type: ignore[union-attr, arg-type]
+                to_score.append(LabelledItem(op.x, op.y, served, op.ref))  # type: ignore[union-attr, arg-type]
             else:
                 failed.add(id(op.ref))  # type: ignore[union-attr]
+        self._score(to_score, out)
         refused = learner.take_refused()
         # learned before, found to have broken the model since: no longer counted
         self.learned -= sum(1 for r in refused if id(r.ref) not in failed)
@@ -358,18 +360,33 @@ class StreamLearner:
         self.learned -= len(refused)
         return refused
 
-    def _score(self, item: LabelledItem, out: Learned) -> None:
-        served = item.served
-        if served is None or served.empty:
-            return  # River's rule: nothing to score, the example is still learned
-        y = item.y
-        value = _capped(y, served.value) if self.regression else served.value
-        self.metrics.update(y, value, served.proba)
-        out.scored += 1
-        error = _abs_error(y, value) if self.regression else float(value != y)
-        signal = self.monitor.update(error)
-        if signal is not None:
-            out.findings.append(self._finding(signal, item.ref))
+    def _score(self, items: Sequence[LabelledItem], out: Learned) -> None:
+        """Score each example's served prediction, in order: the metrics, then the drift
+        detector on its error. An example served no prediction is not scored (River's
+        rule; it is still learned). The metrics take the examples in batches, cut where
+        the detector fires, so a finding's figures are those of the examples up to it."""
+        scored = [i for i in items if i.served is not None and not i.served.empty]
+        if not scored:
+            return
+        ys = [i.y for i in scored]
+        if self.regression:
+            values = [_capped(i.y, i.served.value) for i in scored]  # type: ignore[union-attr]
+            errors = [_abs_error(y, v) for y, v in zip(ys, values, strict=True)]
+        else:
+            values = [i.served.value for i in scored]  # type: ignore[union-attr]
+            errors = [float(v != y) for y, v in zip(ys, values, strict=True)]
+        probas = [i.served.proba for i in scored]  # type: ignore[union-attr]
+        out.scored += len(scored)
+        detect = self.monitor.update
+        start = 0
+        for k, error in enumerate(errors):
+            signal = detect(error)
+            if signal is not None:
+                end = k + 1
+                self.metrics.update_many(ys[start:end], values[start:end], probas[start:end])
+                start = end
+                out.findings.append(self._finding(signal, scored[k].ref))
+        self.metrics.update_many(ys[start:], values[start:], probas[start:])
 
     def _score_immediate(self, item: LabelledItem) -> None:
         assert self.immediate is not None
