@@ -62,6 +62,7 @@ from eddy.streams.engine.merge import LABEL, SAMPLE, Timed
 from eddy.streams.exceptions import DecodeError, TimestampInFuture, UnlearnableLabel
 from eddy.streams.kafka.partitioning import partition_of
 from eddy.streams.records import Record
+from eddy.streams.wire.batch import decode_labels, decode_samples
 from eddy.streams.wire.codec import (
     Example,
     Label,
@@ -200,18 +201,24 @@ class Unit:
                     Timed(stamp, rank, record.offset, record, None, min(record.timestamp, now))
                 )
             return out
-        decode, rank = (decode_sample, SAMPLE) if topic == self._samples else (decode_label, LABEL)
-        for record in records:
-            try:
-                event = self._decode(decode, record, latest)
-            except DecodeError as ex:
+        decode, rank = (
+            (decode_samples, SAMPLE) if topic == self._samples else (decode_labels, LABEL)
+        )
+        events = decode([r.value for r in records], self.config.max_message_bytes)
+        for record, event in zip(records, events, strict=True):
+            if event.__class__ is not Sample and event.__class__ is not Label:
+                # a DecodeError: dead-lettered when the merge hands it over
                 record.time = _stamp(record, latest, now)
-                sent = min(record.timestamp, now)
-                out.append(Timed(record.time, rank, record.offset, record, ex, sent))
-                continue
-            record.time = event.ts if event.ts is not None else _stamp(record, latest, now)
-            sent = min(record.timestamp, now)
-            out.append(Timed(record.time, rank, record.offset, record, event, sent))
+            elif event.ts is None:
+                record.time = _stamp(record, latest, now)
+            elif event.ts > latest:
+                event = self._in_future(event.ts, latest)
+                record.time = _stamp(record, latest, now)
+            else:
+                record.time = event.ts
+            out.append(
+                Timed(record.time, rank, record.offset, record, event, min(record.timestamp, now))
+            )
         return out
 
     def _outputs(self) -> Outputs:
@@ -871,13 +878,16 @@ class Unit:
     def _decode(self, decode: Any, record: Record, latest: int) -> Any:
         event = decode(record.value, self.config.max_message_bytes)
         if event.ts is not None and event.ts > latest:
-            ahead = (event.ts - latest + self.config.max_future_ms) / 1000
-            msg = (
-                f"$.ts is {ahead:,.0f} s ahead of this machine's clock; at most "
-                f"{self.config.max_future_ms / 1000:g} s is accepted (EDDY_MAX_FUTURE_S)"
-            )
-            raise TimestampInFuture(msg)
+            raise self._in_future(event.ts, latest)
         return event
+
+    def _in_future(self, ts: int, latest: int) -> TimestampInFuture:
+        ahead = (ts - latest + self.config.max_future_ms) / 1000
+        msg = (
+            f"$.ts is {ahead:,.0f} s ahead of this machine's clock; at most "
+            f"{self.config.max_future_ms / 1000:g} s is accepted (EDDY_MAX_FUTURE_S)"
+        )
+        return TimestampInFuture(msg)
 
     def _advance_clock(self, which: str, time_ms: int) -> None:
         # The join's event-time clocks (see on_idle). Event times beyond

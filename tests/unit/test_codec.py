@@ -1,11 +1,16 @@
-"""The codec: hand-written hot-path checks agree with the JSON Schemas, and never crash."""
+"""The codec: hand-written hot-path checks agree with the JSON Schemas, and never crash;
+the batch decoder gives what they give."""
+
+import json
+from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eddy.streams.exceptions import DecodeError, InvalidJSON, MessageTooLarge, SchemaViolation
+from eddy.streams.wire.batch import decode_labels, decode_samples
 from eddy.streams.wire.codec import (
     MAX_TIMESTAMP_MS,
     Label,
@@ -246,3 +251,96 @@ def test_extension_attributes_are_kept():
     event = make_event("drift.detected", "eddy/test", DRIFT) | {"traceparent": "00-ab-cd-01"}
     extensions = decode_event(encode(event)).extensions
     assert extensions["traceparent"] == "00-ab-cd-01" and isinstance(extensions["eddyseq"], int)
+
+
+# -- the batch decoder (msgspec): the same verdicts, events and reasons ----------------------
+
+
+def _verdict(result: Any) -> Any:
+    """What a decoder made of a record: the event's fields, or the error's class and text."""
+    if isinstance(result, DecodeError):
+        return (type(result).__name__, str(result))
+    return (type(result).__name__, *(repr(getattr(result, f)) for f in result.__slots__))
+
+
+def _one_by_one(decode, raw: Any) -> Any:
+    try:
+        return decode(raw, 1_048_576)
+    except DecodeError as ex:
+        return ex
+
+
+def _same_as_the_codec(raws: list[Any]) -> None:
+    for batch, one in ((decode_samples, decode_sample), (decode_labels, decode_label)):
+        got = batch(raws, 1_048_576)
+        assert len(got) == len(raws)
+        for raw, result in zip(raws, got, strict=True):
+            assert _verdict(result) == _verdict(_one_by_one(one, raw)), raw
+
+
+def _dumps(value: Any) -> bytes:
+    # json, not orjson: integers beyond 64 bits must reach the decoders too
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+@settings(max_examples=400)
+@given(st.lists(sample_like, max_size=6))
+def test_the_batch_decoder_gives_the_codecs_samples_and_reasons(values):
+    raws = [_dumps(v) for v in values]
+    _same_as_the_codec(raws)
+    for raw, result in zip(raws, decode_samples(raws, 1_048_576), strict=True):
+        valid = schema_errors("sample", json.loads(raw)) == []
+        assert (not isinstance(result, DecodeError)) == valid, raw
+
+
+@settings(max_examples=300)
+@given(st.lists(label_like, max_size=6))
+def test_the_batch_decoder_gives_the_codecs_labels_and_reasons(values):
+    raws = [_dumps(v) for v in values]
+    _same_as_the_codec(raws)
+    for raw, result in zip(raws, decode_labels(raws, 1_048_576), strict=True):
+        valid = schema_errors("label", json.loads(raw)) == []
+        assert (not isinstance(result, DecodeError)) == valid, raw
+
+
+@given(st.lists(st.binary(max_size=120), max_size=5))
+def test_the_batch_decoder_agrees_on_arbitrary_bytes(raws):
+    _same_as_the_codec(raws)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id":"a","id":"b","features":{"x":1}}',  # duplicate keys: the last wins
+        b'{"id":"a","features":{"x":1,"x":"c"}}',
+        b'{"id":"a","features":{"x":1},"label":null}',
+        b'{"id":"a","features":{"x":1},"ts":null}',
+        b'{"id":"a","features":{"x":1},"ts":1.0}',
+        b'{"id":"a","features":{"x":1},"ts":-0.0}',
+        b'{"id":"a","features":{"x":123456789012345678901234567890}}',
+        b'{"id":"a","features":{"x":18446744073709551616}}',
+        b'{"id":"a","features":{"x":-9223372036854775808}}',
+        b'{"id":"a","features":{"x":1e999}}',
+        b'{"id":"a","features":{"x":1.7976931348623157e308}}',
+        b'{"id":"a","features":{"x":-0.0}}',
+        b'{"id":"a","features":{"x":NaN}}',
+        b'{"id":"\\ud800","features":{"x":1}}',
+        b'\xef\xbb\xbf{"id":"a","features":{"x":1}}',
+        b'{"id":"a","features":{"x":1}}trailing',
+        b'{"id":"a","features":{"x":1},"stream":"ok\\n"}',
+        b'{"id":"a","features":{"x":1},"stream":"\xc3\xa9"}',
+        b'{"id":"\xf0\x9f\x98\x80","features":{"\\u0000":true}}',
+        b'{"id":"a","features":[]}',
+        b'{"id":"a","features":{}}',
+        b'{"id":"a","label":true}',
+        b'{"id":"a","label":""}',
+        b'{"id":"a","label":1.5,"ts":253402300799999}',
+        b'{"id":"a","label":1.5,"ts":253402300800000}',
+        b"[]",
+        b"",
+        None,
+        b'{"id": "x", "features": {"a": 0.1}}' + b" " * 1_048_576,
+    ],
+)
+def test_the_batch_decoder_on_the_edges(raw):
+    _same_as_the_codec([raw])
