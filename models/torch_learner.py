@@ -22,13 +22,13 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from eddy.models.columns import columns_of
 from eddy.models.learners import LEARN_ERROR, NON_FINITE, Features, Prediction, Refused, TorchModel
 
 
@@ -121,22 +121,12 @@ class TorchLearner:
         return self.spec.module is not None and self.net is not None
 
     def _matrix(self, xs: Sequence[Features], grow: bool) -> np.ndarray:
+        """One float32 row per sample over the learner's columns (one tensor per step)."""
         index = self.features
-        n = len(index)
-        if n and xs:
-            # The usual batch: every row has exactly the known numeric features. One
-            # C-level pass instead of a Python loop per cell.
-            names = tuple(index)  # insertion order is column order
-            if all(type(x) is dict and len(x) == n for x in xs):
-                get = itemgetter(*names)
-                try:
-                    with np.errstate(all="ignore"):  # beyond float32: inf, for the guard
-                        rows = np.array([get(x) for x in xs], dtype=np.float32)
-                    return rows.reshape(len(xs), n)
-                except (KeyError, ValueError, TypeError):
-                    pass  # other names, or text values: the general path below
-            elif names == tuple(range(n)) and all(type(x) is list and len(x) == n for x in xs):
-                return np.array(xs, dtype=np.float32).reshape(len(xs), n)
+        if index and xs:
+            known = self._known_columns(xs)
+            if known is not None:
+                return known
         grow = grow and not self.fixed_columns
         cells: list[tuple[int, int, float]] = []
         for i, x in enumerate(xs):
@@ -154,6 +144,33 @@ class TorchLearner:
             rows, cols, values = zip(*cells, strict=True)
             with np.errstate(all="ignore"):  # beyond float32: inf, for the guard to refuse
                 out[list(rows), list(cols)] = values
+        return out
+
+    def _known_columns(self, xs: Sequence[Features]) -> np.ndarray | None:
+        """The matrix built from the batch's columns (compiled, :func:`columns_of`) when
+        every feature of the batch has its column already; ``None`` sends the batch to
+        the general path (a column to grow, in the order that path gives it; a text
+        column named like a number). Absent features are 0, as there."""
+        index = self.features
+        columns = columns_of(xs)
+        where = [index.get(name) for name in columns.names]
+        if None in where:
+            return None
+        text_cells: list[tuple[int, int]] = []
+        if columns.text is not None:
+            numeric = set(columns.names)
+            for i, row in enumerate(columns.text):
+                for name, value in (row or {}).items():
+                    column = f"{name}={value}"
+                    j = index.get(column)
+                    if j is None or column in numeric:
+                        return None
+                    text_cells.append((i, j))
+        out = np.zeros((len(xs), len(index)), dtype=np.float32)
+        with np.errstate(all="ignore"):  # beyond float32: inf, for the guard to refuse
+            out[:, where] = columns.values
+        for i, j in text_cells:
+            out[i, j] = 1.0
         return out
 
     def _standardize(self, matrix: np.ndarray) -> torch.Tensor:

@@ -5,7 +5,9 @@ import copy
 import itertools
 import math
 import pickle
+import random
 
+import numpy as np
 import pytest
 from river import linear_model, preprocessing, tree
 
@@ -253,3 +255,35 @@ def test_the_torch_learners_fast_matrix_equals_the_general_one():
     positional = TorchLearner("binary", batch_size=1)
     positional.learn_many([[1.0, 2.0]], [True], [0])
     assert positional._matrix([[3.0, 4.0]], grow=False).tolist() == [[3.0, 4.0]]
+
+
+def test_torch_matrix_from_columns_equals_the_general_path() -> None:
+    """The batch's matrix built from its compiled columns is the general path's, cell for
+    cell, for rows with missing features, other key orders, booleans and text."""
+    from eddy.models.torch_learner import TorchLearner
+
+    rng = random.Random(4)
+
+    def row() -> dict:
+        x: dict = {}
+        for name in rng.sample(["a", "b", "c", "d"], rng.randint(1, 4)):
+            x[name] = rng.choice([rng.uniform(-5, 5), True, False, 3, 1e40])
+        if rng.random() < 0.5:
+            x["colour"] = rng.choice(["red", "blue"])
+        return x
+
+    learner = TorchLearner("binary")
+    warm = [row() for _ in range(300)]
+    learner.learn_many(warm, [rng.random() < 0.5 for _ in warm], list(range(300)))
+    for _ in range(50):
+        xs = [row() for _ in range(rng.randint(1, 20))]
+        fast = learner._known_columns(xs)
+        learner_known = learner._known_columns
+        learner._known_columns = lambda xs: None  # type: ignore[method-assign]
+        try:
+            general = learner._matrix(xs, grow=False)
+        finally:
+            learner._known_columns = learner_known  # type: ignore[method-assign]
+        if fast is not None:
+            assert np.array_equal(fast, general, equal_nan=True)
+    assert learner._known_columns([{"a": 1.0, "new": 2.0}]) is None  # a column to grow
