@@ -26,12 +26,12 @@ FETCH = {"max_records": 5000, "timeout_ms": 200}
 
 
 def river_model(name: str) -> Any:
-    """A fresh River model for a bench model name."""
-    from river import linear_model, tree
+    """A fresh River model for a bench model name: the very object eddy's catalogue makes
+    for that name (``scaled-logreg``: River's StandardScaler and OneHotEncoder union in
+    front of LogisticRegression), so that both sides run the same model."""
+    from eddy.models.catalogue import CATALOGUE
 
-    return {"logreg": linear_model.LogisticRegression, "hoeffding": tree.HoeffdingTreeClassifier}[
-        name
-    ]()
+    return CATALOGUE[name].factory("binary")
 
 
 async def _consumer(bootstrap: str, topics: list[str]) -> AIOKafkaConsumer:

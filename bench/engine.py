@@ -1,14 +1,17 @@
 """eddy's per-partition engine alone, no Kafka: microseconds per event beside the
 hand-written loop over the same records, in one process.
 
-``python bench/engine.py [--n 30000] [--model logreg] [--apart] [--profile]``
+``python bench/engine.py [--n 30000] [--model scaled-logreg|logreg|hoeffding] [--apart]
+[--profile] [--no-stages]``
 
 The records are built in memory (SEA samples with inline labels, or with ``--apart``
 each label on its own topic right behind its sample) and handed to one
 :class:`~eddy.streams.engine.unit.Unit` in batches of 5,000, as the worker hands a fetch;
 what the engine would produce is dropped. Timed after ``gc.collect(); gc.freeze()``, as
-``eddy worker`` runs. ``--profile`` prints cProfile's top functions of the engine run.
-This is where engine levers are measured before the end-to-end figures of ``run.py``.
+``eddy worker`` runs. A second run times each stage of the engine (decode, merge, the
+learner, metrics and detector, records, monitors, the rest) in µs/event beside the
+hand-written loop; ``--profile`` prints cProfile's top functions of the first run. This
+is where engine levers are measured before the end-to-end figures of ``run.py``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,56 @@ def hand_written(events: list[Record], model_name: str) -> float:
     return time.perf_counter() - started
 
 
+# Where the engine's time goes: (stage, class, method). Each is timed around its calls
+# (per batch, or per fetch for decoding); none of them calls another, so the engine's
+# total less their sum is the rest (the merge's bookkeeping aside): the join, the queues,
+# routing, dead-letter checks and the outputs' lists.
+STAGES = [
+    ("decode + validate + event time", "eddy.streams.engine.unit:Unit", "timed"),
+    ("merge by event time", "eddy.streams.engine.merge:InputMerger", "take"),
+    ("learner (compiled kernel, or River)", "eddy.models.learners:RiverLearner", "run"),
+    ("metrics + drift detector", "eddy.models.prequential:StreamLearner", "_score"),
+    ("prediction records", "eddy.streams.engine.unit:Unit", "_publish_predictions"),
+    ("example records, drift events", "eddy.streams.engine.unit:Unit", "_learned"),
+    ("feature monitors", "eddy.streams.engine.unit:Unit", "_watch_features"),
+]
+
+
+class Stages:
+    """Seconds spent in each stage of :data:`STAGES` while it is installed."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> Stages:
+        import importlib
+
+        for stage, where, method in STAGES:
+            module, _, name = where.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+            original = cls.__dict__[method]
+            self._undo.append((cls, method, original))
+            setattr(cls, method, self._timed(stage, original))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, method, original in reversed(self._undo):
+            setattr(cls, method, original)
+
+    def _timed(self, stage: str, fn: Any) -> Any:
+        spent = self.spent
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - started
+
+        return timed
+
+
 def engine(run: TestRun, events: list[Record], profile: bool) -> tuple[float, Any]:
     """One unit over the records, in fetch-sized batches: seconds (and the profile)."""
     unit = run.units[0]
@@ -94,9 +147,16 @@ def engine(run: TestRun, events: list[Record], profile: bool) -> tuple[float, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30_000, help="events")
-    parser.add_argument("--model", default="logreg", choices=["logreg", "hoeffding"])
+    parser.add_argument(
+        "--model",
+        default="scaled-logreg",
+        choices=["scaled-logreg", "logreg", "hoeffding"],
+    )
     parser.add_argument("--apart", action="store_true", help="labels on their own topic")
     parser.add_argument("--profile", action="store_true", help="print the engine's profile")
+    parser.add_argument(
+        "--no-stages", dest="stages", action="store_false", help="skip the per-stage run"
+    )
     args = parser.parse_args()
     settings = Settings.build(model=args.model, partitions=1, metrics_port=0)
     run = TestRun(App(settings=settings))
@@ -116,6 +176,20 @@ def main() -> None:
     )
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    if args.stages:
+        staged = TestRun(App(settings=settings))
+        with Stages() as stages:
+            total, _ = engine(staged, records(staged, args.n, args.apart), False)
+        print(
+            f"stages (a second run, timed around each stage; {total / args.n * 1e6:.1f} µs/event):"
+        )
+        for stage, seconds in sorted(stages.spent.items(), key=lambda kv: -kv[1]):
+            print(f"  {stage:<44}{seconds / args.n * 1e6:6.2f} µs/event")
+        rest = total - sum(stages.spent.values())
+        print(
+            f"  {'the rest (join, queues, routing, outputs)':<44}{rest / args.n * 1e6:6.2f} µs/event"
+        )
+        print(f"  {'hand-written loop, whole':<44}{hand / args.n * 1e6:6.2f} µs/event")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ Sections (see bench/README.md for what each figure means and the profiles):
   int8        fp32 vs int8 ONNX batch-256 throughput and accuracy of a trained network
   serve       `eddy serve` over HTTP vs HotSwapClient.predict in process, batch 1 and 64
               (bench/serve.py)
+  clients     the same topic read by aiokafka and by librdkafka, undecoded and decoded
+              (bench/clients.py)
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def frozen_heap() -> Iterator[None]:
 def ingest(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
     """Labels inline: eddy per model beside raw, the hand-written loop and River."""
     rows: dict[str, Any] = {}
-    for model in ("logreg", "hoeffding", "torch-linear"):
+    for model in ("scaled-logreg", "logreg", "hoeffding", "torch-linear"):
         settings = fresh(broker, data_dir, model=model)
         send(settings, sea(n), ProduceOptions(n=n, inline_labels=True))
         samples = Topics(settings.topics.prefix).samples
@@ -155,17 +157,21 @@ def ingest(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
 
 def two_topics(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
     """Samples and labels on their own topics (labels right behind their samples)."""
-    settings = fresh(broker, data_dir, model="logreg")
-    send(settings, sea(n), ProduceOptions(n=n))
-    topics = Topics(settings.topics.prefix)
-    bootstrap = settings.kafka.bootstrap or ""
-    with frozen_heap():
-        hand = asyncio.run(
-            baselines.hand_written_two_topics(bootstrap, topics.samples, topics.labels, n, "logreg")
-        )
-    row = {"hand_written_per_s": hand, "eddy_per_s": eddy_rate(settings, n)}
-    print(f"  two topics logreg: {_figures(row)}", flush=True)
-    return row
+    rows: dict[str, Any] = {}
+    for model in ("scaled-logreg", "logreg"):
+        settings = fresh(broker, data_dir, model=model)
+        send(settings, sea(n), ProduceOptions(n=n))
+        topics = Topics(settings.topics.prefix)
+        bootstrap = settings.kafka.bootstrap or ""
+        with frozen_heap():
+            hand = asyncio.run(
+                baselines.hand_written_two_topics(
+                    bootstrap, topics.samples, topics.labels, n, model
+                )
+            )
+        rows[model] = {"hand_written_per_s": hand, "eddy_per_s": eddy_rate(settings, n)}
+        print(f"  two topics {model}: {_figures(rows[model])}", flush=True)
+    return rows
 
 
 def feature_drift_cost(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
@@ -177,6 +183,18 @@ def feature_drift_cost(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[st
         rates["on" if on else "off"] = eddy_rate(settings, n)
     row = {"monitors_off_per_s": rates["off"], "monitors_on_per_s": rates["on"]}
     print(f"  feature drift: {_figures(row)}", flush=True)
+    return row
+
+
+def clients(broker: EmbeddedBroker, data_dir: str, n: int) -> dict[str, Any]:
+    """aiokafka against librdkafka on one topic, undecoded and decoded (bench/clients.py)."""
+    from bench.clients import measure
+
+    settings = fresh(broker, data_dir, model="logreg")
+    send(settings, sea(n), ProduceOptions(n=n, inline_labels=True))
+    with frozen_heap():
+        row = measure(settings.kafka.bootstrap or "", Topics(settings.topics.prefix).samples, n)
+    print(f"  clients: {_figures(row)}", flush=True)
     return row
 
 
@@ -358,11 +376,26 @@ def int8(n: int) -> dict[str, Any]:
 
 
 TARGETS = [
-    ("eddy / hand-written loop, logreg inline", "ingest.logreg", "eddy/hand_written", ">=", 1.0),
-    ("eddy / hand-written loop, two topics", "two_topics", "eddy/hand_written", ">=", 1.0),
-    ("eddy / River progressive_val, logreg", "ingest.logreg", "eddy/river", ">=", 0.75),
-    ("eddy / River progressive_val, hoeffding", "ingest.hoeffding", "eddy/river", ">=", 0.75),
-    ("eddy torch-linear / raw read", "ingest.torch-linear", "eddy/raw", ">=", 0.25),
+    ("scaled-logreg / River progressive_val", "ingest.scaled-logreg", "eddy/river", ">=", 1.0),
+    (
+        "scaled-logreg / hand-written, inline",
+        "ingest.scaled-logreg",
+        "eddy/hand_written",
+        ">=",
+        1.5,
+    ),
+    (
+        "scaled-logreg / hand-written, 2 topics",
+        "two_topics.scaled-logreg",
+        "eddy/hand_written",
+        ">=",
+        1.5,
+    ),
+    ("logreg / River progressive_val", "ingest.logreg", "eddy/river", ">=", 1.0),
+    ("logreg / hand-written, inline", "ingest.logreg", "eddy/hand_written", ">=", 1.5),
+    ("logreg / hand-written, 2 topics", "two_topics.logreg", "eddy/hand_written", ">=", 1.5),
+    ("hoeffding / River progressive_val", "ingest.hoeffding", "eddy/river", ">=", 0.75),
+    ("torch-linear / raw read", "ingest.torch-linear", "eddy/raw", ">=", 0.25),
     ("p99 sample->prediction ms @5k/s", "latency", "sample_to_prediction_p99_ms", "<=", 25),
     ("2 processes / 1, 2 partitions", "scale_out", "two_processes/one_process", ">=", 1.7),
     ("feature-drift monitors on / off", "feature_drift", "monitors_on/monitors_off", ">=", 0.9),
@@ -397,7 +430,16 @@ def report(results: dict[str, Any]) -> None:
         print(f"{name:<42}{value:>10.3f}  {op} {goal:<6}{'met' if ok else 'MISSED'}")
 
 
-SECTIONS = ("ingest", "two_topics", "feature_drift", "latency", "scale_out", "int8", "serve")
+SECTIONS = (
+    "ingest",
+    "two_topics",
+    "feature_drift",
+    "latency",
+    "scale_out",
+    "int8",
+    "serve",
+    "clients",
+)
 
 
 def main() -> None:
@@ -451,6 +493,8 @@ def main() -> None:
                 from bench.serve import serving
 
                 results["serve"] = serving(broker, data_dir, 400 if args.quick else 2000)
+            if "clients" in only:
+                results["clients"] = clients(broker, data_dir, args.n)
         if "int8" in only:
             results["int8"] = int8(min(args.n, 20_000))
     finally:
