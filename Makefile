@@ -8,7 +8,7 @@ STAMP := $(VENV)/.eddy-installed
 .PHONY: demo test test-chaos bench lint format clean
 
 # The compiled kernels are built by the install: editing their sources re-installs.
-$(STAMP): pyproject.toml setup.py $(wildcard models/*.pyx models/kernels/*.pyx)
+$(STAMP): pyproject.toml setup.py $(wildcard models/kernels/*.pyx)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)

@@ -1,6 +1,6 @@
-"""Builds eddy's compiled modules: eddy.models.kernels._linear (the exact linear kernels),
-eddy.models._columns (feature dicts to columns) and eddy.models._stats (River's running
-statistics over a batch); everything else is in pyproject.toml.
+"""Builds eddy's compiled modules, all in eddy.models.kernels: _linear (the exact linear
+kernels), _columns (feature dicts to columns) and _stats (River's running statistics
+over a batch); everything else is in pyproject.toml.
 
 The flags are the point: the kernel must reproduce River's floating point bit for bit,
 so no fast-math, no FMA contraction, no -march=native (a fused multiply-add rounds once
@@ -47,13 +47,13 @@ extensions = [
         define_macros=[("EDDY_KERNEL_CFLAGS", '"' + recorded.replace('"', "'") + '"')],
     ),
     Extension(
-        "eddy.models._columns",
-        ["models/_columns.pyx"],
+        "eddy.models.kernels._columns",
+        ["models/kernels/_columns.pyx"],
         extra_compile_args=EXACT_FLAGS,
     ),
     Extension(
-        "eddy.models._stats",
-        ["models/_stats.pyx"],
+        "eddy.models.kernels._stats",
+        ["models/kernels/_stats.pyx"],
         extra_compile_args=EXACT_FLAGS,
     ),
 ]

@@ -26,8 +26,8 @@ from river import datasets, linear_model, optim, preprocessing
 from river.datasets import synth
 
 from eddy.models.catalogue import CATALOGUE
-from eddy.models.columns import columns_of
 from eddy.models.kernels import LEARN, PREDICT, compile_river
+from eddy.models.kernels.columns import columns_of
 
 
 def cycle(dataset: Any, n: int) -> list[tuple[dict, Any]]:

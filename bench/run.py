@@ -421,6 +421,7 @@ def measured(results: dict[str, Any], section: str, what: str) -> float | None:
 def report(results: dict[str, Any]) -> None:
     print(f"\neddy bench, {results['date']}, {results['machine']}")
     print(f"{'target':<42}{'measured':>10}  {'goal':<9}result")
+    missed_rates = []
     for name, section, what, op, goal in TARGETS:
         value = measured(results, section, what)
         if value is None:
@@ -428,6 +429,24 @@ def report(results: dict[str, Any]) -> None:
             continue
         ok = value >= goal if op == ">=" else value <= goal
         print(f"{name:<42}{value:>10.3f}  {op} {goal:<6}{'met' if ok else 'MISSED'}")
+        if not ok and section.split(".")[0] in ("ingest", "two_topics"):
+            missed_rates.append(section.split(".")[-1])
+    if missed_rates:
+        why(sorted(set(missed_rates) - {"ingest", "two_topics"}))
+
+
+def why(models: list[str]) -> None:
+    """For the throughput targets missed: where the engine's time goes, per stage, and
+    where the reasons are written down."""
+    from bench.engine import print_stages
+
+    print("\nwhy the throughput targets are missed: the engine alone, per stage (no Kafka);")
+    print("the reasons and the levers tried: bench/README.md, 'Why the targets are missed'")
+    for model in [m for m in models if m in ("scaled-logreg", "logreg", "hoeffding")][:2]:
+        print(f"{model}, labels inline:")
+        settings = Settings.build(model=model, partitions=1, metrics_port=0)
+        with frozen_heap():
+            print_stages(settings, 20_000, apart=False)
 
 
 SECTIONS = (

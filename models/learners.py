@@ -36,8 +36,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from eddy.models.columns import columns_of
 from eddy.models.kernels import LEARN, PREDICT, CompiledLinear, compile_river
+from eddy.models.kernels.columns import columns_of
 
 Features = dict[Any, Any] | list[float]
 
@@ -197,8 +197,9 @@ class RiverLearner:
 
     # -- who holds the state: the kernel or the River object ----------------------------------
 
-    def _to_river(self) -> None:
-        """Make the River object current (before River's own path or a pickle reads it)."""
+    def sync(self) -> None:
+        """Write what the compiled kernel learned into the River object (``estimator``):
+        afterwards it is exactly the model River would have learned."""
         if self._kernel_ahead:
             assert self._kernel is not None
             self._kernel.sync()
@@ -206,6 +207,10 @@ class RiverLearner:
             # The guard's safe point predates what the kernel learned: take a fresh one.
             self._safe = None
             self._replay = []
+
+    def _to_river(self) -> None:
+        """Make the River object current (before River's own path or a pickle reads it)."""
+        self.sync()
         if self._kernel is not None:
             self._river_ahead = True  # River's path may change it from here on
 
@@ -243,16 +248,6 @@ class RiverLearner:
         first, and what is done to it is read back before the kernel goes on."""
         self._to_river()
         return self._estimator
-
-    def sync(self) -> None:
-        """Write what the compiled kernel learned into the River object (``estimator``):
-        afterwards it is exactly the model River would have learned."""
-        if self._kernel_ahead:
-            assert self._kernel is not None
-            self._kernel.sync()
-            self._kernel_ahead = False
-            self._safe = None
-            self._replay = []
 
     def _predict(self, x: dict[Any, Any]) -> Prediction:
         if self._classifier:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from river import metrics
 
-from eddy.models import _stats
+from eddy.models.kernels import _stats
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -106,7 +106,7 @@ class MetricSet:
 
         The confusion matrix takes counts (its cells are whole numbers, so any order
         adds them exactly); running means and variances run River's own update, in
-        order, compiled (``eddy.models._stats``). A metric of another kind (none of
+        order, compiled (``eddy.models.kernels._stats``). A metric of another kind (none of
         eddy's) is updated one example at a time.
         """
         n = len(y_true)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eddy.models.columns import columns_of
+from eddy.models.kernels.columns import columns_of
 from eddy.models.learners import LEARN_ERROR, NON_FINITE, Features, Prediction, Refused, TorchModel
 
 

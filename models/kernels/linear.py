@@ -2,7 +2,7 @@
 
 :func:`compile_river` recognises a River estimator it can run exactly and wraps it in a
 :class:`CompiledLinear`; :meth:`CompiledLinear.apply` then runs a batch of *predict* and
-*learn* operations, in order, over :class:`~eddy.models.columns.FeatureColumns` rows,
+*learn* operations, in order, over :class:`~eddy.models.kernels.columns.FeatureColumns` rows,
 at a fraction of a microsecond each. The River object stays the truth: the kernel holds
 a copy of its state, :meth:`~CompiledLinear.sync` writes the kernel's state back into it
 and :meth:`~CompiledLinear.reload` reads it again.
@@ -84,8 +84,8 @@ import numpy as np
 import numpy.typing as npt
 from river import compose, linear_model, optim, preprocessing, utils
 
-from eddy.models.columns import FeatureColumns
 from eddy.models.kernels import _linear
+from eddy.models.kernels.columns import FeatureColumns
 
 PREDICT = 0
 LEARN = 1

@@ -15,8 +15,8 @@ events.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -72,47 +72,51 @@ _labels = msgspec.json.Decoder(_LabelWire)
 def decode_samples(raws: Sequence[bytes | None], max_bytes: int) -> list[Sample | DecodeError]:
     """Each record's :class:`Sample`, or the :class:`DecodeError` that
     :func:`~eddy.streams.wire.codec.decode_sample` raises for it."""
-    out: list[Sample | DecodeError] = []
-    decode = _samples.decode
-    for raw in raws:
-        try:
-            if raw is None or len(raw) > max_bytes:
-                raise msgspec.DecodeError  # decode_sample says why
-            w = decode(raw)
-        except (msgspec.DecodeError, TypeError):
-            out.append(_slow(decode_sample, raw, max_bytes))
-            continue
-        out.append(
-            Sample(
-                w.id,
-                w.features,
-                None if w.ts is UNSET else w.ts,
-                None if w.label is UNSET else w.label,
-                "default" if w.stream is UNSET else w.stream,
-            )
-        )
-    return out
+    return _decode(raws, max_bytes, _samples.decode, _sample, decode_sample)  # type: ignore[return-value]
 
 
 def decode_labels(raws: Sequence[bytes | None], max_bytes: int) -> list[Label | DecodeError]:
     """Each record's :class:`Label`, or the :class:`DecodeError` that
     :func:`~eddy.streams.wire.codec.decode_label` raises for it."""
-    out: list[Label | DecodeError] = []
-    decode = _labels.decode
+    return _decode(raws, max_bytes, _labels.decode, _label, decode_label)  # type: ignore[return-value]
+
+
+def _sample(w: _SampleWire) -> Sample:
+    return Sample(
+        w.id,
+        w.features,
+        None if w.ts is UNSET else w.ts,
+        None if w.label is UNSET else w.label,
+        "default" if w.stream is UNSET else w.stream,
+    )
+
+
+def _label(w: _LabelWire) -> Label:
+    return Label(w.id, w.label, None if w.ts is UNSET else w.ts)
+
+
+def _decode(
+    raws: Sequence[bytes | None],
+    max_bytes: int,
+    fast: Callable[[bytes], Any],
+    event: Callable[[Any], Sample | Label],
+    slow: Callable[[bytes | None, int], Sample | Label],
+) -> list[Sample | Label | DecodeError]:
+    out: list[Sample | Label | DecodeError] = []
     for raw in raws:
         try:
             if raw is None or len(raw) > max_bytes:
-                raise msgspec.DecodeError
-            w = decode(raw)
+                raise msgspec.DecodeError  # the codec's decoder says why
+            out.append(event(fast(raw)))
         except (msgspec.DecodeError, TypeError):
-            out.append(_slow(decode_label, raw, max_bytes))
-            continue
-        out.append(Label(w.id, w.label, None if w.ts is UNSET else w.ts))
+            out.append(_slow(slow, raw, max_bytes))
     return out
 
 
-def _slow(decode: object, raw: bytes | None, max_bytes: int) -> Sample | Label | DecodeError:
+def _slow(
+    decode: Callable[[bytes | None, int], Sample | Label], raw: bytes | None, max_bytes: int
+) -> Sample | Label | DecodeError:
     try:
-        return decode(raw, max_bytes)  # type: ignore[operator, no-any-return]
+        return decode(raw, max_bytes)
     except DecodeError as ex:
         return ex

@@ -103,7 +103,7 @@ def test_the_wheel_installs_one_eddy_package_and_nothing_else_at_the_top(wheel: 
     ):
         assert part in names
     # The compiled modules, built by the wheel's own build (setup.py).
-    for module in ("eddy/models/kernels/_linear.", "eddy/models/_columns."):
+    for module in ("eddy/models/kernels/_linear.", "eddy/models/kernels/_columns."):
         assert any(n.startswith(module) and n.endswith(".so") for n in names), module
 
 

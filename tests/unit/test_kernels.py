@@ -25,8 +25,8 @@ from river import compose, datasets, linear_model, optim, preprocessing, tree
 from river.datasets import synth
 
 from eddy.models.catalogue import CATALOGUE
-from eddy.models.columns import FeatureColumns, columns_of
 from eddy.models.kernels import LEARN, PREDICT, Applied, CompiledLinear, _linear, compile_river
+from eddy.models.kernels.columns import FeatureColumns, columns_of
 
 Row = dict[Hashable, Any]
 Stream = list[tuple[Row, Any]]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from eddy.models import _columns
+from eddy.models.kernels import _columns
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -83,7 +83,7 @@ class FeatureColumns:
 def columns_of(rows: Sequence[dict[Hashable, object] | Sequence[object]]) -> FeatureColumns:
     """Columns of decoded feature rows: dicts (numbers and booleans numeric, strings as
     text), or lists of numbers (dense rows, features named ``0, 1, …`` as River numbers
-    them). Compiled (``eddy.models._columns``); :func:`columns_reference` is the
+    them). Compiled (``eddy.models.kernels._columns``); :func:`columns_reference` is the
     same in Python.
 
     >>> c = columns_of([{"a": 1.0, "b": True}, {"b": 2, "c": "x", "a": 0.5}])
