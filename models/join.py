@@ -129,6 +129,11 @@ class JoinBuffer:
     def __len__(self) -> int:
         return len(self.samples) + len(self.labels)
 
+    def has_sample(self, id: str) -> bool:
+        """Whether a sample with ``id`` waits here or joined lately: another one would be
+        a duplicate (:meth:`add_sample`)."""
+        return id in self.joined or id in self.samples
+
     def add_sample(self, entry: Pending, inline_label: Any = None) -> list[Joined | Unjoined]:
         """A sample arrived; returns the join if its label is here (or inline).
 

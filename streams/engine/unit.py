@@ -308,13 +308,14 @@ class Unit:
         if problem is not None:
             raise Refusal(VALUE_TOO_LARGE, problem)
         if sample.label is not None:
-            problem = label_problem(spec.task, sample.label) or self._label_magnitude(
-                spec, sample.label
-            )
-            if problem is not None:
-                self._warn_task(sample.stream, spec, sample.label)
-                raise UnlearnableLabel(problem)
+            self._check_label(sample.stream, spec, sample.label)
         j = partition_of(sample.id, self.config.partitions)
+        if j == self.p:
+            if sample.id in self._waiting_ids:
+                self._flush_predictions()  # its first copy goes to the join first
+            if self.state.join.has_sample(sample.id):
+                self._join_sample(_Held(sample, None, None, record))  # a duplicate: not predicted
+                return
         queue = self._queue_of(sample.stream)
         if queue is not None:
             self._queue_sample(queue, sample, record, j)
@@ -623,10 +624,9 @@ class Unit:
                     label, label_stored = result.label
                     value = label.label
                     spec = self.runtime.policy.spec(held.sample.stream)
-                    problem = label_problem(spec.task, value) or self._label_magnitude(spec, value)
-                    if problem is not None:
-                        self._warn_task(held.sample.stream, spec, value)
-                        error = UnlearnableLabel(problem)
+                    try:
+                        self._check_label(held.sample.stream, spec, value)
+                    except DecodeError as error:
                         self.dead_letter(label_stored, error)
                         self.dead_letter(held.stored, error)
                         continue
@@ -911,13 +911,23 @@ class Unit:
                 clocks[which] = max(clocks.get(which, 0), moved)
         return clocks
 
-    def _label_magnitude(self, spec: StreamSpec, label: Any) -> str | None:
+    def _check_label(self, stream: str, spec: StreamSpec, label: Any) -> None:
+        """Raise what makes ``label`` unlearnable for ``spec``: a label of the wrong kind
+        for the task (``unknown_class``, explained once per stream), or a number beyond
+        the accepted magnitude (``value_too_large``, as for features)."""
+        problem = label_problem(spec.task, label)
+        if problem is not None:
+            self._warn_task(stream, spec, label)
+            raise UnlearnableLabel(problem)
         if spec.task != "regression" or isinstance(label, bool):
-            return None
+            return
         bound = self.config.max_feature_magnitude
         if isinstance(label, int | float) and not -bound <= label <= bound:
-            return f"$.label is {label:g}, beyond the accepted magnitude {bound:g}"
-        return None
+            problem = (
+                f"$.label is {label:g}, beyond the accepted magnitude {bound:g} "
+                "(EDDY_MAX_FEATURE_MAGNITUDE)"
+            )
+            raise Refusal(VALUE_TOO_LARGE, problem)
 
     def _warn_task(self, stream: str, spec: StreamSpec, label: Any) -> None:
         key = (stream, spec.task)

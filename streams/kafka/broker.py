@@ -271,18 +271,3 @@ def find_running_broker(data_dir: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return str(info["bootstrap"])
-
-
-def resolve_bootstrap(bootstrap: str | None, data_dir: Path) -> str:
-    """The bootstrap to use: the configured one, else a running ``eddy broker``'s."""
-    if bootstrap:
-        return bootstrap
-    found = find_running_broker(data_dir)
-    if found:
-        return found
-    msg = (
-        "no Kafka broker configured: pass --bootstrap host:port (or set EDDY_BOOTSTRAP), "
-        "or start the embedded one with `eddy broker` "
-        f"(it records its address in {broker_file(data_dir)})"
-    )
-    raise BrokerError(msg)

@@ -183,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(args)
+        if args.command not in _NOT_A_CLIENT:
+            settings = with_embedded_broker(settings)
         _setup_logging(settings.observability.log_level)
         return int(args.run(args, settings) or 0)
     except EddyError as ex:
@@ -192,9 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# Commands that are no Kafka client of a running broker: they start their own (broker,
+# up), or only show settings (config, catalogue).
+_NOT_A_CLIENT = frozenset({"broker", "up", "config", "catalogue"})
+
+
 def with_embedded_broker(settings: Settings) -> Settings:
     """With no bootstrap configured, the embedded broker that ``eddy broker`` or ``eddy
-    up`` recorded in the data directory (it offers no idempotent producers)."""
+    up`` recorded in the data directory, if it still runs (it offers no idempotent
+    producers); what every other command connects to."""
     if settings.kafka.bootstrap:
         return settings
     found = find_running_broker(settings.data_dir)
@@ -423,7 +431,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from eddy.consumers.inference.server import run_serve
 
     _freeze_heap()
-    asyncio.run(run_serve(with_embedded_broker(settings), handle_signals=True))
+    asyncio.run(run_serve(settings, handle_signals=True))
     return 0
 
 

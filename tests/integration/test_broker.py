@@ -86,6 +86,25 @@ def test_eddy_broker_command_prints_its_address_and_stops_on_sigterm(tmp_path):
         host, port = address.split(":")
         assert metadata_probe(host, int(port)) == 1
         assert (tmp_path / "broker.json").exists()
+        # Other commands on the same data directory find it, with no --bootstrap.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDDY_")}
+        for command in (["topics", "create", "--partitions", "1"], ["topics", "list"]):
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "eddy.streams.ops.cli",
+                    *command,
+                    "--data-dir",
+                    str(tmp_path),
+                ],
+                capture_output=True,
+                text=True,
+                env=env | {"COLUMNS": "200"},
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+        assert "eddy.samples" in done.stdout, done.stdout
         children = _children(proc.pid)
         assert children, "the broker runs as a child process"
         proc.send_signal(signal.SIGTERM)

@@ -330,6 +330,29 @@ def test_labels_a_binary_stream_cannot_learn_are_explained_once(caplog):
     assert len(warnings) == 1 and "--task multiclass" in warnings[0]
 
 
+def test_a_regression_label_beyond_the_bound_is_too_large_not_a_class(caplog):
+    """A huge number is a number: ``value_too_large`` (as for features), no advice to
+    make the stream a classifier; a string label is then still explained once."""
+    run = TestRun(_app(model="scaled-linreg", task="regression"))
+    run.sample("a", {"x": 1.0})
+    run.label("a", 1e300)
+    run.sample("b", {"x": 2.0}, label=-1e300)
+    run.sample("c", {"x": 3.0})
+    run.label("c", "abc")
+    with caplog.at_level("WARNING"):
+        run.process()
+    reasons = sorted(r for r, _ in run.dead_letters)
+    assert (
+        reasons == ["unknown_class", "unknown_class", "value_too_large"] + ["value_too_large"] * 2
+    )
+    messages = [
+        dict(r.headers)["kafka_dlt-exception-message"].decode() for _, r in run.dead_letters
+    ]
+    assert any("beyond the accepted magnitude" in m for m in messages)
+    warnings = [r.getMessage() for r in caplog.records if "look like classes" in r.getMessage()]
+    assert len(warnings) == 1 and "'abc'" in warnings[0]
+
+
 def test_duplicates_and_expiry_are_dead_lettered_with_their_reasons():
     run = TestRun(_app(model="logreg"))
     run.sample("a", {"x": 1.0})
@@ -345,6 +368,8 @@ def test_duplicates_and_expiry_are_dead_lettered_with_their_reasons():
     group = dict(run.dead_letters[0][1].headers)["kafka_dlt-original-consumer-group"]
     assert "never came" in message or "re-sent duplicate" in message
     assert group == b"eddy.worker"
+    # The duplicate got no prediction of its own: one per id.
+    assert sorted(p["id"] for p in run.predictions) == ["a", "b"]
 
 
 INLINE_CASES = [
@@ -401,7 +426,7 @@ def test_inline_labels_give_what_labels_right_behind_their_samples_give(dataset,
 def test_runs_of_inline_samples_keep_the_order_of_everything_around_them():
     """Inline samples of two streams, an unlabelled sample and its later label, and a
     repeated id: each prediction is made by the model that learned exactly what came
-    before it in its stream, and the repeat is dead-lettered once."""
+    before it in its stream, and the repeat is dead-lettered once, not predicted."""
     app = eddy.App()
     for name in ("a", "b"):
         app.stream(name, model="logreg", feature_drift=False)
@@ -431,7 +456,6 @@ def test_runs_of_inline_samples_keep_the_order_of_everything_around_them():
             ("late", 4),
             ("a4", 4),
             ("a5", 6),
-            ("a5", 7),
         ],
         "b": [("b0", 0), ("b1", 1)],
     }
