@@ -141,8 +141,8 @@ class HotSwapClient:
     def current(self, kind: Kind | None = None) -> Served | None:
         """The loaded model of ``kind``, read once.
 
-        The loaded model of ``kind`` (default: the one served), read once: what a
-        caller predicts with and the version it reports stay together across a swap.
+        ``kind`` defaults to the one served. Read once, what a caller predicts with and the
+        version it reports stay together across a swap.
         """
         return self._models.get(kind or self.serving)
 

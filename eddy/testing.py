@@ -128,7 +128,6 @@ class TestRun:
     ) -> None:
         """Send raw bytes to one of the app's input topics (fuzzing, bad events).
 
-        Send raw bytes to one of the app's input topics (fuzzing, bad events);
         ``ts`` is the record's timestamp (default: the next tick of the logical clock).
         """
         if partition is None:
@@ -192,8 +191,7 @@ class TestRun:
     def expire(self, label_clock_ms: int | None = None, sample_clock_ms: int | None = None) -> None:
         """Let the join expire what waited longer than the TTL.
 
-        Let the join expire what waited longer than the TTL by the given clocks
-        (default: the logical clock now).
+        By the given clocks (default: the logical clock now).
         """
         now = next(self._clock)
         clocks = {

@@ -1,7 +1,6 @@
 """eddy's Python API: an :class:`App` with model streams.
 
-eddy's Python API: an :class:`App` with model streams, the thing ``eddy worker`` and
-``eddy up`` build from their settings and config file.
+The thing ``eddy worker`` and ``eddy up`` build from their settings and config file.
 
 Streams are declared with :meth:`App.stream`: a River estimator or pipeline (cloned per
 stream), a :class:`~eddy.models.learners.TorchModel`, or a catalogue name; a River
@@ -233,8 +232,8 @@ multiclass, not 'regression': set the stream's task (--task, EDDY_TASK, or task 
     def from_settings(cls, settings: Settings) -> App:
         """The app a config file describes.
 
-        The app a config file's ``[streams.<name>]`` tables describe (models as
-        catalogue names or ``package.module:factory``, called with no arguments).
+        Its ``[streams.<name>]`` tables give the streams, models as catalogue names or
+        ``package.module:factory`` (called with no arguments).
         """
         app = cls(settings=settings)
         _check_model("(any, with the defaults)", app.default_spec())
@@ -257,8 +256,7 @@ multiclass, not 'regression': set the stream's task (--task, EDDY_TASK, or task 
     async def create_topics(self) -> dict[str, str]:
         """Create the app's topics (idempotent).
 
-        Create the app's topics (idempotent; an existing topic must have the same
-        partition count).
+        An existing topic must have the same partition count.
         """
         from eddy.streams.kafka.admin import create_topics
 
@@ -270,8 +268,8 @@ multiclass, not 'regression': set the stream's task (--task, EDDY_TASK, or task 
     ) -> None:
         """Run the worker in the current event loop until it is stopped.
 
-        Run the worker in the current event loop until it is stopped (``on_start``
-        receives the :class:`~eddy.streams.agents.worker.Worker`, whose ``stop()`` ends it).
+        ``on_start`` receives the :class:`~eddy.streams.agents.worker.Worker`, whose ``stop()``
+        ends it.
         """
         from eddy.streams.agents.worker import run_worker
 
@@ -310,8 +308,8 @@ multiclass, not 'regression': set the stream's task (--task, EDDY_TASK, or task 
 def resolve_model(reference: str, stream: str = "") -> Any:
     """A model from a catalogue name or ``package.module:factory``.
 
-    A model from a catalogue name or ``package.module:factory`` (called with no
-    arguments; it returns a River estimator or pipeline, or a ``TorchModel``).
+    A factory is called with no arguments; it returns a River estimator or pipeline, or a
+    ``TorchModel``.
     """
     if reference in CATALOGUE:
         return reference

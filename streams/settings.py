@@ -1,7 +1,6 @@
 """Configuration by concern.
 
-Configuration by concern: small frozen objects read once from a file, ``EDDY_*``
-variables and flags.
+Small frozen objects read once from a file, ``EDDY_*`` variables and flags.
 
 :class:`KafkaConfig`, :class:`TopicConfig`, :class:`JoinConfig`,
 :class:`LearningConfig`, :class:`StateConfig`, :class:`MaintenanceConfig` and
@@ -170,8 +169,8 @@ def _setting(
 ) -> Any:
     """A config field.
 
-    A config field: its default, help text, parser, and setting name if it differs
-    from the field's (the variable is ``EDDY_`` + the setting name in upper case).
+    Its default, help text, parser, and setting name if it differs from the field's (the
+    variable is ``EDDY_`` + the setting name in upper case).
     """
     meta = {"help": help, "parse": parse, "secret": secret, "setting": name}
     return field(default=default, metadata=meta)
@@ -336,8 +335,7 @@ class JoinConfig(_Config):
 class LearningConfig(_Config):
     """How streams learn: the defaults of every stream.
 
-    How streams learn: the defaults of every stream (a config file or ``App.stream``
-    can set them per stream).
+    A config file or ``App.stream`` can set them per stream.
     """
 
     section: ClassVar[str] = "learning"
@@ -680,10 +678,9 @@ class Settings:
     def from_file(cls, path: Path) -> Settings:
         """Settings from a TOML file.
 
-        Settings from a TOML file: a table per concern (``[kafka]``, ``[topics]``,
-        ``[join]``, ``[learning]``, ``[state]``, ``[maintenance]``,
-        ``[observability]``, ``[serving]``) with setting names as keys, and ``[streams.<name>]``
-        tables for per-stream configuration.
+        A table per concern (``[kafka]``, ``[topics]``, ``[join]``, ``[learning]``,
+        ``[state]``, ``[maintenance]``, ``[observability]``, ``[serving]``) with setting names
+        as keys, and ``[streams.<name>]`` tables for per-stream configuration.
         """
         try:
             document = tomllib.loads(Path(path).read_text())
@@ -729,8 +726,7 @@ class Settings:
     def with_overrides(self, overrides: Mapping[str, Any], strict: bool = False) -> Settings:
         """A copy with the named settings replaced.
 
-        A copy with the named settings replaced; ``None`` values are ignored, and so
-        are unknown names unless ``strict``.
+        ``None`` values are ignored, and so are unknown names unless ``strict``.
         """
         changes: dict[type[_Config], dict[str, Any]] = {}
         for name, value in overrides.items():
@@ -818,8 +814,7 @@ def add_settings_arguments(
 ) -> None:
     """Add a flag for each setting to ``parser``.
 
-    Add a flag for each setting (or for ``names`` only) to ``parser``; with
-    ``config_file``, also ``--config FILE``.
+    Or for ``names`` only; with ``config_file``, also ``--config FILE``.
 
     Flags default to ``None`` so that :meth:`Settings.load` keeps the environment's
     value when a flag is not given.
@@ -858,8 +853,7 @@ def add_settings_arguments(
 def settings_env(settings: Settings) -> dict[str, str]:
     """``EDDY_*`` variables that make a child process load exactly ``settings``.
 
-    ``EDDY_*`` variables that make a child process load exactly ``settings`` (secrets
-    included: a child's environment is how they reach it, never a command line).
+    Secrets included: a child's environment is how they reach it, never a command line.
 
     >>> settings_env(Settings.build(partitions=2))["EDDY_PARTITIONS"]
     '2'
@@ -882,8 +876,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def settings_reference() -> str:
     """The configuration reference as a Markdown table.
 
-    The configuration reference as a Markdown table (README.md holds a copy; a test
-    keeps it current).
+    README.md holds a copy; a test keeps it current.
     """
     rows = ["| variable | flag | default | what |", "| --- | --- | --- | --- |"]
     current = None

@@ -54,8 +54,8 @@ ALIASES = ("champion", "online")
 class Signature:
     """What a loaded model takes and gives.
 
-    What a loaded model takes and gives (for metadata, the ``features`` input and the
-    outputs), worked out once per loaded model.
+    For metadata, the ``features`` input and the outputs; worked out once per loaded
+    model.
     """
 
     features: tuple[Feature, ...] | None  # None: not known (any names are passed on)
@@ -79,8 +79,8 @@ class Signature:
 def metric_version(version: str) -> str:
     """A version as a metric label.
 
-    A version as a metric label: an online snapshot without its example count
-    (``online-1@5230`` -> ``online-1``), so the label set grows with retrains only.
+    An online snapshot loses its example count (``online-1@5230`` -> ``online-1``), so the
+    label set grows with retrains only.
     """
     return version.partition("@")[0]
 
@@ -214,8 +214,8 @@ class ModelSet:
     def resolve(self, name: str, version: str | None) -> tuple[HotSwapClient, Served]:
         """The loaded model a request for ``name`` gets.
 
-        The loaded model a request for ``name`` (at ``version``) gets; 404 for a model or
-        version not served, 503 with the reason for one not loaded (yet).
+        At ``version`` if given; 404 for a model or version not served, 503 with the reason
+        for one not loaded (yet).
         """
         client = self.client(name)
         if not self.synced:
@@ -309,10 +309,10 @@ class ModelSet:
 def online_features(learner: Any) -> list[Feature] | None:
     """The features an online learner has seen.
 
-    The features an online learner has seen, where its state names them: a PyTorch
-    learner's columns, or in a River model the features of its ``StandardScaler`` (numbers)
-    and ``OneHotEncoder`` (categories), else a linear model's weights. ``None`` where the
-    model keeps no such list (trees): requests may then name any features.
+    Where its state names them: a PyTorch learner's columns, or in a River model the
+    features of its ``StandardScaler`` (numbers) and ``OneHotEncoder`` (categories), else a
+    linear model's weights. ``None`` where the model keeps no such list (trees): requests
+    may then name any features.
 
     >>> from eddy.models.catalogue import make_learner
     >>> learner = make_learner("scaled-logreg", "binary")

@@ -1,7 +1,7 @@
 """The Open Inference Protocol (KServe v2) over REST.
 
-The Open Inference Protocol (KServe v2) over REST: requests to rows, predictions to
-responses, every refusal as the protocol's ``{"error": ...}`` with a status and a reason.
+Requests to rows, predictions to responses, every refusal as the protocol's
+``{"error": ...}`` with a status and a reason.
 
 Pure: no Kafka, no HTTP server; ``eddy serve`` (:mod:`eddy.consumers.inference.app`) is the
 adapter around it, and ``tests/unit/test_inference_protocol.py`` checks it without a broker.
@@ -121,8 +121,8 @@ class Feature:
 def features_of_columns(columns: Iterable[str]) -> list[Feature]:
     """The features behind a model's columns.
 
-    The features behind a model's columns: a text feature is one-hot columns
-    ``name=value`` (as :func:`eddy.models.maintain.batch.vectorize` makes them), the rest numbers.
+    A text feature is one-hot columns ``name=value`` (as
+    :func:`eddy.models.maintain.batch.vectorize` makes them), the rest numbers.
 
     >>> [(f.name, f.kind) for f in features_of_columns(["x", "color=red", "color=blue", "a=b"])]
     [('x', 'number'), ('color', 'category'), ('a', 'category')]
@@ -167,9 +167,9 @@ def parse_request(
 ) -> InferRequest:
     """Rows from an inference request body.
 
-    Rows from an inference request body; :class:`ProtocolError` (400) naming what is
-    wrong otherwise. ``header_length`` is the binary extension's JSON length;
-    ``feature_order`` the columns of a ``features`` input (None: the model has none).
+    A malformed body is a :class:`ProtocolError` (400) naming what is wrong.
+    ``header_length`` is the binary extension's JSON length; ``feature_order`` the columns
+    of a ``features`` input (None: the model has none).
 
     >>> body = b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [1, 2.5]},'
     >>> body += b' {"name": "c", "shape": [2, 1], "datatype": "BYTES", "data": ["a", "b"]}]}'
@@ -460,9 +460,9 @@ def label_datatype(labels: Iterable[Any], regression: bool) -> str:
 def class_order(classes: Sequence[Any] | None, predictions: Sequence[Prediction]) -> list[Any]:
     """The columns of ``predict_proba``.
 
-    The columns of ``predict_proba``: the model's own classes when it has a fixed list
-    (the champion), else every class the predictions give a probability, sorted (False
-    before True) so that the order is the same from one request to the next.
+    The model's own classes when it has a fixed list (the champion), else every class the
+    predictions give a probability, sorted (False before True) so that the order is the
+    same from one request to the next.
     """
     if classes is not None:
         return list(classes)

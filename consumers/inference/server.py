@@ -84,8 +84,8 @@ async def run_serve(
 ) -> None:
     """Serve every stream's models until stopped.
 
-    Serve every stream's models until stopped (SIGTERM/SIGINT with ``handle_signals``,
-    or :meth:`Serving.stop` from ``on_start``'s result).
+    Stopped by SIGTERM/SIGINT with ``handle_signals``, or by :meth:`Serving.stop` from
+    ``on_start``'s result.
     """
     serving = settings.serving
     registry = CollectorRegistry()

@@ -1,3 +1,7 @@
 """The chaos suite shares the integration fixtures (one embedded broker per session)."""
 
-from tests.integration.conftest import broker, settings  # noqa: F401 - pytest fixtures
+from tests.integration.conftest import (  # noqa: F401 - pytest fixtures
+    broker,
+    registry_from_kafka,
+    settings,
+)

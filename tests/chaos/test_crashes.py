@@ -29,7 +29,6 @@ from eddy.streams.ops.producer import ProduceOptions, produce
 from eddy.streams.ops.sources import open_named
 from eddy.streams.ops.supervisor import Child, ChildSpec, Supervisor, eddy_argv
 from eddy.streams.settings import Settings, settings_env
-from eddy.streams.state.registry_topic import KafkaRegistry
 from eddy.streams.wire.codec import decode_event
 from eddy.streams.wire.keys import state_key
 from tests.integration.test_up import FAST
@@ -92,7 +91,7 @@ def final_state(settings: Settings) -> Any:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
-    settings: Settings, seed: int, tmp_path: Path
+    settings: Settings, seed: int, tmp_path: Path, registry_from_kafka: Any
 ) -> None:
     settings = settings.with_overrides(
         {
@@ -184,13 +183,7 @@ def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
 
     # No half-written version; each control event acted on once: as the registry on
     # Kafka holds it (the truth), mirrored into an empty directory.
-    async def rebuilt() -> Registry:
-        kafka_registry = KafkaRegistry(settings.kafka, settings.topics.prefix, tmp_path / "rebuilt")
-        await kafka_registry.sync()
-        await kafka_registry.close()
-        return kafka_registry.mirror
-
-    registry = asyncio.run(rebuilt())
+    registry = registry_from_kafka(settings)
     evs = events()
     requests = {(e.source, e.id) for e in evs if e.type == "retrain.requested"}
     versions = registry.versions("default")

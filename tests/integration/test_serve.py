@@ -92,7 +92,17 @@ class Served:
 
     def curl(self, path: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
         """``curl`` the path (POST with a JSON body); (status, parsed JSON body)."""
-        command = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", self.url + path]
+        command = [
+            "curl",
+            "--noproxy",
+            "*",
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            self.url + path,
+        ]
         if token is not None:
             command += ["-H", f"Authorization: Bearer {token}"]
         if body is not None:
@@ -427,7 +437,15 @@ async def _swaps_under_load(settings: Any, served: Served, tmp_path: Path) -> No
 
 
 def scrape_metrics(served: Served) -> str:
-    command = ["curl", "-sS", "-H", f"Authorization: Bearer {TOKEN}", served.url + "/metrics"]
+    command = [
+        "curl",
+        "--noproxy",
+        "*",
+        "-sS",
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+        served.url + "/metrics",
+    ]
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
@@ -456,7 +474,17 @@ def test_eddy_up_serve(tmp_path):
 
         def infer() -> tuple[int, Any]:
             answer = subprocess.run(
-                ["curl", "-sS", "-w", "\n%{http_code}", "--data-binary", "@-", url + INFER],
+                [
+                    "curl",
+                    "--noproxy",
+                    "*",
+                    "-sS",
+                    "-w",
+                    "\n%{http_code}",
+                    "--data-binary",
+                    "@-",
+                    url + INFER,
+                ],
                 input=body,
                 capture_output=True,
                 check=True,
