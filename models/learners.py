@@ -152,6 +152,11 @@ class RiverLearner:
     SAFE_MIN = 64
     SAFE_MAX = 20_000
     SAFE_SHARE = 0.02
+    # A call into the kernel costs a fixed ~80 µs (columns, labels, arrays) and then ~2 µs
+    # an op; River ~20 µs an op. Fewer ops than this go River's way while the River
+    # object holds the state (nothing to write back), so one-at-a-time callers keep
+    # River's speed and a stream that switches does so once, not per call.
+    KERNEL_MIN_OPS = 6
 
     def __init__(self, task: str, estimator: Any) -> None:
         self.task = task
@@ -282,7 +287,8 @@ class RiverLearner:
         """
         n = len(kinds)
         out: list[Prediction | bool] = [False] * n
-        kernel = self._to_kernel()
+        small = n < self.KERNEL_MIN_OPS and not self._kernel_ahead
+        kernel = None if small else self._to_kernel()
         if kernel is None:
             for i in range(n):
                 if kinds[i] == PREDICT:

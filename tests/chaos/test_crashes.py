@@ -35,6 +35,9 @@ from tests.integration.test_up import FAST
 from tests.integration.worker_helpers import holds_within
 
 N_PER_SEGMENT = 50_000
+# Each seed is another schedule of kills (~60 s a run): `make test` runs one, `make
+# test-chaos` several (CHAOS_SEEDS=1,2,3).
+SEEDS = [int(s) for s in os.environ.get("CHAOS_SEEDS", "1").split(",")]
 
 
 def segment(seed: int, variant: int, drift_to: int, prefix: str) -> tuple[Any, ProduceOptions]:
@@ -89,7 +92,7 @@ def final_state(settings: Settings) -> Any:
     return checkpoint.load(path, state_key(settings.state)).state  # a Checkpoint
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_kill_9_anything_and_nothing_is_lost_or_done_twice(
     settings: Settings, seed: int, tmp_path: Path, registry_from_kafka: Any
 ) -> None:

@@ -32,6 +32,9 @@ def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
         partitions=3,
         data_dir=tmp_path / "eddy-data",
         producer_idempotence="off",
+        # Tansu holds every JoinGroup for half the session timeout: 2 s a join rather
+        # than the default's 4.5 (heartbeats every 1.3 s keep a busy member in).
+        session_timeout_ms=4000,
     )
     asyncio.run(create_topics(s.kafka, s.topics))
     return s

@@ -171,13 +171,13 @@ def test_a_backlog_and_a_live_stream_give_rivers_predictions_and_figures(setting
 
 
 def test_fetch_sizes_change_nothing(settings, river_figures):
-    """The same topics read with small, odd and large fetches give identical records."""
+    """The same topics read with tiny fetches and with mid-sized odd ones give identical
+    records, River's (the default, large fetch is the backlog run of the test above)."""
     events = _events()
     runs = []
     for suffix, records, partition_bytes in (
         ("f7", 7, 4096),
-        ("f333", 333, 65_536),
-        ("f5000", 5000, 4 * 1024 * 1024),
+        ("f1009", 1009, 262_144),
     ):
         s = _one_partition(
             settings,
@@ -187,7 +187,7 @@ def test_fetch_sizes_change_nothing(settings, river_figures):
         )
         runs.append(_run(s, events, live=False))
     _check_equals_river(*runs[0], river_figures)
-    assert _by_stream(runs[0][2]) == _by_stream(runs[1][2]) == _by_stream(runs[2][2])
+    assert _by_stream(runs[0][2]) == _by_stream(runs[1][2])
 
 
 def test_eddy_produce_from_a_file_gives_rivers_predictions(settings, tmp_path):

@@ -306,8 +306,13 @@ def test_bounded_demo_accounts_for_every_sample(tmp_path: Path) -> None:
         cmd, cwd=REPO, env=eddy_env(), capture_output=True, text=True, timeout=300
     )
     output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
-    assert "eddy demo summary (done)" in output
-    assert "6,000 of 6,000 accounted for" in output
+    # On a failure, the children's own logs say what the summary cannot.
+    logs = "".join(
+        f"\n--- {log.name}\n" + log.read_text(errors="replace")[-4000:]
+        for log in sorted((tmp_path / "eddy-data" / "logs").glob("*.log"))
+    )
+    assert done.returncode == 0, output[-3000:] + logs
+    assert "eddy demo summary (done)" in output, output[-3000:] + logs
+    assert "6,000 of 6,000 accounted for" in output, output[-3000:] + logs
     found = re.search(r"exports / servable\s+│\s+(\d+) / (\d+)", output)
-    assert found and int(found.group(1)) >= 1, output[-3000:]
+    assert found and int(found.group(1)) >= 1, output[-3000:] + logs

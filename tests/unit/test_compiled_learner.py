@@ -216,6 +216,39 @@ def test_reading_the_model_from_outside_sees_it_current_and_changes_reach_the_ke
     assert [p.proba for p in got] == [river.predict_proba_one(x) for x in xs]
 
 
+def test_a_few_ops_at_a_time_go_rivers_way_until_the_kernel_holds_the_state() -> None:
+    """One-at-a-time callers keep River's speed (a kernel call has a fixed cost); once a
+    batch has taken the kernel's way, small calls stay there (no write-back per call);
+    a sync hands the state back. Every answer is River's either way."""
+    stream = take(synth.SEA(seed=9), 600)
+    learner = make_learner("scaled-logreg", "binary")
+    assert isinstance(learner, RiverLearner) and learner.compiled
+    river = CATALOGUE["scaled-logreg"].factory("binary")
+
+    def step(rows: list[tuple[Row, Any]]) -> None:
+        xs = [x for x, _ in rows]
+        assert [p.proba for p in learner.predict_many(xs)] == [
+            river.predict_proba_one(x) for x in xs
+        ]
+        learner.learn_many(xs, [y for _, y in rows], range(len(rows)))
+        for x, y in rows:
+            river.learn_one(x, y)
+
+    for i in range(100):
+        step(stream[i : i + 1])
+    assert not learner._kernel_ahead  # River's own path: nothing to write back
+    step(stream[100:300])
+    assert learner._kernel_ahead  # the batch went the kernel's way
+    for i in range(300, 400):
+        step(stream[i : i + 1])
+    assert learner._kernel_ahead  # and small calls stayed there
+    assert state(learner.estimator) == state(river)  # a sync hands the state back
+    for i in range(400, 600):
+        step(stream[i : i + 1])
+    assert not learner._kernel_ahead
+    assert state(learner.estimator) == state(river)
+
+
 @pytest.mark.parametrize(
     "model",
     [
