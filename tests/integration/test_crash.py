@@ -26,7 +26,7 @@ from eddy.streams.ops import sources
 from eddy.streams.wire.keys import state_key
 from tests.integration.event_helpers import LIVE_GRACE_MS, named, produce_librdkafka, qa_events
 
-N = 50_000
+N = 25_000
 
 
 def _start_worker(settings, log_path):
@@ -138,7 +138,7 @@ def test_kill_9_mid_stream_then_restart_learns_each_example_exactly_once(setting
         return itertools.islice(sources.open_named("sea", seed=21), N)
 
     killed_at = _kill_9_mid_stream(
-        settings, tmp_path, lambda: asyncio.run(_send_paced(settings, stream(), 5000)), N, 15_000
+        settings, tmp_path, lambda: asyncio.run(_send_paced(settings, stream(), 5000)), N, 8_000
     )
     state = _unit_state(settings)
     learned = state.learners["default"]

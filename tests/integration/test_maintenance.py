@@ -25,7 +25,12 @@ N, DRIFT_AT = 20_000, 10_000
 
 def test_drift_to_served_int8_model(settings, registry_from_kafka):
     settings = settings.with_overrides(
-        {"topic_prefix": settings.topics.prefix + "m.", "partitions": 1, "retrain_epochs": 20}
+        {
+            "topic_prefix": settings.topics.prefix + "m.",
+            "partitions": 1,
+            "retrain_epochs": 20,
+            "retrain_folds": 2,
+        }
     )
     asyncio.run(create_topics(settings.kafka, settings.topics))
 
@@ -46,7 +51,8 @@ def test_drift_to_served_int8_model(settings, registry_from_kafka):
                     stream,
                     ProduceOptions(n=N, label_delay=0),
                 )
-                await wait_for(lambda: client.version == "v0001", 180, "v0001 served")
+                # v0001 is served only if its export ends before v0002 is promoted; the
+                # client serves the champion as it stands, so only v0002 is certain.
                 await wait_for(lambda: client.version == "v0002", 300, "v0002 served after drift")
                 served_prediction = client.predict([{"0": 5.0, "1": 4.2, "2": 1.0}])
             finally:
@@ -65,7 +71,8 @@ def test_drift_to_served_int8_model(settings, registry_from_kafka):
     assert ("default", "v0002", False) in [o[:3] for o in outcomes]
     assert learned == N
     assert served_prediction[0] in (True, False)
-    assert [v for _, v, _ in client.swaps][-2:] == ["v0001", "v0002"]
+    swapped = [v for _, v, _ in client.swaps]
+    assert swapped[-1] == "v0002" and swapped == sorted(set(swapped)), swapped
     assert client.refused == []
 
     v1, v2 = registry.get("default", "v0001"), registry.get("default", "v0002")
