@@ -178,8 +178,7 @@ class HotSwapClient:
     async def start(self) -> None:
         """Load what the registry says to serve, and follow it.
 
-        Read the registry, load what it says to serve, and follow it (a shared
-        registry is its owner's to read and follow).
+        A registry shared with its owner is the owner's to read and follow.
         """
         if not self._shared:
             await self.registry.sync()

@@ -291,11 +291,7 @@ class RiverLearner:
         kernel = None if small else self._to_kernel()
         if kernel is None:
             for i in range(n):
-                if kinds[i] == PREDICT:
-                    out[i] = self.predict_one(xs[i])
-                else:
-                    assert ys is not None and refs is not None
-                    out[i] = self.learn_one(xs[i], ys[i], refs[i])
+                out[i] = self._river_op(kinds[i], xs[i], ys, refs, i)
             return out
         started = time.perf_counter()
         ops = np.asarray(kinds, dtype=np.int8)
@@ -322,14 +318,24 @@ class RiverLearner:
             if applied.stopped_at is None:
                 break
             i = start + applied.stopped_at  # River's turn, one op
-            if kinds[i] == PREDICT:
-                out[i] = self.predict_one(xs[i])
-            else:
-                assert ys is not None and refs is not None
-                out[i] = self.learn_one(xs[i], ys[i], refs[i])
+            out[i] = self._river_op(kinds[i], xs[i], ys, refs, i)
             start = i + 1
         self.predict_seconds += time.perf_counter() - started
         return out
+
+    def _river_op(
+        self,
+        kind: int,
+        x: Features,
+        ys: Sequence[Any] | None,
+        refs: Sequence[Any] | None,
+        i: int,
+    ) -> Prediction | bool:
+        """Op ``i`` of a :meth:`run`, on River's own guarded path."""
+        if kind == PREDICT:
+            return self.predict_one(x)
+        assert ys is not None and refs is not None
+        return self.learn_one(x, ys[i], refs[i])
 
     def _prediction(self, river: Any) -> Prediction:
         """eddy's prediction from River's answer (as :meth:`_predict` makes it)."""

@@ -24,16 +24,6 @@ cdef inline double _clamp(double x) noexcept:
     return x
 
 
-def mean(double n, double m, const double[::1] xs):
-    """``(n, mean)`` after ``stats.Mean.update(x)`` for each x (weight 1)."""
-    cdef Py_ssize_t i
-    cdef double w = 1.0
-    for i in range(xs.shape[0]):
-        n += w
-        m += (w / n) * (xs[i] - m)
-    return n, m
-
-
 def mean_abs_error(double n, double m, const double[::1] ys, const double[::1] ps):
     """``(n, mean)`` after MAE's updates: the mean of ``abs(y - p)``."""
     cdef Py_ssize_t i
