@@ -162,8 +162,7 @@ class TestRun:
     def checkpoint(self) -> None:
         """Checkpoint every partition, as a worker does.
 
-        Checkpoint every partition (to :attr:`store`), as a worker does: what was
-        processed, with the offsets it reflects.
+        What was processed goes to :attr:`store`, with the offsets it reflects.
         """
         for p, unit in self.units.items():
             self._collect(unit.flush())
